@@ -1,0 +1,173 @@
+//! `/api-keys`: list, create, get, revoke, rotate. Only create and rotate ever answer with the
+//! raw key.
+use super::{ListResponse, PageParams, path_id};
+use crate::auth::api_keys::{MAX_GRACE_SECONDS, NewKeyRequest, validate_expiry, validate_name};
+use crate::auth::{Auth, Principal};
+use crate::domain::{Environment, Invalid, KeyId, ScopeSet};
+use crate::error::Error;
+use crate::store::ApiKeyRecord;
+use crate::web::JsonBody;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+#[derive(Deserialize)]
+struct CreateKey {
+    name: String,
+    scopes: Vec<String>,
+    #[serde(default)]
+    environment: Option<Environment>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    expires_at: Option<OffsetDateTime>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateKey {
+    #[serde(default)]
+    grace_seconds: u32,
+}
+
+#[derive(Serialize)]
+pub(crate) struct KeyOut {
+    id: String,
+    name: String,
+    environment: &'static str,
+    scopes: Vec<&'static str>,
+    hint: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    created_by: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    last_used_at: Option<OffsetDateTime>,
+    last_used_ip: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    revoked_at: Option<OffsetDateTime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+}
+
+fn key_out(auth: &Auth, k: ApiKeyRecord, raw: Option<String>) -> KeyOut {
+    let usage = auth.usage.get(k.id);
+    KeyOut {
+        id: k.id.to_string(),
+        name: k.name,
+        environment: k.environment.as_str(),
+        scopes: k.scopes.names(),
+        hint: k.hint,
+        created_at: k.created_at,
+        created_by: k.created_by,
+        expires_at: k.expires_at,
+        last_used_at: usage.as_ref().map(|u| u.at),
+        last_used_ip: usage.and_then(|u| u.ip),
+        revoked_at: k.revoked_at,
+        key: raw,
+    }
+}
+
+fn with_secret(status: actix_web::http::StatusCode, body: KeyOut) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(body)
+}
+
+async fn list_keys(principal: Principal, auth: web::Data<Auth>, page: web::Query<PageParams>) -> Result<HttpResponse, Error> {
+    principal.require_admin()?;
+    let page = page.resolve()?;
+    let mut keys = auth.store.list_api_keys(principal.tenant)?;
+    keys.reverse(); // newest first
+    let items = keys.into_iter().map(|k| key_out(&auth, k, None)).collect();
+    Ok(HttpResponse::Ok().json(ListResponse::from_all(items, page)))
+}
+
+async fn create_key(principal: Principal, auth: web::Data<Auth>, body: JsonBody<CreateKey>) -> Result<HttpResponse, Error> {
+    principal.require_admin()?;
+    let JsonBody(body) = body;
+    let mut errors: Vec<Invalid> = Vec::new();
+    let name = validate_name(&body.name).map_err(|e| errors.push(e)).ok();
+    let scopes = ScopeSet::parse_list(&body.scopes).map_err(|e| errors.push(e)).ok();
+    let expires_at = validate_expiry(body.expires_at, auth.now()).map_err(|e| errors.push(e)).ok();
+    let (Some(name), Some(scopes), Some(expires_at)) = (name, scopes, expires_at) else {
+        return Err(Error::invalid(errors));
+    };
+    let issued = auth
+        .create_key(NewKeyRequest {
+            tenant: principal.tenant,
+            environment: body.environment.unwrap_or(Environment::Live),
+            name,
+            scopes,
+            expires_at,
+            created_by: principal.actor(),
+        })
+        .await?;
+    Ok(with_secret(
+        actix_web::http::StatusCode::CREATED,
+        key_out(&auth, issued.record, Some(issued.raw)),
+    ))
+}
+
+async fn get_key(principal: Principal, auth: web::Data<Auth>, id: web::Path<String>) -> Result<HttpResponse, Error> {
+    principal.require_admin()?;
+    let id = KeyId(path_id(&id, "API key")?);
+    let key = auth.get_key(principal.tenant, id)?;
+    Ok(HttpResponse::Ok().json(key_out(&auth, key, None)))
+}
+
+async fn revoke_key(req: HttpRequest, principal: Principal, auth: web::Data<Auth>, id: web::Path<String>) -> Result<HttpResponse, Error> {
+    principal.require_admin()?;
+    let id = KeyId(path_id(&id, "API key")?);
+    let ip = super::auth::client_info(&req, &auth).ip;
+    auth.revoke_key(principal.tenant, id, &principal.actor(), ip.as_deref()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// An admin session, or the key itself (no scope needed); any other key is refused.
+async fn rotate_key(
+    req: HttpRequest,
+    principal: Principal,
+    auth: web::Data<Auth>,
+    id: web::Path<String>,
+    body: web::Payload,
+) -> Result<HttpResponse, Error> {
+    let id = KeyId(path_id(&id, "API key")?);
+    match principal.key_id() {
+        Some(own) if own == id => {}
+        Some(_) => return Err(Error::forbidden("a key can only rotate itself")),
+        None => {
+            principal.require_admin()?;
+        }
+    }
+    let body = read_optional_json::<RotateKey>(&req, body).await?;
+    if body.grace_seconds > MAX_GRACE_SECONDS {
+        return Err(Invalid::new("grace_seconds", "must be between 0 and 86400").into());
+    }
+    let ip = super::auth::client_info(&req, &auth).ip;
+    let issued = auth
+        .rotate_key(principal.tenant, id, body.grace_seconds, &principal.actor(), ip.as_deref())
+        .await?;
+    Ok(with_secret(
+        actix_web::http::StatusCode::OK,
+        key_out(&auth, issued.record, Some(issued.raw)),
+    ))
+}
+
+/// A body that may be absent: empty means defaults; otherwise it must be JSON.
+async fn read_optional_json<T: serde::de::DeserializeOwned + Default>(req: &HttpRequest, mut body: web::Payload) -> Result<T, Error> {
+    let limit = req.app_data::<crate::web::JsonLimit>().map_or(1 << 20, |l| l.0);
+    let bytes = crate::web::read_limited(&mut body, limit, None).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    crate::web::parse_json(&bytes)
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api-keys", web::get().to(list_keys))
+        .route("/api-keys", web::post().to(create_key))
+        .route("/api-keys/{id}", web::get().to(get_key))
+        .route("/api-keys/{id}", web::delete().to(revoke_key))
+        .route("/api-keys/{id}/rotate", web::post().to(rotate_key));
+}

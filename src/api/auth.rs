@@ -1,0 +1,231 @@
+//! `/auth`: login, refresh, logout, me, password, sessions.
+use crate::auth::extractor::client_ip;
+use crate::auth::sessions::{ClientInfo, Tokens};
+use crate::auth::{Auth, Principal, Subject};
+use crate::domain::SessionId;
+use crate::error::{Error, ErrorKind};
+use crate::web::{JsonBody, JsonLimit, read_limited};
+use actix_web::cookie::{Cookie, SameSite, time::Duration as CookieDuration};
+use actix_web::http::header;
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+const REFRESH_COOKIE: &str = "refresh_token";
+const COOKIE_PATH: &str = "/api/v1/auth";
+
+#[derive(Deserialize)]
+struct LoginRequest {
+    email: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct TokenResponse {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: i64,
+}
+
+#[derive(Deserialize)]
+struct PasswordRequest {
+    current_password: String,
+    new_password: String,
+}
+
+#[derive(Serialize)]
+struct IdName {
+    id: String,
+    name: String,
+}
+
+#[derive(Serialize)]
+struct UserRef {
+    id: String,
+    email: String,
+}
+
+#[derive(Serialize)]
+struct KeyRef {
+    id: String,
+    name: String,
+    environment: &'static str,
+}
+
+#[derive(Serialize)]
+struct MeResponse {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<UserRef>,
+    tenant: IdName,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    scopes: Vec<&'static str>,
+    environment: &'static str,
+    auth: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<KeyRef>,
+}
+
+#[derive(Serialize)]
+struct SessionOut {
+    id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    last_seen_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    current: bool,
+}
+
+pub(crate) fn client_info(req: &HttpRequest, auth: &Auth) -> ClientInfo {
+    ClientInfo {
+        ip: client_ip(req, auth.policy.trust_forwarded_for),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    }
+}
+
+fn refresh_cookie(value: String, max_age: i64) -> Cookie<'static> {
+    Cookie::build(REFRESH_COOKIE, value)
+        .path(COOKIE_PATH)
+        .http_only(true)
+        .secure(true)
+        .same_site(SameSite::Strict)
+        .max_age(CookieDuration::seconds(max_age))
+        .finish()
+}
+
+fn token_response(tokens: Tokens) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .cookie(refresh_cookie(tokens.refresh_token, tokens.refresh_max_age))
+        .json(TokenResponse {
+            access_token: tokens.access_token,
+            token_type: "bearer",
+            expires_in: tokens.expires_in,
+        })
+}
+
+fn cleared_cookie() -> Cookie<'static> {
+    refresh_cookie(String::new(), 0)
+}
+
+async fn login(req: HttpRequest, auth: web::Data<Auth>, body: JsonBody<LoginRequest>) -> Result<HttpResponse, Error> {
+    let JsonBody(body) = body;
+    let tokens = auth.login(&body.email, body.password, &client_info(&req, &auth)).await?;
+    Ok(token_response(tokens))
+}
+
+/// Reads only the cookie. The JSON content type is required because a cross-site HTML form
+/// cannot send it; the body may be empty or `{}`.
+async fn refresh(req: HttpRequest, mut payload: web::Payload, auth: web::Data<Auth>) -> Result<HttpResponse, Error> {
+    let is_json = req.mime_type().ok().flatten().is_some_and(|m| m.essence_str() == "application/json");
+    if !is_json {
+        return Err(Error::new(ErrorKind::UnsupportedMediaType, "refresh needs Content-Type: application/json"));
+    }
+    let limit = req.app_data::<JsonLimit>().map_or(1 << 20, |l| l.0);
+    let body = read_limited(&mut payload, limit, None).await?;
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        crate::web::parse_json::<serde_json::Map<String, serde_json::Value>>(&body)?;
+    }
+    let cookie = req
+        .cookie(REFRESH_COOKIE)
+        .ok_or_else(|| Error::new(ErrorKind::InvalidToken, "no refresh token cookie was sent"))?;
+    match auth.refresh(cookie.value(), &client_info(&req, &auth)).await {
+        Ok(tokens) => Ok(token_response(tokens)),
+        Err(e) if e.kind == ErrorKind::InvalidToken => {
+            // A dead refresh cookie is cleared so the browser stops sending it.
+            let mut res = actix_web::ResponseError::error_response(&e);
+            let _ = res.add_cookie(&cleared_cookie());
+            Ok(res)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn logout(principal: Principal, auth: web::Data<Auth>) -> Result<HttpResponse, Error> {
+    auth.logout(principal.require_session()?).await?;
+    Ok(HttpResponse::NoContent().cookie(cleared_cookie()).finish())
+}
+
+async fn logout_all(principal: Principal, auth: web::Data<Auth>) -> Result<HttpResponse, Error> {
+    auth.logout_all(principal.require_session()?).await?;
+    Ok(HttpResponse::NoContent().cookie(cleared_cookie()).finish())
+}
+
+async fn me(principal: Principal, auth: web::Data<Auth>) -> Result<HttpResponse, Error> {
+    let tenant = auth.store.tenant(principal.tenant)?.ok_or_else(|| Error::not_found("tenant"))?;
+    let (user, key, kind) = match &principal.subject {
+        Subject::User { id, email, .. } => (Some(UserRef { id: id.to_string(), email: email.clone() }), None, "jwt"),
+        Subject::ApiKey { id, name, .. } => (
+            None,
+            Some(KeyRef { id: id.to_string(), name: name.clone(), environment: principal.environment.as_str() }),
+            "api_key",
+        ),
+    };
+    Ok(HttpResponse::Ok().json(MeResponse {
+        user,
+        tenant: IdName { id: tenant.id.to_string(), name: tenant.name },
+        role: principal.role.map(|r| r.as_str()),
+        scopes: principal.scopes.names(),
+        environment: principal.environment.as_str(),
+        auth: kind,
+        key,
+    }))
+}
+
+async fn change_password(req: HttpRequest, principal: Principal, auth: web::Data<Auth>, body: JsonBody<PasswordRequest>) -> Result<HttpResponse, Error> {
+    let who = principal.require_session()?;
+    let JsonBody(body) = body;
+    let access_token = auth
+        .change_password(who, &principal, body.current_password, body.new_password, &client_info(&req, &auth))
+        .await?;
+    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(TokenResponse {
+        access_token,
+        token_type: "bearer",
+        expires_in: auth.jwt.ttl_seconds,
+    }))
+}
+
+async fn list_sessions(principal: Principal, auth: web::Data<Auth>, page: web::Query<super::PageParams>) -> Result<HttpResponse, Error> {
+    let who = principal.require_session()?;
+    let page = page.resolve()?;
+    let items = auth
+        .live_sessions(who)?
+        .into_iter()
+        .map(|s| SessionOut {
+            id: s.id.to_string(),
+            created_at: s.created_at,
+            last_seen_at: s.last_seen_at,
+            expires_at: s.expires_at,
+            ip: s.ip,
+            user_agent: s.user_agent,
+            current: s.id == who.session,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(super::ListResponse::from_all(items, page)))
+}
+
+async fn end_session(principal: Principal, auth: web::Data<Auth>, id: web::Path<String>) -> Result<HttpResponse, Error> {
+    let who = principal.require_session()?;
+    let id = SessionId(super::path_id(&id, "session")?);
+    auth.end_session(who, id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/auth/login", web::post().to(login))
+        .route("/auth/refresh", web::post().to(refresh))
+        .route("/auth/logout", web::post().to(logout))
+        .route("/auth/logout-all", web::post().to(logout_all))
+        .route("/auth/me", web::get().to(me))
+        .route("/auth/password", web::post().to(change_password))
+        .route("/auth/sessions", web::get().to(list_sessions))
+        .route("/auth/sessions/{id}", web::delete().to(end_session));
+}

@@ -1,0 +1,73 @@
+//! Unauthenticated routes: health, the OpenAPI document, and the embedded settings page.
+use crate::web::PAGE_CSP;
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
+use rust_embed::RustEmbed;
+
+#[derive(RustEmbed)]
+#[folder = "static/"]
+struct Assets;
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn openapi() -> HttpResponse {
+    asset("openapi.json")
+}
+
+fn asset(name: &str) -> HttpResponse {
+    let Some(file) = Assets::get(name) else {
+        return actix_web::ResponseError::error_response(&crate::error::Error::not_found("file"));
+    };
+    let mime = match name.rsplit('.').next() {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("json") => "application/json",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        _ => "application/octet-stream",
+    };
+    HttpResponse::Ok()
+        .content_type(mime)
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, PAGE_CSP))
+        .body(file.data.into_owned())
+}
+
+async fn settings_index() -> HttpResponse {
+    asset("settings.html")
+}
+
+async fn settings_file(name: web::Path<String>) -> HttpResponse {
+    // Only the page's own files; the OpenAPI document and word lists are not page assets.
+    match name.as_str() {
+        "settings.js" | "settings.css" | "favicon.svg" => asset(&name),
+        _ => actix_web::ResponseError::error_response(&crate::error::Error::not_found("file")),
+    }
+}
+
+async fn root() -> HttpResponse {
+    HttpResponse::Found()
+        .insert_header((header::LOCATION, "/settings/"))
+        .finish()
+}
+
+async fn settings_redirect() -> HttpResponse {
+    HttpResponse::MovedPermanently()
+        .insert_header((header::LOCATION, "/settings/"))
+        .finish()
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/", web::get().to(root))
+        .route("/settings", web::get().to(settings_redirect))
+        .route("/settings/", web::get().to(settings_index))
+        .route("/settings/{name}", web::get().to(settings_file));
+}
+
+pub fn configure_api(cfg: &mut web::ServiceConfig) {
+    cfg.route("/openapi.json", web::get().to(openapi));
+}

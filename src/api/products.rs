@@ -1,0 +1,183 @@
+//! `/products`: list, create, get, replace, patch, delete, bulk delete. Every call works in the
+//! caller's namespace (tenant + environment), so a test key never touches live data.
+use super::{ListResponse, PageParams, path_id};
+use crate::auth::Principal;
+use crate::catalog::products::MAX_BULK_DELETE;
+use crate::catalog::{Catalog, ListQuery, ProductPatch, SortBy};
+use crate::domain::{Invalid, ProductId, Scope};
+use crate::error::Error;
+use crate::store::ProductRecord;
+use crate::web::JsonBody;
+use actix_web::{HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Deserialize)]
+struct ListParams {
+    #[serde(flatten)]
+    page: PageParams,
+    search: Option<String>,
+    is_active: Option<bool>,
+    supplier_id: Option<Uuid>,
+    category_id: Option<Uuid>,
+    sort_by: Option<SortBy>,
+    sort_order: Option<SortOrder>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum SortOrder {
+    Asc,
+    Desc,
+}
+
+#[derive(Deserialize)]
+struct BulkDelete {
+    ids: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct BulkDeleted {
+    deleted: usize,
+    not_found: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ProductOut {
+    id: String,
+    ean: String,
+    sku: Option<String>,
+    reference: Option<String>,
+    name: String,
+    description: Option<String>,
+    brand: Option<String>,
+    price: Option<f64>,
+    cost_price: Option<f64>,
+    currency: String,
+    weight: Option<f64>,
+    stock: i64,
+    is_active: bool,
+    supplier_id: Option<Uuid>,
+    supplier_code: Option<String>,
+    category_ids: Vec<Uuid>,
+    attributes: BTreeMap<String, String>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+}
+
+impl From<ProductRecord> for ProductOut {
+    fn from(p: ProductRecord) -> Self {
+        ProductOut {
+            id: p.id.to_string(),
+            ean: p.ean,
+            sku: p.sku,
+            reference: p.reference,
+            name: p.name,
+            description: p.description,
+            brand: p.brand,
+            price: p.price,
+            cost_price: p.cost_price,
+            currency: p.currency,
+            weight: p.weight,
+            stock: p.stock,
+            is_active: p.is_active,
+            supplier_id: p.supplier_id,
+            supplier_code: p.supplier_code,
+            category_ids: p.category_ids,
+            attributes: p.attributes,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+async fn list_products(principal: Principal, catalog: web::Data<Catalog>, params: web::Query<ListParams>) -> Result<HttpResponse, Error> {
+    principal.require(Scope::ProductsRead)?;
+    let params = params.into_inner();
+    let page = params.page.resolve()?;
+    let query = ListQuery {
+        search: params.search.map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty()),
+        is_active: params.is_active,
+        supplier_id: params.supplier_id,
+        category_id: params.category_id,
+        sort_by: params.sort_by.unwrap_or_default(),
+        descending: params.sort_order.unwrap_or(SortOrder::Desc) == SortOrder::Desc,
+        offset: page.offset,
+        limit: page.per_page,
+    };
+    let (items, total) = catalog.list(principal.namespace(), &query)?;
+    let items = items.into_iter().map(ProductOut::from).collect();
+    Ok(HttpResponse::Ok().json(ListResponse::new(items, total, page)))
+}
+
+async fn create_product(principal: Principal, catalog: web::Data<Catalog>, body: JsonBody<ProductPatch>) -> Result<HttpResponse, Error> {
+    principal.require(Scope::ProductsWrite)?;
+    let product = catalog.create(principal.namespace(), body.0).await?;
+    Ok(HttpResponse::Created().json(ProductOut::from(product)))
+}
+
+async fn get_product(principal: Principal, catalog: web::Data<Catalog>, id: web::Path<String>) -> Result<HttpResponse, Error> {
+    principal.require(Scope::ProductsRead)?;
+    let id = ProductId(path_id(&id, "product")?);
+    Ok(HttpResponse::Ok().json(ProductOut::from(catalog.get(principal.namespace(), id)?)))
+}
+
+async fn replace_product(principal: Principal, catalog: web::Data<Catalog>, id: web::Path<String>, body: JsonBody<ProductPatch>) -> Result<HttpResponse, Error> {
+    principal.require(Scope::ProductsWrite)?;
+    let id = ProductId(path_id(&id, "product")?);
+    let product = catalog.replace(principal.namespace(), id, body.0).await?;
+    Ok(HttpResponse::Ok().json(ProductOut::from(product)))
+}
+
+async fn patch_product(principal: Principal, catalog: web::Data<Catalog>, id: web::Path<String>, body: JsonBody<ProductPatch>) -> Result<HttpResponse, Error> {
+    principal.require(Scope::ProductsWrite)?;
+    let id = ProductId(path_id(&id, "product")?);
+    let product = catalog.patch(principal.namespace(), id, body.0).await?;
+    Ok(HttpResponse::Ok().json(ProductOut::from(product)))
+}
+
+async fn delete_product(principal: Principal, catalog: web::Data<Catalog>, id: web::Path<String>) -> Result<HttpResponse, Error> {
+    principal.require(Scope::ProductsDelete)?;
+    let id = ProductId(path_id(&id, "product")?);
+    if catalog.delete(principal.namespace(), &[id]).await?.is_empty() {
+        return Err(Error::not_found("product"));
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Deletes up to 1000 products at once; answers how many went and which ids were not found.
+async fn bulk_delete(principal: Principal, catalog: web::Data<Catalog>, body: JsonBody<BulkDelete>) -> Result<HttpResponse, Error> {
+    principal.require(Scope::ProductsDelete)?;
+    let raw = body.0.ids;
+    if raw.is_empty() || raw.len() > MAX_BULK_DELETE {
+        return Err(Invalid::new("ids", "must hold 1 to 1000 ids").into());
+    }
+    let mut ids = Vec::with_capacity(raw.len());
+    let mut not_found = Vec::new();
+    for s in raw {
+        match Uuid::try_parse(&s) {
+            Ok(u) => ids.push(ProductId(u)),
+            Err(_) => not_found.push(s),
+        }
+    }
+    let deleted = catalog.delete(principal.namespace(), &ids).await?;
+    not_found.extend(ids.iter().filter(|id| !deleted.contains(id)).map(ToString::to_string));
+    Ok(HttpResponse::Ok().json(BulkDeleted {
+        deleted: deleted.len(),
+        not_found,
+    }))
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/products", web::get().to(list_products))
+        .route("/products", web::post().to(create_product))
+        .route("/products/bulk-delete", web::post().to(bulk_delete))
+        .route("/products/{id}", web::get().to(get_product))
+        .route("/products/{id}", web::put().to(replace_product))
+        .route("/products/{id}", web::patch().to(patch_product))
+        .route("/products/{id}", web::delete().to(delete_product));
+}

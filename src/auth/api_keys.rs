@@ -1,0 +1,145 @@
+//! API key life cycle: create, verify, rotate, revoke. The raw key leaves this module only in
+//! the result of `create` and `rotate`.
+use super::{Auth, Principal, Subject, key_format, secret::sha256};
+use crate::domain::{Environment, Invalid, KeyId, ScopeSet, TenantId};
+use crate::error::{Error, ErrorKind};
+use crate::store::ApiKeyRecord;
+use time::{Duration, OffsetDateTime};
+
+pub const MAX_EXPIRY: Duration = Duration::days(366);
+pub const MAX_GRACE_SECONDS: u32 = 86_400;
+
+pub struct NewKeyRequest {
+    pub tenant: TenantId,
+    pub environment: Environment,
+    pub name: String,
+    pub scopes: ScopeSet,
+    pub expires_at: Option<OffsetDateTime>,
+    pub created_by: String,
+}
+
+/// A record together with the raw key, returned once.
+pub struct IssuedKey {
+    pub record: ApiKeyRecord,
+    pub raw: String,
+}
+
+pub fn validate_name(name: &str) -> Result<String, Invalid> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(Invalid::new("name", "must be 1 to 100 characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Invalid::new("name", "must not contain control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+pub fn validate_expiry(expires_at: Option<OffsetDateTime>, now: OffsetDateTime) -> Result<Option<OffsetDateTime>, Invalid> {
+    match expires_at {
+        Some(at) if at <= now => Err(Invalid::new("expires_at", "must be in the future")),
+        Some(at) if at > now + MAX_EXPIRY => Err(Invalid::new("expires_at", "must be at most 366 days ahead")),
+        other => Ok(other),
+    }
+}
+
+impl Auth {
+    pub async fn create_key(&self, req: NewKeyRequest) -> Result<IssuedKey, Error> {
+        let now = self.now();
+        let new = key_format::generate(req.environment)?;
+        let record = ApiKeyRecord {
+            id: KeyId::generate(),
+            tenant: req.tenant,
+            environment: req.environment,
+            name: req.name,
+            scopes: req.scopes,
+            hint: new.hint,
+            digest: new.digest,
+            previous: None,
+            created_at: now,
+            created_by: req.created_by,
+            expires_at: req.expires_at,
+            rotated_at: None,
+            revoked_at: None,
+        };
+        self.store.insert_api_key(&record)?;
+        self.audit(
+            Some(record.tenant),
+            "api_key.created",
+            &record.created_by,
+            None,
+            format!("key {} ({}) {}", record.id, record.name, record.hint),
+        );
+        self.store.flush().await?;
+        Ok(IssuedKey { record, raw: new.raw })
+    }
+
+    pub async fn rotate_key(
+        &self,
+        tenant: TenantId,
+        id: KeyId,
+        grace_seconds: u32,
+        actor: &str,
+        ip: Option<&str>,
+    ) -> Result<IssuedKey, Error> {
+        let now = self.now();
+        let current = self.store.api_key(id)?.filter(|k| k.tenant == tenant).ok_or_else(|| Error::not_found("API key"))?;
+        let new = key_format::generate(current.environment)?;
+        let grace = (grace_seconds > 0).then(|| now + Duration::seconds(i64::from(grace_seconds)));
+        let record = self.store.rotate_api_key(tenant, id, new.digest, &new.hint, grace, now)?;
+        self.audit(
+            Some(tenant),
+            "api_key.rotated",
+            actor,
+            ip,
+            format!("key {} ({}) now {}; grace {grace_seconds} s", record.id, record.name, record.hint),
+        );
+        self.store.flush().await?;
+        Ok(IssuedKey { record, raw: new.raw })
+    }
+
+    pub async fn revoke_key(&self, tenant: TenantId, id: KeyId, actor: &str, ip: Option<&str>) -> Result<ApiKeyRecord, Error> {
+        let record = self.store.revoke_api_key(tenant, id, self.now())?;
+        self.audit(
+            Some(tenant),
+            "api_key.revoked",
+            actor,
+            ip,
+            format!("key {} ({}) {}", record.id, record.name, record.hint),
+        );
+        self.store.flush().await?;
+        Ok(record)
+    }
+
+    pub fn get_key(&self, tenant: TenantId, id: KeyId) -> Result<ApiKeyRecord, Error> {
+        self.store
+            .api_key(id)?
+            .filter(|k| k.tenant == tenant)
+            .ok_or_else(|| Error::not_found("API key"))
+    }
+}
+
+/// Format check first (no store read for garbage), then one digest lookup.
+pub(super) fn verify(auth: &Auth, raw: &str) -> Result<Principal, Error> {
+    let invalid = |detail: &str| Error::new(ErrorKind::InvalidApiKey, detail);
+    let environment = key_format::parse(raw).ok_or_else(|| {
+        invalid("the API key is malformed: expected pm_live_ or pm_test_ followed by 38 letters and digits")
+    })?;
+    let digest = sha256(raw.as_bytes());
+    let record = auth
+        .store
+        .api_key_by_digest(&digest)?
+        .filter(|k| k.environment == environment && k.accepts(&digest, auth.now()))
+        .ok_or_else(|| invalid("the API key is unknown, revoked or expired"))?;
+    Ok(Principal {
+        tenant: record.tenant,
+        environment: record.environment,
+        scopes: record.scopes,
+        role: None,
+        subject: Subject::ApiKey {
+            id: record.id,
+            name: record.name,
+            hint: record.hint,
+        },
+    })
+}

@@ -1,0 +1,85 @@
+//! The actix extractor that turns request headers into a [`Principal`]. Runs on every protected
+//! request: header reads, a format check, one digest lookup (keys) or one HMAC plus two record
+//! reads (sessions). The result is cached in the request so wrapper extractors reuse it.
+use super::rate_limit::Decision;
+use super::{Auth, Credentials, Principal};
+use crate::domain::KeyId;
+use crate::error::{Error, ErrorKind};
+use actix_web::dev::Payload;
+use actix_web::http::Method;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+use std::future::{Ready, ready};
+
+/// Left in the request for the response middleware: rate-limit headers and key usage.
+#[derive(Debug, Clone)]
+pub struct KeyRequest {
+    pub key: Option<KeyId>,
+    pub ip: Option<String>,
+    pub rate: Decision,
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str, bad: impl FnOnce() -> Error) -> Result<Option<&'a str>, Error> {
+    match req.headers().get(name) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| bad()),
+    }
+}
+
+/// The client address: the peer, or with `--trust-forwarded-for` the last X-Forwarded-For hop
+/// (the one our own reverse proxy added).
+pub fn client_ip(req: &HttpRequest, trust_forwarded_for: bool) -> Option<String> {
+    if trust_forwarded_for {
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(|ip| ip.trim().to_owned())
+            .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    req.peer_addr().map(|a| a.ip().to_string())
+}
+
+fn extract(req: &HttpRequest) -> Result<Principal, Error> {
+    if let Some(p) = req.extensions().get::<Principal>() {
+        return Ok(p.clone());
+    }
+    let auth = req
+        .app_data::<web::Data<Auth>>()
+        .ok_or_else(|| Error::new(ErrorKind::Internal, "BUG: Auth is not registered"))?;
+    let creds = Credentials {
+        api_key: header(req, "x-api-key", || Error::new(ErrorKind::InvalidApiKey, "the API key is malformed"))?,
+        authorization: header(req, "authorization", || Error::new(ErrorKind::InvalidToken, "the Authorization header is malformed"))?,
+        tenant: header(req, "x-tenant-id", || Error::bad_request("X-Tenant-ID must be a tenant id (a UUID)"))?,
+        is_read: matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS),
+    };
+    let ip = || client_ip(req, auth.policy.trust_forwarded_for);
+    match auth.authenticate(creds) {
+        Ok(done) => {
+            if let Some(rate) = done.rate {
+                let key = done.principal.key_id();
+                req.extensions_mut().insert(KeyRequest { key, ip: ip(), rate });
+            }
+            req.extensions_mut().insert(done.principal.clone());
+            Ok(done.principal)
+        }
+        Err((e, rate)) => {
+            if let Some(rate) = rate {
+                req.extensions_mut().insert(KeyRequest { key: None, ip: None, rate });
+            }
+            Err(e)
+        }
+    }
+}
+
+impl FromRequest for Principal {
+    type Error = Error;
+    type Future = Ready<Result<Principal, Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(extract(req))
+    }
+}

@@ -1,0 +1,172 @@
+//! Access tokens: HS256 JWTs with `typ: at+jwt`, checked against our clock with 60 s of skew.
+//!
+//! The signature and claims are only half of the check: the extractor also loads the session
+//! and the user, so logout, password change and lock cut tokens off before they expire.
+use crate::domain::{SessionId, TenantId, UserId};
+use crate::error::{Error, ErrorKind};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub const ISSUER: &str = "pixee-pim";
+pub const AUDIENCE: &str = "pixee-pim-api";
+pub const TOKEN_TYPE: &str = "at+jwt";
+pub const LEEWAY_SECONDS: i64 = 60;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: UserId,
+    pub tid: TenantId,
+    pub sid: SessionId,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: Uuid,
+    /// The user's token version when issued; a password change or lock bumps it.
+    pub ver: u32,
+}
+
+#[derive(Clone)]
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    pub ttl_seconds: i64,
+}
+
+fn invalid(detail: &str) -> Error {
+    Error::new(ErrorKind::InvalidToken, detail)
+}
+
+impl JwtKeys {
+    pub fn new(secret: &[u8], ttl_seconds: i64) -> Result<Self, Error> {
+        let internal = |e: jsonwebtoken::errors::Error| Error::new(ErrorKind::Internal, "JWT key setup failed").with_cause(e);
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["iss", "aud", "sub", "exp", "iat"]);
+        // Expiry is checked against the application clock below, not the system clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        Ok(JwtKeys {
+            encoding: EncodingKey::from_secret(secret).map_err(internal)?,
+            decoding: DecodingKey::from_secret(secret).map_err(internal)?,
+            validation,
+            ttl_seconds,
+        })
+    }
+
+    pub fn issue(&self, user: UserId, tenant: TenantId, session: SessionId, ver: u32, now: OffsetDateTime) -> Result<String, Error> {
+        let iat = now.unix_timestamp();
+        let claims = Claims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: user,
+            tid: tenant,
+            sid: session,
+            iat,
+            exp: iat + self.ttl_seconds,
+            jti: Uuid::now_v7(),
+            ver,
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.typ = Some(TOKEN_TYPE.into());
+        jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|e| Error::new(ErrorKind::Internal, "token signing failed").with_cause(e))
+    }
+
+    /// Checks algorithm, type, signature, issuer, audience and lifetime.
+    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Claims, Error> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("the access token is malformed"))?;
+        if header.alg != Algorithm::HS256 || header.typ.as_deref() != Some(TOKEN_TYPE) {
+            return Err(invalid("the access token has the wrong type or algorithm"));
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|_| invalid("the access token is invalid"))?;
+        let claims = data.claims;
+        let now = now.unix_timestamp();
+        if now >= claims.exp + LEEWAY_SECONDS {
+            return Err(invalid("the access token has expired"));
+        }
+        if claims.iat > now + LEEWAY_SECONDS {
+            return Err(invalid("the access token is not valid yet"));
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+    fn keys() -> JwtKeys {
+        JwtKeys::new(&[7u8; 32], 900).unwrap()
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+
+    fn token() -> String {
+        keys().issue(UserId::generate(), TenantId::generate(), SessionId::generate(), 0, now()).unwrap()
+    }
+
+    fn reencode(token: &str, header: serde_json::Value, claims: Option<serde_json::Value>) -> String {
+        let parts: Vec<&str> = token.split('.').collect();
+        let body = match claims {
+            Some(c) => B64.encode(c.to_string()),
+            None => parts[1].to_owned(),
+        };
+        format!("{}.{}.{}", B64.encode(header.to_string()), body, parts[2])
+    }
+
+    #[test]
+    fn a_fresh_token_verifies_with_its_claims() {
+        let t = token();
+        let c = keys().verify(&t, now()).unwrap();
+        assert_eq!(c.exp - c.iat, 900);
+        assert_eq!(c.iss, ISSUER);
+    }
+
+    #[test]
+    fn expiry_allows_sixty_seconds_of_skew_and_no_more() {
+        let t = token();
+        assert!(keys().verify(&t, now() + time::Duration::seconds(959)).is_ok());
+        assert!(keys().verify(&t, now() + time::Duration::seconds(960)).is_err());
+        assert!(keys().verify(&t, now() - time::Duration::seconds(61)).is_err(), "issued in the future");
+    }
+
+    #[test]
+    fn forged_and_foreign_tokens_are_refused() {
+        let t = token();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&B64.decode(t.split('.').nth(1).unwrap()).unwrap()).unwrap();
+        let mut wrong_aud = claims.clone();
+        wrong_aud["aud"] = "someone-else".into();
+        let mut wrong_iss = claims.clone();
+        wrong_iss["iss"] = "someone-else".into();
+        let mut longer = claims.clone();
+        longer["exp"] = (now().unix_timestamp() + 99_999).into();
+        let hs = serde_json::json!({"alg":"HS256","typ":"at+jwt"});
+        let cases = [
+            ("alg none", format!("{}.{}.", B64.encode(r#"{"alg":"none","typ":"at+jwt"}"#), t.split('.').nth(1).unwrap())),
+            ("alg HS512", reencode(&t, serde_json::json!({"alg":"HS512","typ":"at+jwt"}), None)),
+            ("alg RS256", reencode(&t, serde_json::json!({"alg":"RS256","typ":"at+jwt"}), None)),
+            ("typ JWT", reencode(&t, serde_json::json!({"alg":"HS256","typ":"JWT"}), None)),
+            ("no typ", reencode(&t, serde_json::json!({"alg":"HS256"}), None)),
+            ("wrong aud", reencode(&t, hs.clone(), Some(wrong_aud))),
+            ("wrong iss", reencode(&t, hs.clone(), Some(wrong_iss))),
+            ("tampered exp", reencode(&t, hs, Some(longer))),
+            ("other secret", JwtKeys::new(&[8u8; 32], 900).unwrap().issue(UserId::generate(), TenantId::generate(), SessionId::generate(), 0, now()).unwrap()),
+            ("garbage", "not.a.jwt".to_owned()),
+            ("empty", String::new()),
+        ];
+        for (what, forged) in cases {
+            assert!(keys().verify(&forged, now()).is_err(), "{what} must be refused");
+        }
+    }
+}

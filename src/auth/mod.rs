@@ -1,0 +1,196 @@
+//! Authentication and authorization: API keys, sessions (JWT + refresh cookie), passwords,
+//! lockout and rate limits. Nothing here knows HTTP except `extractor`.
+pub mod accounts;
+pub mod api_keys;
+pub mod extractor;
+pub mod jwt;
+pub mod key_format;
+pub mod lockout;
+pub mod passwords;
+pub mod principal;
+pub mod rate_limit;
+pub mod secret;
+pub mod sessions;
+mod usage;
+
+use crate::clock::SharedClock;
+use crate::domain::{KeyId, TenantId};
+use crate::error::{Error, ErrorKind};
+use crate::store::{AuditEvent, Store};
+pub use principal::{Principal, SessionUser, Subject};
+use rate_limit::{Decision, SlidingWindow};
+use time::Duration;
+pub use usage::UsageBuffer;
+
+/// Limits and lifetimes, resolved from the configuration.
+#[derive(Debug, Clone)]
+pub struct AuthPolicy {
+    pub lockout: lockout::LockoutPolicy,
+    pub login_rate_per_minute: u32,
+    pub key_reads_per_minute: u32,
+    pub key_writes_per_minute: u32,
+    pub session_max: Duration,
+    pub session_idle: Duration,
+    /// Take the client address from the last X-Forwarded-For hop (behind a reverse proxy).
+    pub trust_forwarded_for: bool,
+}
+
+/// Everything authentication needs, shared by all workers.
+pub struct Auth {
+    pub store: Store,
+    pub clock: SharedClock,
+    pub jwt: jwt::JwtKeys,
+    pub passwords: passwords::Passwords,
+    pub policy: AuthPolicy,
+    pub usage: UsageBuffer,
+    key_windows: SlidingWindow<(KeyId, bool)>,
+    login_windows: SlidingWindow<String>,
+}
+
+/// The credentials a request carried, before any check.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Credentials<'a> {
+    pub api_key: Option<&'a str>,
+    pub authorization: Option<&'a str>,
+    pub tenant: Option<&'a str>,
+    /// GET, HEAD and OPTIONS count against the read limit, the rest against the write limit.
+    pub is_read: bool,
+}
+
+/// An authenticated caller, plus the rate-limit decision for key callers.
+pub struct Authenticated {
+    pub principal: Principal,
+    pub rate: Option<Decision>,
+}
+
+impl Auth {
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        jwt: jwt::JwtKeys,
+        passwords: passwords::Passwords,
+        policy: AuthPolicy,
+    ) -> Auth {
+        Auth {
+            usage: UsageBuffer::new(store.clone()),
+            store,
+            clock,
+            jwt,
+            passwords,
+            policy,
+            key_windows: SlidingWindow::default(),
+            login_windows: SlidingWindow::default(),
+        }
+    }
+
+    pub fn now(&self) -> time::OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// Checks whichever credential the request carried. `Err` carries the rate decision too
+    /// when a key was over its limit, so the 429 still gets its headers.
+    pub fn authenticate(&self, creds: Credentials<'_>) -> Result<Authenticated, (Error, Option<Decision>)> {
+        let tenant = match creds.tenant {
+            None => None,
+            Some(raw) => Some(
+                TenantId::parse(raw.trim())
+                    .ok_or_else(|| (Error::bad_request("X-Tenant-ID must be a tenant id (a UUID)"), None))?,
+            ),
+        };
+        match (creds.api_key, creds.authorization) {
+            (Some(_), Some(_)) => Err((
+                Error::bad_request("send either X-API-Key or Authorization, not both"),
+                None,
+            )),
+            (Some(key), None) => self.authenticate_key(key, tenant, creds.is_read),
+            (None, Some(header)) => self
+                .authenticate_bearer(header, tenant)
+                .map(|principal| Authenticated { principal, rate: None })
+                .map_err(|e| (e, None)),
+            (None, None) => Err((
+                Error::new(
+                    ErrorKind::AuthenticationRequired,
+                    "authentication required: send an API key in X-API-Key or a session token in Authorization: Bearer",
+                ),
+                None,
+            )),
+        }
+    }
+
+    fn authenticate_key(
+        &self,
+        raw: &str,
+        tenant: Option<TenantId>,
+        is_read: bool,
+    ) -> Result<Authenticated, (Error, Option<Decision>)> {
+        let principal = api_keys::verify(self, raw.trim()).map_err(|e| (e, None))?;
+        if tenant.is_some_and(|t| t != principal.tenant) {
+            return Err((Error::forbidden("an API key can only act in its own tenant"), None));
+        }
+        let key_id = principal.key_id().ok_or_else(|| (Error::new(ErrorKind::Internal, "BUG: key principal without key"), None))?;
+        let limit = if is_read {
+            self.policy.key_reads_per_minute
+        } else {
+            self.policy.key_writes_per_minute
+        };
+        let decision = self.key_windows.hit(&(key_id, is_read), limit, self.now());
+        if !decision.allowed {
+            let e = Error::new(
+                ErrorKind::RateLimited,
+                format!("this key made more than {limit} requests of this kind in the last minute"),
+            )
+            .with_retry_after(decision.retry_after);
+            return Err((e, Some(decision)));
+        }
+        Ok(Authenticated {
+            principal,
+            rate: Some(decision),
+        })
+    }
+
+    fn authenticate_bearer(&self, header: &str, tenant: Option<TenantId>) -> Result<Principal, Error> {
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .ok_or_else(|| Error::new(ErrorKind::InvalidToken, "Authorization must be 'Bearer <access token>'"))?;
+        if key_format::looks_like_key(token) {
+            return Err(Error::new(
+                ErrorKind::InvalidApiKey,
+                "API keys go in the X-API-Key header, not in Authorization: Bearer",
+            ));
+        }
+        sessions::verify_access_token(self, token, tenant)
+    }
+
+    /// Counts one login attempt for the client address; `Err` when over the limit.
+    pub fn check_login_rate(&self, ip: &str) -> Result<(), Error> {
+        let limit = self.policy.login_rate_per_minute;
+        if limit == 0 {
+            return Ok(());
+        }
+        let d = self.login_windows.hit(&ip.to_owned(), limit, self.now());
+        if d.allowed {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::RateLimited, "too many login attempts from this address; wait and retry")
+                .with_retry_after(d.retry_after))
+        }
+    }
+
+    /// Appends an audit event; a failure is logged, not returned, so it never blocks a logout.
+    pub fn audit(&self, tenant: Option<TenantId>, kind: &str, actor: &str, ip: Option<&str>, detail: String) {
+        let event = AuditEvent {
+            id: uuid::Uuid::now_v7(),
+            at: self.now(),
+            kind: kind.to_owned(),
+            actor: actor.to_owned(),
+            ip: ip.map(str::to_owned),
+            detail,
+        };
+        let tenant = tenant.unwrap_or(TenantId(uuid::Uuid::nil()));
+        if let Err(e) = self.store.append_audit(tenant, &event) {
+            tracing::error!(error = %e, kind, "could not write audit event");
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Password hashing with argon2id on a bounded blocking pool.
+//!
+//! Hashing is CPU- and memory-heavy on purpose, so it never runs on the async workers: each
+//! hash waits for a permit (at most half the cores at once) and then runs on the blocking pool.
+//! A login flood therefore queues here instead of stalling API-key traffic.
+use crate::domain::Invalid;
+use crate::error::{Error, ErrorKind};
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+use argon2::{Algorithm, Argon2, Params, Version};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+pub const MIN_PASSWORD_BYTES: usize = 8;
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+static COMMON_PASSWORDS: &str = include_str!("common-passwords.txt");
+
+/// argon2id cost. Production uses OWASP's first recommendation; tests pass smaller numbers in
+/// code (never from the environment, so a deployment cannot be weakened by a stray variable).
+#[derive(Debug, Clone, Copy)]
+pub struct HashCost {
+    pub m_kib: u32,
+    pub t: u32,
+    pub p: u32,
+}
+
+impl HashCost {
+    pub const PRODUCTION: HashCost = HashCost { m_kib: 19_456, t: 2, p: 1 };
+    pub const FAST_FOR_TESTS: HashCost = HashCost { m_kib: 256, t: 1, p: 1 };
+}
+
+#[derive(Clone)]
+pub struct Passwords {
+    argon: Arc<Argon2<'static>>,
+    permits: Arc<Semaphore>,
+    /// Verified against when the email is unknown, so the time spent does not tell.
+    dummy_hash: Arc<str>,
+}
+
+impl Passwords {
+    pub fn new(cost: HashCost, parallel: usize) -> Result<Self, Error> {
+        let params = Params::new(cost.m_kib, cost.t, cost.p, None)
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("bad argon2 parameters: {e}")))?;
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let dummy = super::secret::random_base62(24)?;
+        let dummy_hash = hash_with(&argon, &dummy)?;
+        Ok(Passwords {
+            argon: Arc::new(argon),
+            permits: Arc::new(Semaphore::new(parallel.max(1))),
+            dummy_hash: dummy_hash.into(),
+        })
+    }
+
+    /// Hashes on the blocking pool; the result is a PHC string.
+    pub async fn hash(&self, password: String) -> Result<String, Error> {
+        let argon = self.argon.clone();
+        self.run(move || hash_with(&argon, &password)).await?
+    }
+
+    /// Verifies `password` against `phc`, or against the dummy hash when there is no user.
+    /// Always costs one argon2 run.
+    pub async fn verify(&self, password: String, phc: Option<String>) -> Result<bool, Error> {
+        let argon = self.argon.clone();
+        let known = phc.is_some();
+        let phc = phc.unwrap_or_else(|| self.dummy_hash.to_string());
+        let ok = self
+            .run(move || {
+                PasswordHash::new(&phc)
+                    .map(|parsed| argon.verify_password(password.as_bytes(), &parsed).is_ok())
+                    .unwrap_or(false)
+            })
+            .await?;
+        Ok(known && ok)
+    }
+
+    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| Error::new(ErrorKind::Internal, "password pool closed").with_cause(e))?;
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| Error::new(ErrorKind::Internal, "password hashing failed").with_cause(e))
+    }
+}
+
+fn hash_with(argon: &Argon2<'_>, password: &str) -> Result<String, Error> {
+    argon
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("password hashing failed: {e}")))
+}
+
+/// The password rules: 8 to 1024 bytes, anything allowed, but not a commonly used password.
+pub fn check_policy(field: &str, password: &str) -> Result<(), Invalid> {
+    let len = password.len();
+    if len < MIN_PASSWORD_BYTES {
+        return Err(Invalid::new(field, "must be at least 8 bytes long"));
+    }
+    if len > MAX_PASSWORD_BYTES {
+        return Err(Invalid::new(field, "must be at most 1024 bytes long"));
+    }
+    let lowered = password.to_lowercase();
+    if COMMON_PASSWORDS.lines().any(|common| common == lowered) {
+        return Err(Invalid::new(field, "is on the list of commonly used passwords; choose another"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_long_and_common_passwords_are_refused() {
+        assert!(check_policy("password", "short").is_err());
+        assert!(check_policy("password", &"x".repeat(1025)).is_err());
+        assert!(check_policy("password", "password123").is_err());
+        assert!(check_policy("password", "Password123").is_err());
+        assert!(check_policy("password", "correct horse battery staple").is_ok());
+        assert!(check_policy("password", &"é".repeat(512)).is_ok(), "1024 bytes of anything is fine");
+    }
+
+    #[actix_web::test]
+    async fn hashes_are_argon2id_phc_strings_and_verify_exactly() {
+        let pw = Passwords::new(HashCost::FAST_FOR_TESTS, 1).unwrap();
+        let phc = pw.hash("Tr0ub4dor&3 ".into()).await.unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$"));
+        assert!(pw.verify("Tr0ub4dor&3 ".into(), Some(phc.clone())).await.unwrap());
+        assert!(!pw.verify("Tr0ub4dor&3".into(), Some(phc)).await.unwrap(), "compared exactly as sent");
+        assert!(!pw.verify("anything".into(), None).await.unwrap());
+    }
+
+    #[test]
+    fn production_cost_meets_the_owasp_minimum() {
+        let c = HashCost::PRODUCTION;
+        assert!(c.m_kib >= 19_456 && c.t >= 2 && c.p >= 1);
+    }
+}

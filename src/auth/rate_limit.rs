@@ -1,0 +1,123 @@
+//! In-memory sliding-window counters (per API key and per client IP for logins).
+//!
+//! The window is approximated the usual way: the previous fixed minute's count is weighted by
+//! how much of it still overlaps the sliding minute. Shards keep lock contention low when many
+//! keys are active at once. A restart starts fresh windows.
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::Mutex;
+use time::OffsetDateTime;
+
+const SHARDS: usize = 16;
+const WINDOW_NANOS: i128 = 60_000_000_000;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    start: i128,
+    current: u32,
+    previous: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Unix seconds at which the current fixed window ends.
+    pub reset_at: i64,
+    /// Seconds to wait before a retry can succeed (when refused).
+    pub retry_after: u64,
+}
+
+pub struct SlidingWindow<K> {
+    shards: Vec<Mutex<HashMap<K, Window>>>,
+    hasher: RandomState,
+}
+
+impl<K: Hash + Eq + Clone> Default for SlidingWindow<K> {
+    fn default() -> Self {
+        SlidingWindow {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> SlidingWindow<K> {
+    /// Counts one hit for `key` against `limit` per minute.
+    pub fn hit(&self, key: &K, limit: u32, now: OffsetDateTime) -> Decision {
+        let now_n = now.unix_timestamp_nanos();
+        let start = now_n - now_n.rem_euclid(WINDOW_NANOS);
+        let shard = (self.hasher.hash_one(key) as usize) % SHARDS;
+        let mut map = match self.shards[shard].lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if map.len() > 100_000 {
+            map.retain(|_, w| w.start >= start - WINDOW_NANOS);
+        }
+        let w = map.entry(key.clone()).or_default();
+        if w.start != start {
+            w.previous = if w.start == start - WINDOW_NANOS { w.current } else { 0 };
+            w.current = 0;
+            w.start = start;
+        }
+        let elapsed = (now_n - start) as f64 / WINDOW_NANOS as f64;
+        let weighted = |current: u32| f64::from(w.previous) * (1.0 - elapsed) + f64::from(current);
+        let reset_at = i64::try_from((start + WINDOW_NANOS) / 1_000_000_000).unwrap_or(i64::MAX);
+        let allowed = weighted(w.current + 1) <= f64::from(limit);
+        if allowed {
+            w.current += 1;
+        }
+        let used = weighted(w.current).ceil() as u32;
+        let retry_after = if allowed {
+            0
+        } else {
+            u64::try_from((start + WINDOW_NANOS - now_n) / 1_000_000_000).unwrap_or(0) + 1
+        };
+        Decision {
+            allowed,
+            limit,
+            remaining: limit.saturating_sub(used),
+            reset_at,
+            retry_after,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::Duration;
+
+    fn t0() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+
+    #[test]
+    fn the_limit_is_enforced_and_remaining_counts_down() {
+        let w = SlidingWindow::default();
+        for i in 0..3u32 {
+            let d = w.hit(&"k", 3, t0());
+            assert!(d.allowed);
+            assert_eq!(d.remaining, 2 - i);
+        }
+        let refused = w.hit(&"k", 3, t0());
+        assert!(!refused.allowed);
+        assert!(refused.retry_after >= 1 && refused.retry_after <= 61);
+        assert!(w.hit(&"other", 3, t0()).allowed, "keys are counted apart");
+    }
+
+    #[test]
+    fn the_previous_minute_still_weighs_on_the_next() {
+        let w = SlidingWindow::default();
+        for _ in 0..10 {
+            assert!(w.hit(&1, 10, t0()).allowed);
+        }
+        // Just after the minute boundary almost all of the previous minute still counts.
+        let next_start = t0() + Duration::seconds(60 - (t0().unix_timestamp() % 60));
+        assert!(!w.hit(&1, 10, next_start + Duration::seconds(1)).allowed);
+        // Two minutes later the window is empty again.
+        assert!(w.hit(&1, 10, next_start + Duration::seconds(120)).allowed);
+    }
+}

@@ -1,0 +1,284 @@
+//! Sessions: login, refresh with rotation and reuse detection, logout, password change, and the
+//! per-request check of access tokens.
+use super::lockout::{FailureOutcome, LockoutState};
+use super::secret::{random_base62, sha256};
+use super::{Auth, Principal, SessionUser, Subject};
+use crate::domain::{Email, Environment, Invalid, SessionId, TenantId};
+use crate::error::{Error, ErrorKind};
+use crate::store::{RefreshRecord, SessionRecord, SpendOutcome, UserRecord};
+use time::OffsetDateTime;
+
+const REFRESH_LEN: usize = 43; // 43 base62 characters ≈ 256 bits
+
+/// What a successful login or refresh hands back.
+pub struct Tokens {
+    pub access_token: String,
+    pub expires_in: i64,
+    pub refresh_token: String,
+    /// Seconds until the session's absolute end (the cookie's Max-Age).
+    pub refresh_max_age: i64,
+}
+
+/// Where a request came from, for the audit log and the session list.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+fn invalid_token(detail: &str) -> Error {
+    Error::new(ErrorKind::InvalidToken, detail)
+}
+
+fn invalid_credentials() -> Error {
+    Error::new(ErrorKind::InvalidCredentials, "invalid email or password")
+}
+
+fn locked(seconds: u64) -> Error {
+    Error::new(
+        ErrorKind::AccountLocked,
+        "too many failed logins: this account is locked for a while; retry later or ask an admin to unlock it",
+    )
+    .with_retry_after(seconds)
+}
+
+impl Auth {
+    fn session_alive(&self, s: &SessionRecord, now: OffsetDateTime) -> bool {
+        s.revoked_at.is_none() && now < s.expires_at && now - s.last_seen_at < self.policy.session_idle
+    }
+
+    pub async fn login(&self, email: &str, password: String, client: &ClientInfo) -> Result<Tokens, Error> {
+        let ip = client.ip.as_deref();
+        self.check_login_rate(ip.unwrap_or("unknown"))?;
+        let email = Email::normalize(email);
+        if email.is_empty() || email.len() > crate::domain::MAX_EMAIL_LEN {
+            return Err(Invalid::new("email", "must be an email address").into());
+        }
+        let state: LockoutState = self.store.lockout_get(&email)?.unwrap_or_default();
+        if let Some(left) = state.locked_for(self.now()) {
+            return Err(locked(left));
+        }
+        let user = self.store.user_by_email(&email)?;
+        let tenant = user.as_ref().and_then(UserRecord::default_tenant);
+        let ok = self.passwords.verify(password, user.as_ref().map(|u| u.password_hash.clone())).await?;
+        match (ok, user) {
+            (true, Some(user)) => self.finish_login(&email, user, client).await,
+            (_, user) => {
+                let outcome = self.record_login_failure(&email, user.as_ref(), tenant, ip, "wrong email or password")?;
+                self.store.flush().await?;
+                match outcome {
+                    FailureOutcome::WhileLocked => Err(locked(self.lock_seconds_left(&email)?)),
+                    _ => Err(invalid_credentials()),
+                }
+            }
+        }
+    }
+
+    fn lock_seconds_left(&self, email: &str) -> Result<u64, Error> {
+        let state: LockoutState = self.store.lockout_get(email)?.unwrap_or_default();
+        Ok(state.locked_for(self.now()).unwrap_or(1))
+    }
+
+    /// Counts a failure for `email`; when it locks, the user's sessions and tokens end.
+    fn record_login_failure(
+        &self,
+        email: &str,
+        user: Option<&UserRecord>,
+        tenant: Option<TenantId>,
+        ip: Option<&str>,
+        why: &str,
+    ) -> Result<FailureOutcome, Error> {
+        let now = self.now();
+        let policy = self.policy.lockout;
+        let (old, _) = self.store.lockout_update(email, |s: &LockoutState| s.record_failure(now, &policy).0)?;
+        let (_, outcome) = old.record_failure(now, &policy);
+        self.audit(tenant, "login.failure", email, ip, why.to_owned());
+        if outcome == FailureOutcome::JustLocked {
+            if let Some(user) = user {
+                self.cut_off_user(user, None)?;
+            }
+            self.audit(tenant, "account.locked", email, ip, format!("locked for {} min", policy.lock_for.whole_minutes()));
+        }
+        Ok(outcome)
+    }
+
+    /// Ends the user's sessions (but `keep`) and invalidates every access token issued so far.
+    pub(crate) fn cut_off_user(&self, user: &UserRecord, keep: Option<SessionId>) -> Result<UserRecord, Error> {
+        let now = self.now();
+        let updated = self.store.update_user(user.id, |u| {
+            u.token_version = u.token_version.wrapping_add(1);
+            u.updated_at = now;
+            Ok(())
+        })?;
+        self.store.revoke_user_sessions(user.id, keep, now)?;
+        Ok(updated)
+    }
+
+    async fn finish_login(&self, email: &str, user: UserRecord, client: &ClientInfo) -> Result<Tokens, Error> {
+        let now = self.now();
+        // A concurrent flood may have locked the email while our hash ran.
+        if let Some(left) = self.store.lockout_get::<LockoutState>(email)?.and_then(|s| s.locked_for(now)) {
+            return Err(locked(left));
+        }
+        self.store.lockout_clear(email)?;
+        let tenant = user
+            .default_tenant()
+            .ok_or_else(|| Error::forbidden("this user is not a member of any tenant"))?;
+        let session = SessionRecord {
+            id: SessionId::generate(),
+            user: user.id,
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now + self.policy.session_max,
+            revoked_at: None,
+            ip: client.ip.clone(),
+            user_agent: client.user_agent.as_ref().map(|ua| ua.chars().take(200).collect()),
+        };
+        let refresh = random_base62(REFRESH_LEN)?;
+        let record = RefreshRecord {
+            session: session.id,
+            parent: None,
+            issued_at: now,
+            spent_at: None,
+        };
+        self.store.create_session(&session, &sha256(refresh.as_bytes()), &record)?;
+        self.audit(Some(tenant), "login.success", &format!("user:{email}"), client.ip.as_deref(), format!("session {}", session.id));
+        self.store.flush().await?;
+        self.tokens(&user, tenant, &session, refresh, now)
+    }
+
+    fn tokens(&self, user: &UserRecord, tenant: TenantId, session: &SessionRecord, refresh: String, now: OffsetDateTime) -> Result<Tokens, Error> {
+        Ok(Tokens {
+            access_token: self.jwt.issue(user.id, tenant, session.id, user.token_version, now)?,
+            expires_in: self.jwt.ttl_seconds,
+            refresh_token: refresh,
+            refresh_max_age: (session.expires_at - now).whole_seconds().max(0),
+        })
+    }
+
+    /// Spends the refresh token and returns its successor. A spent token presented again ends
+    /// the whole session: whoever holds the other copy loses it too.
+    pub async fn refresh(&self, raw: &str, client: &ClientInfo) -> Result<Tokens, Error> {
+        if raw.len() != REFRESH_LEN || !raw.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(invalid_token("the refresh token is missing or malformed"));
+        }
+        let now = self.now();
+        let digest = sha256(raw.as_bytes());
+        let record = self.store.refresh_record(&digest)?.ok_or_else(|| invalid_token("the refresh token is not valid"))?;
+        let session = self.store.session(record.session)?.ok_or_else(|| invalid_token("the session has ended"))?;
+        if record.spent_at.is_none() && !self.session_alive(&session, now) {
+            return Err(invalid_token("the session has ended; log in again"));
+        }
+        let next = random_base62(REFRESH_LEN)?;
+        match self.store.spend_refresh(&digest, &sha256(next.as_bytes()), now)? {
+            SpendOutcome::Spent(session) => {
+                let user = self.store.user(session.user)?.ok_or_else(|| invalid_token("the user no longer exists"))?;
+                let tenant = user.default_tenant().ok_or_else(|| Error::forbidden("this user is not a member of any tenant"))?;
+                self.store.flush().await?;
+                self.tokens(&user, tenant, &session, next, now)
+            }
+            SpendOutcome::Reused(sid) => {
+                let ended = self.store.revoke_session(sid, now)?;
+                let user = match ended {
+                    Some(s) => self.store.user(s.user)?,
+                    None => None,
+                };
+                let tenant = user.as_ref().and_then(UserRecord::default_tenant);
+                let actor = user.map(|u| format!("user:{}", u.email)).unwrap_or_default();
+                self.audit(tenant, "refresh_token.reused", &actor, client.ip.as_deref(), format!("session {sid} ended"));
+                self.store.flush().await?;
+                Err(invalid_token("this refresh token was already used; the session has been ended for safety"))
+            }
+            SpendOutcome::Invalid => Err(invalid_token("the session has ended; log in again")),
+        }
+    }
+
+    pub async fn logout(&self, user: SessionUser) -> Result<(), Error> {
+        self.store.revoke_session(user.session, self.now())?;
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    pub async fn logout_all(&self, user: SessionUser) -> Result<usize, Error> {
+        let n = self.store.revoke_user_sessions(user.id, None, self.now())?;
+        self.store.flush().await?;
+        Ok(n)
+    }
+
+    pub fn live_sessions(&self, user: SessionUser) -> Result<Vec<SessionRecord>, Error> {
+        let now = self.now();
+        let mut sessions = self.store.user_sessions(user.id)?;
+        sessions.retain(|s| self.session_alive(s, now));
+        Ok(sessions)
+    }
+
+    pub async fn end_session(&self, user: SessionUser, id: SessionId) -> Result<(), Error> {
+        match self.store.session(id)? {
+            Some(s) if s.user == user.id && s.revoked_at.is_none() => {
+                self.store.revoke_session(id, self.now())?;
+                self.store.flush().await?;
+                Ok(())
+            }
+            _ => Err(Error::not_found("session")),
+        }
+    }
+
+    /// Changes the password; every other session ends and every earlier access token dies.
+    /// Returns a fresh access token for the caller's own session.
+    pub async fn change_password(&self, who: SessionUser, principal: &Principal, current: String, new: String, client: &ClientInfo) -> Result<String, Error> {
+        let user = self.store.user(who.id)?.ok_or_else(|| invalid_token("the user no longer exists"))?;
+        if let Some(left) = self.store.lockout_get::<LockoutState>(&user.email)?.and_then(|s| s.locked_for(self.now())) {
+            return Err(locked(left));
+        }
+        super::passwords::check_policy("new_password", &new)?;
+        if !self.passwords.verify(current, Some(user.password_hash.clone())).await? {
+            // Counted like a failed login, so a stolen access token cannot guess passwords.
+            self.record_login_failure(&user.email, Some(&user), Some(principal.tenant), client.ip.as_deref(), "wrong current password")?;
+            self.store.flush().await?;
+            return Err(Error::invalid(vec![Invalid::new("current_password", "is not the current password")]));
+        }
+        let hash = self.passwords.hash(new).await?;
+        let now = self.now();
+        self.store.update_user(user.id, |u| {
+            u.password_hash = hash.clone();
+            u.updated_at = now;
+            Ok(())
+        })?;
+        let updated = self.cut_off_user(&user, Some(who.session))?;
+        self.audit(Some(principal.tenant), "password.changed", &principal.actor(), client.ip.as_deref(), String::new());
+        self.store.flush().await?;
+        self.jwt.issue(updated.id, principal.tenant, who.session, updated.token_version, now)
+    }
+}
+
+/// Signature and claims, then the session and the user: a token outlives neither.
+pub(super) fn verify_access_token(auth: &Auth, token: &str, tenant: Option<TenantId>) -> Result<Principal, Error> {
+    let now = auth.now();
+    let claims = auth.jwt.verify(token, now)?;
+    let session = auth.store.session(claims.sid)?.filter(|s| s.user == claims.sub);
+    if !session.is_some_and(|s| auth.session_alive(&s, now)) {
+        return Err(invalid_token("the session of this access token has ended"));
+    }
+    let user = auth
+        .store
+        .user(claims.sub)?
+        .filter(|u| u.token_version == claims.ver)
+        .ok_or_else(|| invalid_token("this access token was revoked; refresh or log in again"))?;
+    let tenant = tenant.unwrap_or(claims.tid);
+    let role = user
+        .role_in(tenant)
+        .filter(|_| !user.superadmin || auth.store.tenant(tenant).ok().flatten().is_some())
+        .ok_or_else(|| Error::forbidden("you are not a member of this tenant"))?;
+    Ok(Principal {
+        tenant,
+        environment: Environment::Live,
+        scopes: role.scopes(),
+        role: Some(role),
+        subject: Subject::User {
+            id: user.id,
+            email: user.email,
+            session: claims.sid,
+            superadmin: user.superadmin,
+        },
+    })
+}

@@ -1,0 +1,6 @@
+//! The product catalog: business rules over the store, no HTTP. Every call takes a
+//! [`Namespace`](crate::store::Namespace), so tenant and environment isolation is structural.
+pub mod field;
+pub mod products;
+
+pub use products::{Catalog, ListQuery, ProductPatch, SortBy};

@@ -1,0 +1,308 @@
+//! Products: validation, create / replace / patch / delete, and listing with filters.
+//!
+//! One patch type serves POST, PUT and PATCH: create and replace apply it to an empty record
+//! and then require `ean` and `name`; PATCH applies it to the stored record. `null` clears an
+//! optional field and is refused for required ones.
+use super::field::Field;
+use crate::clock::SharedClock;
+use crate::domain::{Ean, Invalid, ProductId};
+use crate::error::Error;
+use crate::store::{Namespace, ProductRecord, Store, StoreError};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub const MAX_BULK_DELETE: usize = 1000;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ProductPatch {
+    pub ean: Field<String>,
+    pub sku: Field<String>,
+    pub reference: Field<String>,
+    pub name: Field<String>,
+    pub description: Field<String>,
+    pub brand: Field<String>,
+    pub price: Field<f64>,
+    pub cost_price: Field<f64>,
+    pub currency: Field<String>,
+    pub weight: Field<f64>,
+    pub stock: Field<i64>,
+    pub is_active: Field<bool>,
+    pub supplier_id: Field<Uuid>,
+    pub supplier_code: Field<String>,
+    pub category_ids: Field<Vec<Uuid>>,
+    pub attributes: Field<BTreeMap<String, String>>,
+}
+
+fn text(errors: &mut Vec<Invalid>, field: &str, value: Field<String>, max: usize, slot: &mut Option<String>) {
+    match value {
+        Field::Absent => {}
+        Field::Null => *slot = None,
+        Field::Value(v) => {
+            let v = v.trim().to_owned();
+            if v.chars().count() > max {
+                errors.push(Invalid::new(field, format!("must be at most {max} characters")));
+            } else {
+                *slot = (!v.is_empty()).then_some(v);
+            }
+        }
+    }
+}
+
+fn amount(errors: &mut Vec<Invalid>, field: &str, value: Field<f64>, slot: &mut Option<f64>) {
+    match value {
+        Field::Absent => {}
+        Field::Null => *slot = None,
+        Field::Value(v) if (0.0..1e15).contains(&v) => *slot = Some(v),
+        Field::Value(_) => errors.push(Invalid::new(field, "must be a number from 0 to 10^15")),
+    }
+}
+
+fn required<T>(errors: &mut Vec<Invalid>, field: &str, value: Field<T>, slot: &mut T) {
+    match value {
+        Field::Absent => {}
+        Field::Null => errors.push(Invalid::new(field, "must not be null")),
+        Field::Value(v) => *slot = v,
+    }
+}
+
+impl ProductPatch {
+    /// Applies the patch to `p`, collecting every problem rather than stopping at the first.
+    pub fn apply(self, p: &mut ProductRecord) -> Result<(), Vec<Invalid>> {
+        let mut errors = Vec::new();
+        let e = &mut errors;
+        match self.ean {
+            Field::Absent => {}
+            Field::Null => e.push(Invalid::new("ean", "must not be null")),
+            Field::Value(v) => match Ean::parse(&v) {
+                Ok(ean) => p.ean = ean.as_str().to_owned(),
+                Err(err) => e.push(err),
+            },
+        }
+        match self.name {
+            Field::Absent => {}
+            Field::Null => e.push(Invalid::new("name", "must not be null")),
+            Field::Value(v) if v.trim().is_empty() || v.chars().count() > 500 => {
+                e.push(Invalid::new("name", "must be 1 to 500 characters"))
+            }
+            Field::Value(v) => p.name = v.trim().to_owned(),
+        }
+        text(e, "sku", self.sku, 100, &mut p.sku);
+        text(e, "reference", self.reference, 100, &mut p.reference);
+        text(e, "description", self.description, 20_000, &mut p.description);
+        text(e, "brand", self.brand, 200, &mut p.brand);
+        text(e, "supplier_code", self.supplier_code, 100, &mut p.supplier_code);
+        amount(e, "price", self.price, &mut p.price);
+        amount(e, "cost_price", self.cost_price, &mut p.cost_price);
+        amount(e, "weight", self.weight, &mut p.weight);
+        match self.currency {
+            Field::Value(c) if !(c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase())) => {
+                e.push(Invalid::new("currency", "must be a three-letter ISO 4217 code such as EUR"))
+            }
+            other => required(e, "currency", other, &mut p.currency),
+        }
+        required(e, "stock", self.stock, &mut p.stock);
+        required(e, "is_active", self.is_active, &mut p.is_active);
+        match self.supplier_id {
+            Field::Absent => {}
+            Field::Null => p.supplier_id = None,
+            Field::Value(id) => p.supplier_id = Some(id),
+        }
+        match self.category_ids {
+            Field::Value(ids) if ids.len() > 100 => e.push(Invalid::new("category_ids", "at most 100 categories")),
+            Field::Value(mut ids) => {
+                ids.dedup();
+                p.category_ids = ids;
+            }
+            other => required(e, "category_ids", other, &mut p.category_ids),
+        }
+        match self.attributes {
+            Field::Value(a) if a.len() > 200 || a.iter().any(|(k, v)| k.is_empty() || k.len() > 100 || v.len() > 2000) => {
+                e.push(Invalid::new("attributes", "at most 200 entries; keys 1 to 100 bytes, values at most 2000"))
+            }
+            other => required(e, "attributes", other, &mut p.attributes),
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SortBy {
+    #[default]
+    CreatedAt,
+    Name,
+    Price,
+}
+
+#[derive(Debug, Default)]
+pub struct ListQuery {
+    pub search: Option<String>,
+    pub is_active: Option<bool>,
+    pub supplier_id: Option<Uuid>,
+    pub category_id: Option<Uuid>,
+    pub sort_by: SortBy,
+    pub descending: bool,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+impl ListQuery {
+    fn has_filters(&self) -> bool {
+        self.search.is_some() || self.is_active.is_some() || self.supplier_id.is_some() || self.category_id.is_some()
+    }
+
+    fn matches(&self, p: &ProductRecord) -> bool {
+        let search_ok = self.search.as_ref().is_none_or(|s| {
+            p.name.to_lowercase().contains(s)
+                || p.ean.contains(s.as_str())
+                || p.sku.as_ref().is_some_and(|sku| sku.to_lowercase().contains(s))
+        });
+        search_ok
+            && self.is_active.is_none_or(|a| p.is_active == a)
+            && self.supplier_id.is_none_or(|s| p.supplier_id == Some(s))
+            && self.category_id.is_none_or(|c| p.category_ids.contains(&c))
+    }
+}
+
+#[derive(Clone)]
+pub struct Catalog {
+    store: Store,
+    clock: SharedClock,
+}
+
+fn blank(id: ProductId, now: OffsetDateTime) -> ProductRecord {
+    ProductRecord {
+        id,
+        ean: String::new(),
+        sku: None,
+        reference: None,
+        name: String::new(),
+        description: None,
+        brand: None,
+        price: None,
+        cost_price: None,
+        currency: "EUR".into(),
+        weight: None,
+        stock: 0,
+        is_active: true,
+        supplier_id: None,
+        supplier_code: None,
+        category_ids: Vec::new(),
+        attributes: BTreeMap::new(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// A full record built from a patch: `ean` and `name` are required.
+fn complete(patch: ProductPatch, mut base: ProductRecord) -> Result<ProductRecord, Error> {
+    let mut missing = Vec::new();
+    if patch.ean.is_absent() {
+        missing.push(Invalid::new("ean", "is required"));
+    }
+    if patch.name.is_absent() {
+        missing.push(Invalid::new("name", "is required"));
+    }
+    let applied = patch.apply(&mut base);
+    let mut errors = missing;
+    errors.extend(applied.err().unwrap_or_default());
+    if errors.is_empty() { Ok(base) } else { Err(Error::invalid(errors)) }
+}
+
+impl Catalog {
+    pub fn new(store: Store, clock: SharedClock) -> Self {
+        Catalog { store, clock }
+    }
+
+    pub async fn create(&self, ns: Namespace, patch: ProductPatch) -> Result<ProductRecord, Error> {
+        let product = complete(patch, blank(ProductId::generate(), self.clock.now()))?;
+        self.store.insert_product(ns, &product)?;
+        self.store.flush().await?;
+        Ok(product)
+    }
+
+    pub fn get(&self, ns: Namespace, id: ProductId) -> Result<ProductRecord, Error> {
+        self.store.product(ns, id)?.ok_or_else(|| Error::not_found("product"))
+    }
+
+    /// PUT: replaces every field (created_at stays).
+    pub async fn replace(&self, ns: Namespace, id: ProductId, patch: ProductPatch) -> Result<ProductRecord, Error> {
+        let now = self.clock.now();
+        let template = complete(patch, blank(id, now))?;
+        let updated = self.store.update_product(ns, id, |old| {
+            Ok(ProductRecord {
+                created_at: old.created_at,
+                ..template.clone()
+            })
+        });
+        self.finish_update(updated).await
+    }
+
+    /// PATCH: changes only the fields present.
+    pub async fn patch(&self, ns: Namespace, id: ProductId, patch: ProductPatch) -> Result<ProductRecord, Error> {
+        let now = self.clock.now();
+        // Field checks do not depend on the stored values: run them once up front so a bad
+        // patch is a 422 before any store work.
+        let mut scratch = self.get(ns, id)?;
+        patch.clone().apply(&mut scratch).map_err(Error::invalid)?;
+        let updated = self.store.update_product(ns, id, |old| {
+            let mut next = old.clone();
+            patch
+                .clone()
+                .apply(&mut next)
+                .map_err(|_| StoreError::Conflict("the product changed during the update; retry"))?;
+            next.updated_at = now;
+            Ok(next)
+        });
+        self.finish_update(updated).await
+    }
+
+    async fn finish_update(&self, updated: Result<ProductRecord, StoreError>) -> Result<ProductRecord, Error> {
+        let product = updated.map_err(|e| match e {
+            StoreError::NotFound => Error::not_found("product"),
+            other => other.into(),
+        })?;
+        self.store.flush().await?;
+        Ok(product)
+    }
+
+    pub async fn delete(&self, ns: Namespace, ids: &[ProductId]) -> Result<Vec<ProductId>, Error> {
+        let deleted = self.store.delete_products(ns, ids)?;
+        self.store.flush().await?;
+        Ok(deleted)
+    }
+
+    /// One page of products and the number matching in all.
+    pub fn list(&self, ns: Namespace, q: &ListQuery) -> Result<(Vec<ProductRecord>, u64), Error> {
+        if !q.has_filters() && q.sort_by == SortBy::CreatedAt {
+            // Keys are time-ordered ids: the page is a range walk, the total a counter.
+            let items = self
+                .store
+                .products_in_order(ns, q.descending)
+                .skip(q.offset)
+                .take(q.limit)
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok((items, self.store.product_count(ns)?));
+        }
+        let mut all = Vec::new();
+        for p in self.store.products_in_order(ns, false) {
+            let p = p?;
+            if q.matches(&p) {
+                all.push(p);
+            }
+        }
+        match q.sort_by {
+            SortBy::CreatedAt => {}
+            SortBy::Name => all.sort_by_key(|p| p.name.to_lowercase()),
+            SortBy::Price => all.sort_by(|a, b| a.price.unwrap_or(0.0).total_cmp(&b.price.unwrap_or(0.0))),
+        }
+        if q.descending {
+            all.reverse();
+        }
+        let total = all.len() as u64;
+        Ok((all.into_iter().skip(q.offset).take(q.limit).collect(), total))
+    }
+}

@@ -1,0 +1,253 @@
+//! The command line: `serve` and the admin subcommands. Admin subcommands take the data-dir
+//! lock without waiting, so they fail at once (exit 2) while a server holds the directory.
+use crate::auth::Auth;
+use crate::auth::api_keys::{NewKeyRequest, validate_expiry, validate_name};
+use crate::auth::passwords::HashCost;
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{DEFAULT_DATA_DIR, ServeArgs, Settings, merge_config_file};
+use crate::domain::{Environment, KeyId, Role, ScopeSet};
+use crate::startup::{Application, DataDir, StartError, build_auth};
+use crate::store::{Membership, backup};
+use clap::{Parser, Subcommand};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, Parser)]
+#[command(name = "pixee-pim", version, about = "The Pixee PIM API in one self-hosted binary")]
+pub struct Cli {
+    /// Data directory (one sled database)
+    #[arg(long, global = true, env = "PIXEE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API and the settings page
+    Serve(ServeArgs),
+    /// Manage tenants
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Manage users
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage API keys
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Write a consistent copy of the whole store to FILE
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Load a backup into an empty data dir
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant; prints its id
+    Create {
+        #[arg(long)]
+        name: String,
+    },
+    /// List tenants
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Create a user (password from stdin or PIXEE_PASSWORD, never from argv)
+    Create {
+        #[arg(long)]
+        email: String,
+        /// Tenant id or name
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_parser = ["admin", "editor", "viewer"])]
+        role: String,
+        #[arg(long)]
+        superadmin: bool,
+    },
+    /// Lift a login lock
+    Unlock {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Create a key; prints the raw key once, alone on its line
+    Create {
+        /// Tenant id or name
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes, e.g. products:read,products:write
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// A pm_test_ key (test environment)
+        #[arg(long)]
+        test: bool,
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List a tenant's keys (never the keys themselves)
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke a key by id
+    Revoke { id: String },
+}
+
+/// Runs the command; `Err` carries the exit code and the one line for stderr.
+pub async fn run(cli: Cli) -> Result<(), StartError> {
+    match cli.command {
+        Command::Serve(args) => serve(cli.data_dir, args).await,
+        Command::Backup { out } => run_backup(&cli.data_dir, &out),
+        Command::Restore { from } => run_restore(&cli.data_dir, &from),
+        other => admin(cli.data_dir, other).await,
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> StartError {
+    StartError::Other(e.to_string())
+}
+
+async fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<(), StartError> {
+    let mut args = merge_config_file(args).map_err(StartError::Other)?;
+    args.admin_password = std::env::var("PIXEE_ADMIN_PASSWORD").ok();
+    let settings = Settings::resolve(data_dir, args);
+    let clock: SharedClock = Arc::new(SystemClock);
+    let app = Application::build(settings.clone(), clock, HashCost::PRODUCTION).await?;
+    let scheme = if settings.tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}/settings/", settings.listen);
+    if let Some(boot) = &app.bootstrap {
+        eprintln!("pixee-pim: first start: created tenant 'default' and superadmin {}", boot.admin_email);
+        if let Some(pw) = &boot.generated_password {
+            eprintln!("pixee-pim: generated admin password (shown once, store it now): {pw}");
+        }
+        eprintln!("pixee-pim: settings page: {url}");
+    }
+    tracing::info!(listen = %settings.listen, data_dir = %settings.data_dir.display(), "pixee-pim {} serving on {scheme}://{}", env!("CARGO_PKG_VERSION"), settings.listen);
+    app.run_until_stopped().await.map_err(fail)
+}
+
+fn open_admin(data_dir: &Path) -> Result<(DataDir, Auth), StartError> {
+    let dir = DataDir::open(data_dir, 16)?;
+    let settings = Settings::defaults(data_dir.to_path_buf());
+    let auth = build_auth(&dir.store, &settings, Arc::new(SystemClock), HashCost::PRODUCTION)?;
+    Ok((dir, auth))
+}
+
+fn read_password() -> Result<String, StartError> {
+    if let Ok(pw) = std::env::var("PIXEE_PASSWORD") {
+        return Ok(pw);
+    }
+    let mut input = String::new();
+    std::io::stdin().take(4096).read_to_string(&mut input).map_err(fail)?;
+    let pw = input.strip_suffix('\n').unwrap_or(&input);
+    Ok(pw.strip_suffix('\r').unwrap_or(pw).to_owned())
+}
+
+fn api_err(e: crate::error::Error) -> StartError {
+    let mut line = e.detail;
+    for f in e.errors {
+        line = format!("{}: {}", f.field, f.message);
+    }
+    StartError::Other(line)
+}
+
+async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
+    let (_dir, auth) = open_admin(&data_dir)?;
+    match cmd {
+        Command::Tenant(TenantCmd::Create { name }) => {
+            let t = auth.create_tenant(&name).map_err(api_err)?;
+            auth.store.flush().await.map_err(fail)?;
+            println!("{}", t.id);
+        }
+        Command::Tenant(TenantCmd::List) => {
+            for t in auth.store.list_tenants().map_err(fail)? {
+                println!("{}\t{}", t.id, t.name);
+            }
+        }
+        Command::User(UserCmd::Create { email, tenant, role, superadmin }) => {
+            let tenant = auth.find_tenant(&tenant).map_err(api_err)?;
+            let role = Role::parse(&role).map_err(|e| fail(e.message))?;
+            let password = read_password()?;
+            let user = auth
+                .create_user(&email, password, vec![Membership { tenant: tenant.id, role }], superadmin)
+                .await
+                .map_err(api_err)?;
+            println!("{}", user.id);
+        }
+        Command::User(UserCmd::Unlock { email }) => {
+            let email = crate::domain::Email::normalize(&email);
+            let user = auth.store.user_by_email(&email).map_err(fail)?.ok_or_else(|| fail(format!("no user with email {email}")))?;
+            let was_locked = auth.unlock(&user, None, "cli").await.map_err(api_err)?;
+            println!("{}", if was_locked { "unlocked" } else { "was not locked; failure count cleared" });
+        }
+        Command::Key(KeyCmd::Create { tenant, name, scopes, test, expires_in_days }) => {
+            let tenant = auth.find_tenant(&tenant).map_err(api_err)?;
+            let now = auth.now();
+            let expires_at = expires_in_days.map(|d| now + time::Duration::days(i64::from(d)));
+            let issued = auth
+                .create_key(NewKeyRequest {
+                    tenant: tenant.id,
+                    environment: if test { Environment::Test } else { Environment::Live },
+                    name: validate_name(&name).map_err(|e| fail(e.to_string()))?,
+                    scopes: ScopeSet::parse_list(&scopes).map_err(|e| fail(e.to_string()))?,
+                    expires_at: validate_expiry(expires_at, now).map_err(|e| fail(e.to_string()))?,
+                    created_by: "cli".into(),
+                })
+                .await
+                .map_err(api_err)?;
+            println!("{}", issued.raw);
+        }
+        Command::Key(KeyCmd::List { tenant }) => {
+            let tenant = auth.find_tenant(&tenant).map_err(api_err)?;
+            for k in auth.store.list_api_keys(tenant.id).map_err(fail)? {
+                let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
+                println!("{}\t{}\t{}\t{}\t{}\t{}", k.id, k.name, k.environment.as_str(), k.hint, k.scopes.names().join(","), state);
+            }
+        }
+        Command::Key(KeyCmd::Revoke { id }) => {
+            let id = KeyId::parse(&id).ok_or_else(|| fail("the key id must be a UUID"))?;
+            let key = auth.store.api_key(id).map_err(fail)?.ok_or_else(|| fail("no such key"))?;
+            auth.revoke_key(key.tenant, id, "cli", None).await.map_err(api_err)?;
+            println!("revoked {}", key.hint);
+        }
+        Command::Serve(_) | Command::Backup { .. } | Command::Restore { .. } => {}
+    }
+    Ok(())
+}
+
+fn run_backup(data_dir: &Path, out: &Path) -> Result<(), StartError> {
+    let dir = DataDir::open(data_dir, 16)?;
+    let tmp = out.with_extension("partial");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?);
+    let n = backup::write(&dir.store, &mut file).map_err(fail)?;
+    let file = file.into_inner().map_err(|e| fail(e.error()))?;
+    file.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, out).map_err(fail)?;
+    eprintln!("pixee-pim: backup of {n} entries written to {}", out.display());
+    Ok(())
+}
+
+fn run_restore(data_dir: &Path, from: &Path) -> Result<(), StartError> {
+    let mut input = std::fs::File::open(from).map_err(|e| fail(format!("cannot read {}: {e}", from.display())))?;
+    let dir = DataDir::open(data_dir, 16)?;
+    if dir.store.meta_get("bootstrapped").map_err(fail)?.is_some() || dir.store.user_count() > 0 {
+        return Err(fail(format!("restore needs an empty data dir; {} already holds a store", data_dir.display())));
+    }
+    let n = backup::restore(&dir.store, &mut input).map_err(fail)?;
+    eprintln!("pixee-pim: restored {n} entries into {}", data_dir.display());
+    Ok(())
+}

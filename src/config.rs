@@ -1,0 +1,146 @@
+//! Server settings: flag > environment variable > config file (TOML) > default.
+//!
+//! clap merges flags and environment variables; the config file fills what both left unset.
+//! Every key of the file is the flag's name with `_` for `-` (e.g. `lockout_threshold = 5`).
+use clap::Args;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_DATA_DIR: &str = "./pixee-data";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// Address to listen on
+    #[arg(long, env = "PIXEE_LISTEN")]
+    pub listen: Option<String>,
+    /// PEM certificate chain; with --tls-key serves HTTPS
+    #[arg(long, env = "PIXEE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key
+    #[arg(long, env = "PIXEE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// TOML file with any of these settings
+    #[arg(long, env = "PIXEE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Consecutive failed logins that lock an email
+    #[arg(long, env = "PIXEE_LOCKOUT_THRESHOLD")]
+    pub lockout_threshold: Option<u32>,
+    /// Minutes a lock lasts (also the window failures are counted in)
+    #[arg(long, env = "PIXEE_LOCKOUT_MINUTES")]
+    pub lockout_minutes: Option<u32>,
+    /// Login attempts per client IP per minute (0 = unlimited)
+    #[arg(long, env = "PIXEE_LOGIN_RATE_PER_MINUTE")]
+    pub login_rate_per_minute: Option<u32>,
+    /// Reads (GET/HEAD/OPTIONS) per API key per minute
+    #[arg(long, env = "PIXEE_KEY_READS_PER_MINUTE")]
+    pub key_reads_per_minute: Option<u32>,
+    /// Writes per API key per minute
+    #[arg(long, env = "PIXEE_KEY_WRITES_PER_MINUTE")]
+    pub key_writes_per_minute: Option<u32>,
+    /// Access token lifetime in seconds
+    #[arg(long, env = "PIXEE_ACCESS_TOKEN_TTL_SECONDS")]
+    pub access_token_ttl_seconds: Option<u32>,
+    /// Absolute session lifetime in days
+    #[arg(long, env = "PIXEE_SESSION_MAX_DAYS")]
+    pub session_max_days: Option<u32>,
+    /// Days without a refresh after which a session ends
+    #[arg(long, env = "PIXEE_SESSION_IDLE_DAYS")]
+    pub session_idle_days: Option<u32>,
+    /// sled page cache size in MiB
+    #[arg(long, env = "PIXEE_CACHE_MB")]
+    pub cache_mb: Option<u64>,
+    /// Largest JSON request body in bytes
+    #[arg(long, env = "PIXEE_JSON_LIMIT_BYTES")]
+    pub json_limit_bytes: Option<usize>,
+    /// HTTP worker threads (default: number of cores)
+    #[arg(long, env = "PIXEE_WORKERS")]
+    pub workers: Option<usize>,
+    /// Trust the last X-Forwarded-For hop as the client address (behind your own proxy)
+    #[arg(long, env = "PIXEE_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: Option<bool>,
+    /// Email of the superadmin created on first start
+    #[arg(long, env = "PIXEE_ADMIN_EMAIL")]
+    pub admin_email: Option<String>,
+    /// Password of the superadmin created on first start (generated and printed when unset)
+    /// (Read from PIXEE_ADMIN_PASSWORD only, never from argv.)
+    #[arg(skip)]
+    #[serde(skip)]
+    pub admin_password: Option<String>,
+}
+
+/// Fully resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub lockout_threshold: u32,
+    pub lockout_minutes: u32,
+    pub login_rate_per_minute: u32,
+    pub key_reads_per_minute: u32,
+    pub key_writes_per_minute: u32,
+    pub access_token_ttl_seconds: u32,
+    pub session_max_days: u32,
+    pub session_idle_days: u32,
+    pub cache_mb: u64,
+    pub json_limit_bytes: usize,
+    pub workers: usize,
+    pub trust_forwarded_for: bool,
+    pub admin_email: String,
+    pub admin_password: Option<String>,
+}
+
+impl Settings {
+    /// Defaults everywhere, for `data_dir`.
+    pub fn defaults(data_dir: PathBuf) -> Settings {
+        Settings::resolve(data_dir, ServeArgs::default())
+    }
+
+    pub fn resolve(data_dir: PathBuf, a: ServeArgs) -> Settings {
+        let workers = std::thread::available_parallelism().map_or(2, usize::from);
+        Settings {
+            data_dir,
+            listen: a.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            tls: a.tls_cert.zip(a.tls_key),
+            lockout_threshold: a.lockout_threshold.unwrap_or(5).max(1),
+            lockout_minutes: a.lockout_minutes.unwrap_or(15).max(1),
+            login_rate_per_minute: a.login_rate_per_minute.unwrap_or(30),
+            key_reads_per_minute: a.key_reads_per_minute.unwrap_or(1000),
+            key_writes_per_minute: a.key_writes_per_minute.unwrap_or(100),
+            access_token_ttl_seconds: a.access_token_ttl_seconds.unwrap_or(900).clamp(60, 86_400),
+            session_max_days: a.session_max_days.unwrap_or(30).max(1),
+            session_idle_days: a.session_idle_days.unwrap_or(7).max(1),
+            cache_mb: a.cache_mb.unwrap_or(64).max(1),
+            json_limit_bytes: a.json_limit_bytes.unwrap_or(1 << 20).max(1024),
+            workers: a.workers.unwrap_or(workers).max(1),
+            trust_forwarded_for: a.trust_forwarded_for.unwrap_or(false),
+            admin_email: a.admin_email.unwrap_or_else(|| "admin@localhost".into()),
+            admin_password: a.admin_password.filter(|p| !p.is_empty()),
+        }
+    }
+}
+
+/// Fills unset values of `args` from the TOML file it names.
+pub fn merge_config_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
+    let Some(path) = args.config.clone() else {
+        return Ok(args);
+    };
+    let file = read_config(&path)?;
+    macro_rules! fill {
+        ($($f:ident),*) => { $( if args.$f.is_none() { args.$f = file.$f; } )* };
+    }
+    fill!(
+        listen, tls_cert, tls_key, lockout_threshold, lockout_minutes, login_rate_per_minute,
+        key_reads_per_minute, key_writes_per_minute, access_token_ttl_seconds, session_max_days,
+        session_idle_days, cache_mb, json_limit_bytes, workers, trust_forwarded_for, admin_email
+    );
+    Ok(args)
+}
+
+fn read_config(path: &Path) -> Result<ServeArgs, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config file {} is not valid: {}", path.display(), e.message()))
+}

@@ -1,0 +1,134 @@
+//! The one error type handlers return. It knows the SPEC error codes but not HTTP: `web.rs`
+//! turns it into a problem+json response.
+use crate::domain::Invalid;
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    AuthenticationRequired,
+    InvalidApiKey,
+    InvalidToken,
+    InvalidCredentials,
+    PermissionDenied,
+    NotFound,
+    /// 400: the request cannot be read (malformed JSON, bad header, bad query).
+    BadRequest,
+    /// 422: the request was read but a value is not acceptable.
+    Validation,
+    DuplicateEan,
+    Conflict,
+    AccountLocked,
+    RateLimited,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    MethodNotAllowed,
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::AuthenticationRequired => "AUTHENTICATION_REQUIRED",
+            ErrorKind::InvalidApiKey => "INVALID_API_KEY",
+            ErrorKind::InvalidToken => "INVALID_TOKEN",
+            ErrorKind::InvalidCredentials => "INVALID_CREDENTIALS",
+            ErrorKind::PermissionDenied => "PERMISSION_DENIED",
+            ErrorKind::NotFound => "NOT_FOUND",
+            ErrorKind::BadRequest | ErrorKind::Validation => "VALIDATION_ERROR",
+            ErrorKind::DuplicateEan => "DUPLICATE_EAN",
+            ErrorKind::Conflict => "CONFLICT",
+            ErrorKind::AccountLocked => "ACCOUNT_LOCKED",
+            ErrorKind::RateLimited => "RATE_LIMIT_EXCEEDED",
+            ErrorKind::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorKind::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            ErrorKind::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ErrorKind::Internal => "INTERNAL_ERROR",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{kind:?}: {detail}")]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub detail: String,
+    pub errors: Vec<Invalid>,
+    pub retry_after: Option<u64>,
+    /// Logged for 500s, never sent.
+    #[source]
+    pub cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
+        Error {
+            kind,
+            detail: detail.into(),
+            errors: Vec::new(),
+            retry_after: None,
+            cause: None,
+        }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Error::new(ErrorKind::NotFound, format!("{what} not found"))
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Error::new(ErrorKind::PermissionDenied, detail)
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Error::new(ErrorKind::BadRequest, detail)
+    }
+
+    pub fn invalid(errors: Vec<Invalid>) -> Self {
+        let detail = match errors.as_slice() {
+            [one] => format!("{}: {}", one.field, one.message),
+            _ => "some fields are not valid".to_owned(),
+        };
+        Error {
+            errors,
+            ..Error::new(ErrorKind::Validation, detail)
+        }
+    }
+
+    pub fn internal(cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error {
+            cause: Some(Box::new(cause)),
+            ..Error::new(ErrorKind::Internal, "an internal error occurred")
+        }
+    }
+
+    pub fn with_cause(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Box::new(cause));
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
+    }
+}
+
+impl From<Invalid> for Error {
+    fn from(e: Invalid) -> Self {
+        Error::invalid(vec![e])
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Error::not_found("record"),
+            StoreError::Duplicate(what) if what.contains("EAN") => {
+                Error::new(ErrorKind::DuplicateEan, format!("{what} already exists"))
+            }
+            StoreError::Duplicate(what) => Error::new(ErrorKind::Conflict, format!("{what} already exists")),
+            StoreError::Conflict(what) => Error::new(ErrorKind::Conflict, what),
+            other => Error::internal(other),
+        }
+    }
+}

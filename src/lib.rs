@@ -1,0 +1,19 @@
+//! pixee-pim: the Pixee PIM API in one self-hosted binary.
+//!
+//! Layering (dependencies point one way): `api` (actix handlers, DTOs) → `auth`, `catalog`
+//! (business rules, no HTTP) → `store` (sled trees and byte-key layout) → sled. `domain` holds
+//! validated newtypes and knows nothing of the others.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod catalog;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod web;

@@ -1,0 +1,181 @@
+//! Building the application: lock the data dir, open the store, bootstrap, bind, serve.
+//! Tests call [`Application::build`] with port 0 and a manual clock to run the real server.
+use crate::auth::passwords::{HashCost, Passwords};
+use crate::auth::{Auth, AuthPolicy, accounts::Bootstrap, jwt::JwtKeys, lockout::LockoutPolicy};
+use crate::catalog::Catalog;
+use crate::clock::SharedClock;
+use crate::config::Settings;
+use crate::store::Store;
+use crate::web::JsonLimit;
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, middleware::from_fn, web};
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use time::Duration;
+
+/// Why the server or an admin command could not start. `exit_code` follows SPEC §1.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data dir {0} is in use by another pixee-pim process (is a server running?); stop it first")]
+    Locked(PathBuf),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StartError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Locked(_) => 2,
+            StartError::Other(_) => 1,
+        }
+    }
+}
+
+fn other(e: impl std::fmt::Display) -> StartError {
+    StartError::Other(e.to_string())
+}
+
+/// The exclusive hold on a data directory, for as long as this value lives.
+pub struct DataDir {
+    _lock: File,
+    pub store: Store,
+}
+
+impl DataDir {
+    /// Creates the directory if needed, takes its lock without waiting, opens the store.
+    pub fn open(dir: &Path, cache_mb: u64) -> Result<DataDir, StartError> {
+        std::fs::create_dir_all(dir).map_err(|e| other(format!("cannot create data dir {}: {e}", dir.display())))?;
+        let lock_path = dir.join("pixee.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| other(format!("data dir {} is not writable: {e}", dir.display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StartError::Locked(dir.to_path_buf())),
+            Err(std::fs::TryLockError::Error(e)) => return Err(other(format!("cannot lock data dir {}: {e}", dir.display()))),
+        }
+        let store = Store::open(dir, cache_mb.saturating_mul(1024 * 1024))
+            .map_err(|e| other(format!("cannot open the store in {}: {e}", dir.display())))?;
+        store.verify_all().map_err(|e| other(format!("the store in {} is damaged: {e}", dir.display())))?;
+        Ok(DataDir { _lock: lock, store })
+    }
+}
+
+/// Builds the shared auth service for a store (the CLI uses it too).
+pub fn build_auth(store: &Store, settings: &Settings, clock: SharedClock, cost: HashCost) -> Result<Auth, StartError> {
+    let secret = store
+        .meta_get_or_init("jwt_secret", || crate::auth::secret::random_bytes::<32>().map(|b| b.to_vec()).unwrap_or_default())
+        .map_err(other)?;
+    if secret.len() != 32 {
+        return Err(other("the system random generator failed while creating the token secret"));
+    }
+    let jwt = JwtKeys::new(&secret, i64::from(settings.access_token_ttl_seconds)).map_err(|e| other(e.detail))?;
+    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get() / 2);
+    let passwords = Passwords::new(cost, parallel).map_err(|e| other(e.detail))?;
+    let policy = AuthPolicy {
+        lockout: LockoutPolicy {
+            threshold: settings.lockout_threshold,
+            window: Duration::minutes(i64::from(settings.lockout_minutes)),
+            lock_for: Duration::minutes(i64::from(settings.lockout_minutes)),
+        },
+        login_rate_per_minute: settings.login_rate_per_minute,
+        key_reads_per_minute: settings.key_reads_per_minute,
+        key_writes_per_minute: settings.key_writes_per_minute,
+        session_max: Duration::days(i64::from(settings.session_max_days)),
+        session_idle: Duration::days(i64::from(settings.session_idle_days)),
+        trust_forwarded_for: settings.trust_forwarded_for,
+    };
+    Ok(Auth::new(store.clone(), clock, jwt, passwords, policy))
+}
+
+pub struct Application {
+    server: Server,
+    port: u16,
+    auth: web::Data<Auth>,
+    pub bootstrap: Option<Bootstrap>,
+    _data_dir: DataDir,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, clock: SharedClock, cost: HashCost) -> Result<Application, StartError> {
+        jsonwebtoken::crypto::CryptoProvider::try_get_default()
+            .ok_or_else(|| other("BUG: no JWT crypto provider is compiled in"))?;
+        let data_dir = DataDir::open(&settings.data_dir, settings.cache_mb)?;
+        let store = data_dir.store.clone();
+        let auth = web::Data::new(build_auth(&store, &settings, clock.clone(), cost)?);
+        let bootstrap = auth
+            .bootstrap(&settings.admin_email, settings.admin_password.clone())
+            .await
+            .map_err(|e| other(format!("first start failed: {}", e.detail)))?;
+        let catalog = web::Data::new(Catalog::new(store, clock));
+        let listener = TcpListener::bind(&settings.listen)
+            .map_err(|e| other(format!("cannot listen on {}: {e}", settings.listen)))?;
+        let port = listener.local_addr().map_err(other)?.port();
+        let limit = JsonLimit(settings.json_limit_bytes);
+        let app_auth = auth.clone();
+        let http = HttpServer::new(move || {
+            App::new()
+                .app_data(app_auth.clone())
+                .app_data(catalog.clone())
+                .app_data(limit)
+                .app_data(crate::api::query_config())
+                .app_data(crate::api::path_config())
+                .wrap(from_fn(crate::web::request_middleware))
+                .configure(crate::api::configure)
+        })
+        .workers(settings.workers)
+        .shutdown_timeout(10);
+        let http = match &settings.tls {
+            None => http.listen(listener),
+            Some((cert, key)) => http.listen_rustls_0_23(listener, tls_config(cert, key)?),
+        }
+        .map_err(|e| other(format!("cannot listen on {}: {e}", settings.listen)))?;
+        Ok(Application {
+            server: http.run(),
+            port,
+            auth,
+            bootstrap,
+            _data_dir: data_dir,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn auth(&self) -> web::Data<Auth> {
+        self.auth.clone()
+    }
+
+    /// Serves until SIGINT/SIGTERM (or the server handle stops); in-flight requests finish, then
+    /// buffered key usage is written and the store flushed.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.auth.usage.persist_all();
+        if let Err(e) = self.auth.store.flush().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        result
+    }
+}
+
+fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, StartError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| other(format!("cannot read TLS certificate {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(other(format!("no certificate found in {}", cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| other(format!("cannot read TLS key {}: {e}", key.display())))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| other(format!("TLS setup failed: {e}")))
+}

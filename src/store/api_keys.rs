@@ -1,0 +1,175 @@
+//! API key records, looked up by the SHA-256 digest of the presented key.
+//!
+//! A key record keeps the digest of its current secret and, during a rotation grace period,
+//! the previous digest with its deadline. Revocation removes every digest index entry in the
+//! same transaction that marks the record, so no later lookup can find the key.
+use super::{Store, StoreError, StoreResult, abort, codec, from_tx, keys};
+use crate::domain::{Environment, KeyId, ScopeSet, TenantId};
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use time::OffsetDateTime;
+
+pub type Digest = [u8; 32];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub id: KeyId,
+    pub tenant: TenantId,
+    pub environment: Environment,
+    pub name: String,
+    pub scopes: ScopeSet,
+    pub hint: String,
+    pub digest: Digest,
+    /// The secret replaced by the last rotation and the moment it stops working.
+    pub previous: Option<(Digest, OffsetDateTime)>,
+    pub created_at: OffsetDateTime,
+    pub created_by: String,
+    pub expires_at: Option<OffsetDateTime>,
+    pub rotated_at: Option<OffsetDateTime>,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl ApiKeyRecord {
+    /// Whether `digest` opens this key at `now`.
+    pub fn accepts(&self, digest: &Digest, now: OffsetDateTime) -> bool {
+        if self.revoked_at.is_some() || self.expires_at.is_some_and(|e| now >= e) {
+            return false;
+        }
+        if bool::from(subtle::ConstantTimeEq::ct_eq(&self.digest[..], &digest[..])) {
+            return true;
+        }
+        self.previous.is_some_and(|(old, until)| {
+            now < until && bool::from(subtle::ConstantTimeEq::ct_eq(&old[..], &digest[..]))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyUsage {
+    pub at: OffsetDateTime,
+    pub ip: Option<String>,
+}
+
+impl Store {
+    pub fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
+        (&self.api_keys, &self.api_key_by_digest, &self.api_keys_by_tenant)
+            .transaction(|(records, by_digest, by_tenant)| {
+                by_digest.insert(&key.digest[..], key.id.as_bytes())?;
+                by_tenant.insert(&keys::pair(key.tenant.as_bytes(), key.id.as_bytes())[..], &[][..])?;
+                records.insert(key.id.as_bytes(), codec::encode(key))?;
+                Ok(())
+            })
+            .map_err(from_tx)
+    }
+
+    pub fn api_key(&self, id: KeyId) -> StoreResult<Option<ApiKeyRecord>> {
+        self.api_keys.get(id.as_bytes())?.map(|v| codec::decode(&v)).transpose()
+    }
+
+    /// The key record a digest points at, if any (the caller still checks `accepts`).
+    pub fn api_key_by_digest(&self, digest: &Digest) -> StoreResult<Option<ApiKeyRecord>> {
+        let Some(id) = self.api_key_by_digest.get(digest)? else {
+            return Ok(None);
+        };
+        let id = KeyId::from_slice(&id).ok_or(StoreError::Corrupt("key digest index".into()))?;
+        self.api_key(id)
+    }
+
+    pub fn list_api_keys(&self, tenant: TenantId) -> StoreResult<Vec<ApiKeyRecord>> {
+        let mut out = Vec::new();
+        for item in self.api_keys_by_tenant.scan_prefix(tenant.as_bytes()) {
+            let (k, _) = item?;
+            let id = KeyId::from_slice(&k[16..]).ok_or(StoreError::Corrupt("key tenant index".into()))?;
+            if let Some(rec) = self.api_key(id)? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks the key revoked and drops every digest that pointed at it. Revoking twice is a
+    /// no-op that returns the record.
+    pub fn revoke_api_key(&self, tenant: TenantId, id: KeyId, now: OffsetDateTime) -> StoreResult<ApiKeyRecord> {
+        (&self.api_keys, &self.api_key_by_digest)
+            .transaction(|(records, by_digest)| {
+                let mut key = match load_key(records, tenant, id)? {
+                    Ok(k) => k,
+                    Err(e) => return abort(e),
+                };
+                if key.revoked_at.is_none() {
+                    by_digest.remove(&key.digest[..])?;
+                    if let Some((old, _)) = key.previous.take() {
+                        by_digest.remove(&old[..])?;
+                    }
+                    key.revoked_at = Some(now);
+                    records.insert(id.as_bytes(), codec::encode(&key))?;
+                }
+                Ok(key)
+            })
+            .map_err(from_tx)
+    }
+
+    /// Replaces the key's secret. With `grace_until`, the replaced secret keeps working until
+    /// then; otherwise it is dead when this returns.
+    pub fn rotate_api_key(
+        &self,
+        tenant: TenantId,
+        id: KeyId,
+        new_digest: Digest,
+        new_hint: &str,
+        grace_until: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> StoreResult<ApiKeyRecord> {
+        (&self.api_keys, &self.api_key_by_digest)
+            .transaction(|(records, by_digest)| {
+                let mut key = match load_key(records, tenant, id)? {
+                    Ok(k) => k,
+                    Err(e) => return abort(e),
+                };
+                if key.revoked_at.is_some() {
+                    return abort(StoreError::Conflict("this key is revoked and cannot be rotated"));
+                }
+                if let Some((older, _)) = key.previous.take() {
+                    by_digest.remove(&older[..])?;
+                }
+                match grace_until {
+                    Some(until) if until > now => key.previous = Some((key.digest, until)),
+                    _ => {
+                        by_digest.remove(&key.digest[..])?;
+                    }
+                }
+                by_digest.insert(&new_digest[..], id.as_bytes())?;
+                key.digest = new_digest;
+                key.hint = new_hint.to_owned();
+                key.rotated_at = Some(now);
+                records.insert(id.as_bytes(), codec::encode(&key))?;
+                Ok(key)
+            })
+            .map_err(from_tx)
+    }
+
+    pub fn key_usage(&self, id: KeyId) -> StoreResult<Option<KeyUsage>> {
+        self.api_key_usage.get(id.as_bytes())?.map(|v| codec::decode(&v)).transpose()
+    }
+
+    /// Usage lives in its own tree so that recording it can never race a revocation.
+    pub fn set_key_usage(&self, id: KeyId, usage: &KeyUsage) -> StoreResult<()> {
+        self.api_key_usage.insert(id.as_bytes(), codec::encode(usage))?;
+        Ok(())
+    }
+}
+
+type TxResult<T> = Result<T, sled::transaction::UnabortableTransactionError>;
+
+fn load_key(
+    records: &sled::transaction::TransactionalTree,
+    tenant: TenantId,
+    id: KeyId,
+) -> TxResult<Result<ApiKeyRecord, StoreError>> {
+    let Some(bytes) = records.get(id.as_bytes())? else {
+        return Ok(Err(StoreError::NotFound));
+    };
+    Ok(codec::decode::<ApiKeyRecord>(&bytes).and_then(|k| {
+        if k.tenant == tenant { Ok(k) } else { Err(StoreError::NotFound) }
+    }))
+}

@@ -1,0 +1,64 @@
+//! Byte-key layout of every tree. Fixed-width big-endian parts so range scans follow key order.
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | tenants | tenant id (16) | TenantRecord |
+//! | tenant_by_name | lower-cased name | tenant id |
+//! | users | user id (16) | UserRecord |
+//! | user_by_email | normalized email | user id |
+//! | tenant_members | tenant id + user id (32) | role name |
+//! | api_keys | key id (16) | ApiKeyRecord |
+//! | api_key_by_digest | SHA-256 of the full key (32) | key id |
+//! | api_keys_by_tenant | tenant id + key id (32) | empty |
+//! | api_key_usage | key id (16) | KeyUsage |
+//! | sessions | session id (16) | SessionRecord |
+//! | sessions_by_user | user id + session id (32) | empty |
+//! | refresh_tokens | SHA-256 of the token (32) | RefreshRecord |
+//! | lockout | normalized submitted email | LockoutState |
+//! | audit | tenant id + event id v7 (32) | AuditEvent |
+//! | products | namespace (17) + product id v7 (16) | ProductRecord |
+//! | product_by_ean | namespace + EAN | product id |
+//! | product_by_ref | namespace + reference | product id |
+//! | products_by_updated | namespace + updated_at nanos (16, BE) + product id | empty |
+//! | counters | namespace (17) | u64 BE: product count |
+//!
+//! A namespace is tenant id (16) + environment tag (`L` or `T`).
+use super::Namespace;
+
+pub fn namespace(ns: Namespace) -> [u8; 17] {
+    let mut out = [0u8; 17];
+    out[..16].copy_from_slice(ns.tenant.as_bytes());
+    out[16] = ns.environment.tag();
+    out
+}
+
+pub fn ns_id(ns: Namespace, id: &[u8; 16]) -> [u8; 33] {
+    let mut out = [0u8; 33];
+    out[..17].copy_from_slice(&namespace(ns));
+    out[17..].copy_from_slice(id);
+    out
+}
+
+pub fn ns_str(ns: Namespace, s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17 + s.len());
+    out.extend_from_slice(&namespace(ns));
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+pub fn pair(a: &[u8; 16], b: &[u8; 16]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out[..16].copy_from_slice(a);
+    out[16..].copy_from_slice(b);
+    out
+}
+
+pub fn ns_updated(ns: Namespace, updated_nanos: i128, id: &[u8; 16]) -> [u8; 49] {
+    let mut out = [0u8; 49];
+    out[..17].copy_from_slice(&namespace(ns));
+    // Flip the sign bit so negative times still sort before positive ones.
+    let ordered = (updated_nanos as u128) ^ (1u128 << 127);
+    out[17..33].copy_from_slice(&ordered.to_be_bytes());
+    out[33..].copy_from_slice(id);
+    out
+}

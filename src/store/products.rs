@@ -1,0 +1,191 @@
+//! Product records and their per-namespace indexes (EAN, reference, updated_at) and counter.
+//! Uniqueness of EAN and reference is checked inside the same transaction that writes.
+use super::{Namespace, Store, StoreError, StoreResult, abort, codec, from_tx, keys};
+use crate::domain::ProductId;
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProductRecord {
+    pub id: ProductId,
+    pub ean: String,
+    pub sku: Option<String>,
+    pub reference: Option<String>,
+    pub name: String,
+    pub description: Option<String>,
+    pub brand: Option<String>,
+    pub price: Option<f64>,
+    pub cost_price: Option<f64>,
+    pub currency: String,
+    pub weight: Option<f64>,
+    pub stock: i64,
+    pub is_active: bool,
+    pub supplier_id: Option<Uuid>,
+    pub supplier_code: Option<String>,
+    pub category_ids: Vec<Uuid>,
+    pub attributes: BTreeMap<String, String>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+struct Trees<'a> {
+    products: &'a TransactionalTree,
+    by_ean: &'a TransactionalTree,
+    by_ref: &'a TransactionalTree,
+    by_updated: &'a TransactionalTree,
+    counters: &'a TransactionalTree,
+}
+
+type Tx<T> = Result<T, UnabortableTransactionError>;
+
+impl Trees<'_> {
+    fn index_owner(&self, tree: &TransactionalTree, key: &[u8]) -> Tx<Option<ProductId>> {
+        Ok(tree.get(key)?.and_then(|v| ProductId::from_slice(&v)))
+    }
+
+    fn add_indexes(&self, ns: Namespace, p: &ProductRecord) -> Tx<()> {
+        self.by_ean.insert(keys::ns_str(ns, &p.ean), p.id.as_bytes())?;
+        if let Some(r) = &p.reference {
+            self.by_ref.insert(keys::ns_str(ns, r), p.id.as_bytes())?;
+        }
+        self.by_updated
+            .insert(&keys::ns_updated(ns, p.updated_at.unix_timestamp_nanos(), p.id.as_bytes())[..], &[][..])?;
+        Ok(())
+    }
+
+    fn remove_indexes(&self, ns: Namespace, p: &ProductRecord) -> Tx<()> {
+        self.by_ean.remove(keys::ns_str(ns, &p.ean))?;
+        if let Some(r) = &p.reference {
+            self.by_ref.remove(keys::ns_str(ns, r))?;
+        }
+        self.by_updated
+            .remove(&keys::ns_updated(ns, p.updated_at.unix_timestamp_nanos(), p.id.as_bytes())[..])?;
+        Ok(())
+    }
+
+    /// Refuses an EAN or reference already held by another product of the namespace.
+    fn check_unique(&self, ns: Namespace, p: &ProductRecord) -> Tx<Result<(), StoreError>> {
+        if self.index_owner(self.by_ean, &keys::ns_str(ns, &p.ean))?.is_some_and(|id| id != p.id) {
+            return Ok(Err(StoreError::Duplicate("a product with this EAN")));
+        }
+        if let Some(r) = &p.reference
+            && self.index_owner(self.by_ref, &keys::ns_str(ns, r))?.is_some_and(|id| id != p.id)
+        {
+            return Ok(Err(StoreError::Duplicate("a product with this reference")));
+        }
+        Ok(Ok(()))
+    }
+
+    fn bump_count(&self, ns: Namespace, delta: i64) -> Tx<()> {
+        let key = keys::namespace(ns);
+        let current = self.counters.get(key)?.map(|v| read_u64(&v)).unwrap_or(0);
+        let next = current.saturating_add_signed(delta);
+        self.counters.insert(&key[..], &next.to_be_bytes()[..])?;
+        Ok(())
+    }
+
+    fn load(&self, ns: Namespace, id: ProductId) -> Tx<Result<ProductRecord, StoreError>> {
+        Ok(match self.products.get(keys::ns_id(ns, id.as_bytes()))? {
+            Some(bytes) => codec::decode(&bytes),
+            None => Err(StoreError::NotFound),
+        })
+    }
+}
+
+fn read_u64(v: &[u8]) -> u64 {
+    v.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+impl Store {
+    fn product_tx<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        F: Fn(&Trees<'_>) -> Result<T, sled::transaction::ConflictableTransactionError<StoreError>>,
+    {
+        (&self.products, &self.product_by_ean, &self.product_by_ref, &self.products_by_updated, &self.counters)
+            .transaction(|(products, by_ean, by_ref, by_updated, counters)| {
+                f(&Trees { products, by_ean, by_ref, by_updated, counters })
+            })
+            .map_err(from_tx)
+    }
+
+    pub fn insert_product(&self, ns: Namespace, p: &ProductRecord) -> StoreResult<()> {
+        self.product_tx(|t| {
+            t.check_unique(ns, p)?.or_else(abort)?;
+            t.add_indexes(ns, p)?;
+            t.products.insert(&keys::ns_id(ns, p.id.as_bytes())[..], codec::encode(p))?;
+            t.bump_count(ns, 1)?;
+            Ok(())
+        })
+    }
+
+    /// Replaces a product with `change(current)`; the id and namespace never change.
+    pub fn update_product<F>(&self, ns: Namespace, id: ProductId, change: F) -> StoreResult<ProductRecord>
+    where
+        F: Fn(&ProductRecord) -> Result<ProductRecord, StoreError>,
+    {
+        self.product_tx(|t| {
+            let old = t.load(ns, id)?.or_else(abort)?;
+            let new = change(&old).or_else(abort)?;
+            t.check_unique(ns, &new)?.or_else(abort)?;
+            t.remove_indexes(ns, &old)?;
+            t.add_indexes(ns, &new)?;
+            t.products.insert(&keys::ns_id(ns, id.as_bytes())[..], codec::encode(&new))?;
+            Ok(new)
+        })
+    }
+
+    /// Deletes the given products; returns the ids that existed.
+    pub fn delete_products(&self, ns: Namespace, ids: &[ProductId]) -> StoreResult<Vec<ProductId>> {
+        self.product_tx(|t| {
+            let mut deleted = Vec::new();
+            for id in ids {
+                let Ok(old) = t.load(ns, *id)? else { continue };
+                t.remove_indexes(ns, &old)?;
+                t.products.remove(&keys::ns_id(ns, id.as_bytes())[..])?;
+                deleted.push(*id);
+            }
+            t.bump_count(ns, -(deleted.len() as i64))?;
+            Ok(deleted)
+        })
+    }
+
+    pub fn product(&self, ns: Namespace, id: ProductId) -> StoreResult<Option<ProductRecord>> {
+        self.products
+            .get(keys::ns_id(ns, id.as_bytes()))?
+            .map(|v| codec::decode(&v))
+            .transpose()
+    }
+
+    pub fn product_by_ean(&self, ns: Namespace, ean: &str) -> StoreResult<Option<ProductRecord>> {
+        match self.product_by_ean.get(keys::ns_str(ns, ean))?.and_then(|v| ProductId::from_slice(&v)) {
+            Some(id) => self.product(ns, id),
+            None => Ok(None),
+        }
+    }
+
+    pub fn product_count(&self, ns: Namespace) -> StoreResult<u64> {
+        Ok(self.counters.get(keys::namespace(ns))?.map(|v| read_u64(&v)).unwrap_or(0))
+    }
+
+    /// Products of the namespace in creation order (newest first when `newest_first`).
+    pub fn products_in_order(
+        &self,
+        ns: Namespace,
+        newest_first: bool,
+    ) -> Box<dyn Iterator<Item = StoreResult<ProductRecord>> + '_> {
+        let iter = self.products.scan_prefix(keys::namespace(ns));
+        let decode = |item: sled::Result<(sled::IVec, sled::IVec)>| -> StoreResult<ProductRecord> {
+            let (_, v) = item?;
+            codec::decode(&v)
+        };
+        if newest_first {
+            Box::new(iter.rev().map(decode))
+        } else {
+            Box::new(iter.map(decode))
+        }
+    }
+}

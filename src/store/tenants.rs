@@ -1,0 +1,51 @@
+//! Tenants: id, unique (case-insensitive) name.
+use super::{Store, StoreError, StoreResult, abort, codec, from_tx};
+use crate::domain::TenantId;
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub id: TenantId,
+    pub name: String,
+    pub created_at: OffsetDateTime,
+}
+
+impl Store {
+    pub fn insert_tenant(&self, tenant: &TenantRecord) -> StoreResult<()> {
+        let name_key = tenant.name.to_lowercase();
+        (&self.tenants, &self.tenant_by_name)
+            .transaction(|(tenants, by_name)| {
+                if by_name.get(name_key.as_bytes())?.is_some() {
+                    return abort(StoreError::Duplicate("a tenant with this name"));
+                }
+                by_name.insert(name_key.as_bytes(), tenant.id.as_bytes())?;
+                tenants.insert(tenant.id.as_bytes(), codec::encode(tenant))?;
+                Ok(())
+            })
+            .map_err(from_tx)
+    }
+
+    pub fn tenant(&self, id: TenantId) -> StoreResult<Option<TenantRecord>> {
+        self.tenants.get(id.as_bytes())?.map(|v| codec::decode(&v)).transpose()
+    }
+
+    pub fn tenant_by_name(&self, name: &str) -> StoreResult<Option<TenantRecord>> {
+        match self.tenant_by_name.get(name.to_lowercase().as_bytes())? {
+            Some(id) => match TenantId::from_slice(&id) {
+                Some(id) => self.tenant(id),
+                None => Err(StoreError::Corrupt("tenant index".into())),
+            },
+            None => Ok(None),
+        }
+    }
+
+    pub fn list_tenants(&self) -> StoreResult<Vec<TenantRecord>> {
+        self.tenants
+            .iter()
+            .values()
+            .map(|v| codec::decode(&v?))
+            .collect()
+    }
+}

@@ -1,0 +1,279 @@
+//! HTTP plumbing shared by every route: the problem+json error response, the request
+//! middleware (request id, access log, security headers, key rate-limit headers and usage),
+//! and the JSON body extractor with its size limit.
+use crate::auth::Auth;
+use crate::auth::extractor::KeyRequest;
+use crate::domain::Invalid;
+use crate::error::{Error, ErrorKind};
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use std::time::Instant;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+pub const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::AuthenticationRequired
+        | ErrorKind::InvalidApiKey
+        | ErrorKind::InvalidToken
+        | ErrorKind::InvalidCredentials => StatusCode::UNAUTHORIZED,
+        ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorKind::Validation => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::DuplicateEan | ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::AccountLocked => StatusCode::LOCKED,
+        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn problem_body(status: StatusCode, code: &str, detail: &str, errors: &[Invalid], retry_after: Option<u64>) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "error_code": code,
+        "timestamp": rfc3339(OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or_else(|_| OffsetDateTime::now_utc())),
+        "instance": REQUEST_ID.try_with(Clone::clone).unwrap_or_default(),
+    });
+    if !errors.is_empty() {
+        body["errors"] = errors
+            .iter()
+            .map(|e| serde_json::json!({"field": e.field, "message": e.message}))
+            .collect();
+    }
+    if let Some(seconds) = retry_after {
+        body["retry_after_seconds"] = seconds.into();
+    }
+    body
+}
+
+impl ResponseError for Error {
+    fn status_code(&self) -> StatusCode {
+        status_of(self.kind)
+    }
+
+    fn error_response(&self) -> HttpResponse<BoxBody> {
+        let status = self.status_code();
+        if self.kind == ErrorKind::Internal {
+            let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
+            tracing::error!(request_id, error = %self, cause = ?self.cause, "internal error");
+        }
+        let mut res = HttpResponse::build(status);
+        res.content_type(PROBLEM_JSON);
+        if let Some(seconds) = self.retry_after {
+            res.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        res.body(problem_body(status, self.kind.code(), &self.detail, &self.errors, self.retry_after).to_string())
+    }
+}
+
+/// A body for an error actix produced itself (no content type yet): same problem shape.
+fn problem_for_status(status: StatusCode) -> HttpResponse {
+    let (kind, detail) = match status.as_u16() {
+        404 => (ErrorKind::NotFound, "no such route"),
+        405 => (ErrorKind::MethodNotAllowed, "this route does not accept this method"),
+        413 => (ErrorKind::PayloadTooLarge, "the request body is too large"),
+        415 => (ErrorKind::UnsupportedMediaType, "unsupported content type"),
+        s if s >= 500 => (ErrorKind::Internal, "an internal error occurred"),
+        _ => (ErrorKind::BadRequest, "the request could not be read"),
+    };
+    let mut res = Error::new(kind, detail).error_response();
+    *res.status_mut() = status;
+    res
+}
+
+pub async fn not_found() -> HttpResponse {
+    Error::new(ErrorKind::NotFound, "no such route").error_response()
+}
+
+/// Outermost middleware: request id, access log, security headers, problem bodies for bare
+/// errors, and the API-key bookkeeping (rate headers, last-used) after the handler ran.
+pub async fn request_middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let request_id = uuid::Uuid::now_v7().simple().to_string();
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    // The routing layer turns handler and extractor errors into responses, so `Err` here is
+    // rare (and still becomes a response further out).
+    let mut res = REQUEST_ID
+        .scope(request_id.clone(), async move {
+            let res = next.call(req).await?;
+            let bare_error = res.status().as_u16() >= 400 && !res.headers().contains_key(header::CONTENT_TYPE);
+            Ok::<_, actix_web::Error>(if bare_error {
+                let status = res.status();
+                let (r, _) = res.into_parts();
+                ServiceResponse::new(r, problem_for_status(status)).map_into_right_body()
+            } else {
+                res.map_into_left_body()
+            })
+        })
+        .await?;
+    let status = res.status();
+    after_key_request(&mut res);
+    set_security_headers(&mut res, &request_id);
+    tracing::info!(
+        target: "pixee_pim::access",
+        %method,
+        path,
+        status = status.as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        request_id,
+    );
+    Ok(res)
+}
+
+fn after_key_request<B>(res: &mut ServiceResponse<B>) {
+    let Some(kr) = res.request().extensions().get::<KeyRequest>().cloned() else {
+        return;
+    };
+    let status = res.status().as_u16();
+    // A request refused for scope or tenant (or over the limit) is not a use of the key.
+    if let (Some(key), false) = (kr.key, matches!(status, 401 | 403 | 429))
+        && let Some(auth) = res.request().app_data::<web::Data<Auth>>()
+    {
+        auth.usage.record(key, kr.ip.clone(), auth.now());
+    }
+    let headers = res.headers_mut();
+    for (name, value) in [
+        ("x-ratelimit-limit", kr.rate.limit.to_string()),
+        ("x-ratelimit-remaining", kr.rate.remaining.to_string()),
+        ("x-ratelimit-reset", kr.rate.reset_at.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+}
+
+fn set_security_headers<B>(res: &mut ServiceResponse<B>, request_id: &str) {
+    let is_page = res.request().path().starts_with("/settings");
+    let secure = res.request().connection_info().scheme() == "https";
+    let headers = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(HeaderName::from_static("x-request-id"), v);
+    }
+    let csp = if is_page { PAGE_CSP } else { API_CSP };
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    if secure {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+}
+
+/// Largest JSON body accepted (SPEC §3: 1 MiB unless configured).
+#[derive(Debug, Clone, Copy)]
+pub struct JsonLimit(pub usize);
+
+/// A JSON body: requires `Content-Type: application/json`, enforces the size limit (413),
+/// tells malformed JSON (400) from wrong or missing fields (422, naming the field).
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = Error;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req.app_data::<JsonLimit>().map_or(1 << 20, |l| l.0);
+        let is_json = req
+            .mime_type()
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.essence_str() == "application/json" || m.suffix().is_some_and(|s| s == "json"));
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let mut payload = payload.take();
+        Box::pin(async move {
+            if !is_json {
+                return Err(Error::new(
+                    ErrorKind::UnsupportedMediaType,
+                    "send the body as JSON with Content-Type: application/json",
+                ));
+            }
+            let bytes = read_limited(&mut payload, limit, declared).await?;
+            parse_json(&bytes).map(JsonBody)
+        })
+    }
+}
+
+pub(crate) async fn read_limited<S>(payload: &mut S, limit: usize, declared: Option<usize>) -> Result<web::BytesMut, Error>
+where
+    S: futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>> + Unpin,
+{
+    let too_large = || Error::new(ErrorKind::PayloadTooLarge, format!("the request body is larger than {limit} bytes"));
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| Error::bad_request(format!("the request body could not be read: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    // Syntax first, so a broken body is a 400 even when a field before the break has the wrong
+    // type.
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        return Err(Error::bad_request(format!("the body is not valid JSON: {e}")));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data => {
+                    let field = if path == "." { "body".to_owned() } else { path };
+                    let message = inner.to_string();
+                    let message = message.split(" at line").next().unwrap_or(&message).to_owned();
+                    Err(Error::invalid(vec![Invalid::new(field, message)]))
+                }
+                _ => Err(Error::bad_request(format!("the body is not valid JSON: {inner}"))),
+            }
+        }
+    }
+}

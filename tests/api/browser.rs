@@ -1,0 +1,276 @@
+//! The settings page in real headless Chromium (SPEC §5): an admin logs in, creates a key,
+//! uses it, rotates and revokes it, and a reload restores the session through the refresh
+//! cookie. Every key the page shows is checked against the API with reqwest.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::helpers::{TestApp, spawn_app};
+use crate::webdriver::WebDriver;
+
+fn target_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(name)
+}
+
+/// `^pm_live_[0-9A-Za-z]{38}$`
+fn is_live_key(key: &str) -> bool {
+    key.strip_prefix("pm_live_")
+        .is_some_and(|rest| rest.len() == 38 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+async fn products_status_with_key(app: &TestApp, key: &str) -> u16 {
+    let url = format!("{}/api/v1/products", app.address);
+    let resp = app.client.get(url).header("X-API-Key", key).send().await;
+    resp.expect("GET /api/v1/products").status().as_u16()
+}
+
+async fn fill(driver: &WebDriver, css: &str, text: &str) {
+    let input = driver.find(css).await;
+    driver.clear(&input).await;
+    driver.send_keys(&input, text).await;
+}
+
+async fn submit_login(driver: &WebDriver, email: &str, password: &str) {
+    driver.wait_visible("#login-form").await;
+    fill(driver, "#login-email", email).await;
+    fill(driver, "#login-password", password).await;
+    driver.click_on("#login-submit").await;
+}
+
+async fn wait_logged_in(driver: &WebDriver, app: &TestApp) {
+    let what = format!("#whoami to show {}", app.admin_email);
+    let shows_admin = async || driver.text_of("#whoami").await.contains(&app.admin_email);
+    driver.wait_until(&what, shows_admin).await;
+    assert!(
+        !driver.is_visible("#login-form").await,
+        "the login form is hidden once logged in"
+    );
+}
+
+async fn raw_text(driver: &WebDriver, id: &str) -> String {
+    let script = "return document.getElementById(arguments[0]).textContent;";
+    let value = driver.execute(script, vec![json!(id)]).await;
+    value.as_str().unwrap_or_default().to_owned()
+}
+
+/// Waits for the one-time key panel to show a live key other than `previous`; returns it.
+async fn shown_key(driver: &WebDriver, previous: Option<&str>) -> String {
+    let fresh_key_shown = async || {
+        let key = driver.text_of("#new-key-value").await;
+        !key.is_empty() && Some(key.as_str()) != previous
+    };
+    driver
+        .wait_until("the new key panel to show a fresh key", fresh_key_shown)
+        .await;
+    let key = raw_text(driver, "new-key-value").await;
+    assert!(
+        is_live_key(&key),
+        "#new-key-value holds exactly one live key, got {key:?}"
+    );
+    let panel = driver.text_of("#new-key-panel").await;
+    assert!(
+        panel.contains("not see"),
+        "the panel warns that the key is shown once: {panel:?}"
+    );
+    key
+}
+
+async fn dismiss_key_panel(driver: &WebDriver) {
+    driver.click_on("#dismiss-key-button").await;
+    driver.wait_hidden("#new-key-panel").await;
+    let leftover = raw_text(driver, "new-key-value").await;
+    assert_eq!(leftover, "", "a dismissed key does not stay in the page");
+}
+
+/// The `data-key-id` of the one table row named `name`.
+async fn row_id(driver: &WebDriver, name: &str) -> String {
+    let script = "return [...document.querySelectorAll('#keys-table tr[data-key-id]')]\
+                  .filter(r => r.querySelector('.key-name').textContent.trim() === arguments[0])\
+                  .map(r => r.dataset.keyId);";
+    let mut ids = json!([]);
+    let what = format!("one row for the key {name:?} in #keys-table");
+    let one_row = async || {
+        ids = driver.execute(script, vec![json!(name)]).await;
+        ids.as_array().is_some_and(|rows| rows.len() == 1)
+    };
+    driver.wait_until(&what, one_row).await;
+    ids[0].as_str().expect("data-key-id is a string").to_owned()
+}
+
+fn in_row(id: &str, css: &str) -> String {
+    format!("#keys-table tr[data-key-id=\"{id}\"] {css}")
+}
+
+async fn row_status(driver: &WebDriver, id: &str) -> String {
+    driver
+        .text_of(&in_row(id, ".key-status"))
+        .await
+        .trim()
+        .to_owned()
+}
+
+/// Creates a live key "browser" with products:read expiring in 30 days; returns key and day.
+async fn create_key_in_page(driver: &WebDriver) -> (String, String) {
+    fill(driver, "#key-name", "browser").await;
+    let scope = driver
+        .find("input[name=scope][value=\"products:read\"]")
+        .await;
+    driver.click(&scope).await;
+    let checked = driver.property(&scope, "checked").await;
+    assert_eq!(checked, json!(true), "the scope box is ticked");
+    driver.click_on("#env-live").await;
+    // Typing into a date input depends on the browser's locale: set its value instead.
+    let script = "const day = new Date(Date.now() + 30 * 864e5).toISOString().slice(0, 10); \
+                  document.getElementById('key-expiry').value = day; return day;";
+    let day = driver.execute(script, vec![]).await;
+    driver.click_on("#create-key-submit").await;
+    let key = shown_key(driver, None).await;
+    (key, day.as_str().expect("expiry day").to_owned())
+}
+
+async fn assert_page_has_strict_csp(app: &TestApp, page: &str) {
+    let resp = app.client.get(page).send().await.expect("GET /settings/");
+    assert_eq!(resp.status().as_u16(), 200, "the settings page is served");
+    let csp = resp
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok());
+    let strict = csp.is_some_and(|c| c.contains("script-src 'self'"));
+    assert!(
+        strict,
+        "the settings page is served with a strict CSP, got {csp:?}"
+    );
+}
+
+#[actix_web::test]
+async fn settings_page_lets_an_admin_create_use_rotate_and_revoke_a_key() {
+    let app = spawn_app().await;
+    let page = format!("{}/settings/", app.address);
+    assert_page_has_strict_csp(&app, &page).await;
+    let mut driver = WebDriver::start().await;
+    driver.screenshot_on_failure(target_file("settings-page-failure.png"));
+    driver.goto(&page).await;
+
+    // A wrong password is reported in words and the form stays.
+    submit_login(&driver, &app.admin_email, "certainly-not-the-password").await;
+    let error = driver.find("#error").await;
+    let reported = async || !driver.text(&error).await.trim().is_empty();
+    driver
+        .wait_until("#error to report the failed login", reported)
+        .await;
+    assert!(
+        driver.is_visible("#login-form").await,
+        "the login form stays after a failed login"
+    );
+
+    submit_login(&driver, &app.admin_email, &app.admin_password).await;
+    wait_logged_in(&driver, &app).await;
+    assert!(
+        !driver.is_visible("#error").await,
+        "a successful login clears the old error"
+    );
+    let tenant = driver
+        .execute(
+            "return document.getElementById('tenant-select').value;",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        tenant,
+        json!(app.default_tenant_id),
+        "the tenant picker shows the default tenant"
+    );
+
+    // Create: the key is shown once and works against the API.
+    let (first_key, day) = create_key_in_page(&driver).await;
+    assert_eq!(
+        products_status_with_key(&app, &first_key).await,
+        200,
+        "the created key reads products"
+    );
+    let id = row_id(&driver, "browser").await;
+    assert_eq!(row_status(&driver, &id).await, "active");
+    let expires = driver.find(&in_row(&id, ".key-expires time")).await;
+    let expires_at = driver
+        .attribute(&expires, "datetime")
+        .await
+        .unwrap_or_default();
+    assert!(
+        expires_at.starts_with(&day),
+        "the key expires on the chosen day: {expires_at} vs {day}"
+    );
+    driver
+        .screenshot(&target_file("settings-page-new-key.png"))
+        .await;
+    dismiss_key_panel(&driver).await;
+
+    // Rotate: the old key dies at once, the new one works.
+    driver.click_on(&in_row(&id, ".rotate-button")).await;
+    let question = driver.accept_dialog().await;
+    assert!(
+        question.contains("browser"),
+        "the rotate confirmation names the key: {question:?}"
+    );
+    let second_key = shown_key(&driver, Some(&first_key)).await;
+    assert_eq!(
+        products_status_with_key(&app, &first_key).await,
+        401,
+        "the rotated-out key is refused"
+    );
+    assert_eq!(
+        products_status_with_key(&app, &second_key).await,
+        200,
+        "the rotated-in key works"
+    );
+    dismiss_key_panel(&driver).await;
+
+    // Revoke: the row says so and the key is refused.
+    driver.click_on(&in_row(&id, ".revoke-button")).await;
+    driver.accept_dialog().await;
+    let revoked = async || row_status(&driver, &id).await == "revoked";
+    driver
+        .wait_until("the key's row to say revoked", revoked)
+        .await;
+    assert_eq!(
+        products_status_with_key(&app, &second_key).await,
+        401,
+        "the revoked key is refused"
+    );
+
+    // A reload restores the session from the refresh cookie, and shows no key again.
+    driver.reload().await;
+    wait_logged_in(&driver, &app).await;
+    assert_eq!(
+        row_status(&driver, &id).await,
+        "revoked",
+        "the revoked key stays listed"
+    );
+    assert!(
+        !driver.is_visible("#new-key-panel").await,
+        "no key is shown again after a reload"
+    );
+    driver.screenshot(&target_file("settings-page.png")).await;
+
+    // Logging out ends the session: a reload shows the login form again.
+    driver.click_on("#logout-button").await;
+    driver.wait_visible("#login-form").await;
+    driver.reload().await;
+    driver.wait_visible("#login-form").await;
+    assert!(
+        !driver.is_visible("#whoami").await,
+        "no one is shown as logged in after logout"
+    );
+
+    let log = driver.console_log().await;
+    let bad =
+        |line: &&String| line.contains("Content Security Policy") || line.contains("Uncaught");
+    let problems: Vec<&String> = log.iter().filter(bad).collect();
+    assert!(
+        problems.is_empty(),
+        "the page runs without CSP violations or script errors: {problems:#?}"
+    );
+    driver.quit().await;
+}
