@@ -14,7 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Debug, Parser)]
-#[command(name = "pixee-pim", version, about = "The Pixee PIM API in one self-hosted binary")]
+#[command(
+    name = "pixee-pim",
+    version,
+    about = "The Pixee PIM API in one self-hosted binary"
+)]
 pub struct Cli {
     /// Data directory (one sled database)
     #[arg(long, global = true, env = "PIXEE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
@@ -127,10 +131,17 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<(), StartError> {
     let settings = Settings::resolve(data_dir, args);
     let clock: SharedClock = Arc::new(SystemClock);
     let app = Application::build(settings.clone(), clock, HashCost::PRODUCTION).await?;
-    let scheme = if settings.tls.is_some() { "https" } else { "http" };
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let url = format!("{scheme}://{}/settings/", settings.listen);
     if let Some(boot) = &app.bootstrap {
-        eprintln!("pixee-pim: first start: created tenant 'default' and superadmin {}", boot.admin_email);
+        eprintln!(
+            "pixee-pim: first start: created tenant 'default' and superadmin {}",
+            boot.admin_email
+        );
         if let Some(pw) = &boot.generated_password {
             eprintln!("pixee-pim: generated admin password (shown once, store it now): {pw}");
         }
@@ -143,7 +154,12 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<(), StartError> {
 fn open_admin(data_dir: &Path) -> Result<(DataDir, Auth), StartError> {
     let dir = DataDir::open(data_dir, 16)?;
     let settings = Settings::defaults(data_dir.to_path_buf());
-    let auth = build_auth(&dir.store, &settings, Arc::new(SystemClock), HashCost::PRODUCTION)?;
+    let auth = build_auth(
+        &dir.store,
+        &settings,
+        Arc::new(SystemClock),
+        HashCost::PRODUCTION,
+    )?;
     Ok((dir, auth))
 }
 
@@ -152,7 +168,10 @@ fn read_password() -> Result<String, StartError> {
         return Ok(pw);
     }
     let mut input = String::new();
-    std::io::stdin().take(4096).read_to_string(&mut input).map_err(fail)?;
+    std::io::stdin()
+        .take(4096)
+        .read_to_string(&mut input)
+        .map_err(fail)?;
     let pw = input.strip_suffix('\n').unwrap_or(&input);
     Ok(pw.strip_suffix('\r').unwrap_or(pw).to_owned())
 }
@@ -178,33 +197,68 @@ async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
                 println!("{}\t{}", t.id, t.name);
             }
         }
-        Command::User(UserCmd::Create { email, tenant, role, superadmin }) => {
+        Command::User(UserCmd::Create {
+            email,
+            tenant,
+            role,
+            superadmin,
+        }) => {
             let tenant = auth.find_tenant(&tenant).map_err(api_err)?;
             let role = Role::parse(&role).map_err(|e| fail(e.message))?;
             let password = read_password()?;
             let user = auth
-                .create_user(&email, password, vec![Membership { tenant: tenant.id, role }], superadmin)
+                .create_user(
+                    &email,
+                    password,
+                    vec![Membership {
+                        tenant: tenant.id,
+                        role,
+                    }],
+                    superadmin,
+                )
                 .await
                 .map_err(api_err)?;
             println!("{}", user.id);
         }
         Command::User(UserCmd::Unlock { email }) => {
             let email = crate::domain::Email::normalize(&email);
-            let user = auth.store.user_by_email(&email).map_err(fail)?.ok_or_else(|| fail(format!("no user with email {email}")))?;
+            let user = auth
+                .store
+                .user_by_email(&email)
+                .map_err(fail)?
+                .ok_or_else(|| fail(format!("no user with email {email}")))?;
             let was_locked = auth.unlock(&user, None, "cli").await.map_err(api_err)?;
-            println!("{}", if was_locked { "unlocked" } else { "was not locked; failure count cleared" });
+            println!(
+                "{}",
+                if was_locked {
+                    "unlocked"
+                } else {
+                    "was not locked; failure count cleared"
+                }
+            );
         }
-        Command::Key(KeyCmd::Create { tenant, name, scopes, test, expires_in_days }) => {
+        Command::Key(KeyCmd::Create {
+            tenant,
+            name,
+            scopes,
+            test,
+            expires_in_days,
+        }) => {
             let tenant = auth.find_tenant(&tenant).map_err(api_err)?;
             let now = auth.now();
             let expires_at = expires_in_days.map(|d| now + time::Duration::days(i64::from(d)));
             let issued = auth
                 .create_key(NewKeyRequest {
                     tenant: tenant.id,
-                    environment: if test { Environment::Test } else { Environment::Live },
+                    environment: if test {
+                        Environment::Test
+                    } else {
+                        Environment::Live
+                    },
                     name: validate_name(&name).map_err(|e| fail(e.to_string()))?,
                     scopes: ScopeSet::parse_list(&scopes).map_err(|e| fail(e.to_string()))?,
-                    expires_at: validate_expiry(expires_at, now).map_err(|e| fail(e.to_string()))?,
+                    expires_at: validate_expiry(expires_at, now)
+                        .map_err(|e| fail(e.to_string()))?,
                     created_by: "cli".into(),
                 })
                 .await
@@ -214,14 +268,32 @@ async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
         Command::Key(KeyCmd::List { tenant }) => {
             let tenant = auth.find_tenant(&tenant).map_err(api_err)?;
             for k in auth.store.list_api_keys(tenant.id).map_err(fail)? {
-                let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
-                println!("{}\t{}\t{}\t{}\t{}\t{}", k.id, k.name, k.environment.as_str(), k.hint, k.scopes.names().join(","), state);
+                let state = if k.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    k.id,
+                    k.name,
+                    k.environment.as_str(),
+                    k.hint,
+                    k.scopes.names().join(","),
+                    state
+                );
             }
         }
         Command::Key(KeyCmd::Revoke { id }) => {
             let id = KeyId::parse(&id).ok_or_else(|| fail("the key id must be a UUID"))?;
-            let key = auth.store.api_key(id).map_err(fail)?.ok_or_else(|| fail("no such key"))?;
-            auth.revoke_key(key.tenant, id, "cli", None).await.map_err(api_err)?;
+            let key = auth
+                .store
+                .api_key(id)
+                .map_err(fail)?
+                .ok_or_else(|| fail("no such key"))?;
+            auth.revoke_key(key.tenant, id, "cli", None)
+                .await
+                .map_err(api_err)?;
             println!("revoked {}", key.hint);
         }
         Command::Serve(_) | Command::Backup { .. } | Command::Restore { .. } => {}
@@ -232,22 +304,35 @@ async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
 fn run_backup(data_dir: &Path, out: &Path) -> Result<(), StartError> {
     let dir = DataDir::open(data_dir, 16)?;
     let tmp = out.with_extension("partial");
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?);
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(&tmp)
+            .map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?,
+    );
     let n = backup::write(&dir.store, &mut file).map_err(fail)?;
     let file = file.into_inner().map_err(|e| fail(e.error()))?;
     file.sync_all().map_err(fail)?;
     std::fs::rename(&tmp, out).map_err(fail)?;
-    eprintln!("pixee-pim: backup of {n} entries written to {}", out.display());
+    eprintln!(
+        "pixee-pim: backup of {n} entries written to {}",
+        out.display()
+    );
     Ok(())
 }
 
 fn run_restore(data_dir: &Path, from: &Path) -> Result<(), StartError> {
-    let mut input = std::fs::File::open(from).map_err(|e| fail(format!("cannot read {}: {e}", from.display())))?;
+    let mut input = std::fs::File::open(from)
+        .map_err(|e| fail(format!("cannot read {}: {e}", from.display())))?;
     let dir = DataDir::open(data_dir, 16)?;
-    if dir.store.meta_get("bootstrapped").map_err(fail)?.is_some() || dir.store.user_count() > 0 {
-        return Err(fail(format!("restore needs an empty data dir; {} already holds a store", data_dir.display())));
+    if !dir.store.is_empty().map_err(fail)? {
+        return Err(fail(format!(
+            "restore needs an empty data dir; {} already holds a store",
+            data_dir.display()
+        )));
     }
     let n = backup::restore(&dir.store, &mut input).map_err(fail)?;
-    eprintln!("pixee-pim: restored {n} entries into {}", data_dir.display());
+    eprintln!(
+        "pixee-pim: restored {n} entries into {}",
+        data_dir.display()
+    );
     Ok(())
 }

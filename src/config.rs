@@ -133,14 +133,34 @@ pub fn merge_config_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
         ($($f:ident),*) => { $( if args.$f.is_none() { args.$f = file.$f; } )* };
     }
     fill!(
-        listen, tls_cert, tls_key, lockout_threshold, lockout_minutes, login_rate_per_minute,
-        key_reads_per_minute, key_writes_per_minute, access_token_ttl_seconds, session_max_days,
-        session_idle_days, cache_mb, json_limit_bytes, workers, trust_forwarded_for, admin_email
+        listen,
+        tls_cert,
+        tls_key,
+        lockout_threshold,
+        lockout_minutes,
+        login_rate_per_minute,
+        key_reads_per_minute,
+        key_writes_per_minute,
+        access_token_ttl_seconds,
+        session_max_days,
+        session_idle_days,
+        cache_mb,
+        json_limit_bytes,
+        workers,
+        trust_forwarded_for,
+        admin_email
     );
     Ok(args)
 }
 
 fn read_config(path: &Path) -> Result<ServeArgs, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("config file {} is not valid: {}", path.display(), e.message()))
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        format!(
+            "config file {} is not valid: {}",
+            path.display(),
+            e.message()
+        )
+    })
 }

@@ -126,7 +126,9 @@ impl From<StoreError> for Error {
             StoreError::Duplicate(what) if what.contains("EAN") => {
                 Error::new(ErrorKind::DuplicateEan, format!("{what} already exists"))
             }
-            StoreError::Duplicate(what) => Error::new(ErrorKind::Conflict, format!("{what} already exists")),
+            StoreError::Duplicate(what) => {
+                Error::new(ErrorKind::Conflict, format!("{what} already exists"))
+            }
             StoreError::Conflict(what) => Error::new(ErrorKind::Conflict, what),
             other => Error::internal(other),
         }

@@ -18,7 +18,9 @@ use time::Duration;
 /// Why the server or an admin command could not start. `exit_code` follows SPEC §1.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("data dir {0} is in use by another pixee-pim process (is a server running?); stop it first")]
+    #[error(
+        "data dir {0} is in use by another pixee-pim process (is a server running?); stop it first"
+    )]
     Locked(PathBuf),
     #[error("{0}")]
     Other(String),
@@ -46,7 +48,8 @@ pub struct DataDir {
 impl DataDir {
     /// Creates the directory if needed, takes its lock without waiting, opens the store.
     pub fn open(dir: &Path, cache_mb: u64) -> Result<DataDir, StartError> {
-        std::fs::create_dir_all(dir).map_err(|e| other(format!("cannot create data dir {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| other(format!("cannot create data dir {}: {e}", dir.display())))?;
         let lock_path = dir.join("pixee.lock");
         let lock = File::options()
             .create(true)
@@ -56,25 +59,46 @@ impl DataDir {
             .map_err(|e| other(format!("data dir {} is not writable: {e}", dir.display())))?;
         match lock.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(StartError::Locked(dir.to_path_buf())),
-            Err(std::fs::TryLockError::Error(e)) => return Err(other(format!("cannot lock data dir {}: {e}", dir.display()))),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StartError::Locked(dir.to_path_buf()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(other(format!(
+                    "cannot lock data dir {}: {e}",
+                    dir.display()
+                )));
+            }
         }
         let store = Store::open(dir, cache_mb.saturating_mul(1024 * 1024))
             .map_err(|e| other(format!("cannot open the store in {}: {e}", dir.display())))?;
-        store.verify_all().map_err(|e| other(format!("the store in {} is damaged: {e}", dir.display())))?;
+        store
+            .verify_all()
+            .map_err(|e| other(format!("the store in {} is damaged: {e}", dir.display())))?;
         Ok(DataDir { _lock: lock, store })
     }
 }
 
 /// Builds the shared auth service for a store (the CLI uses it too).
-pub fn build_auth(store: &Store, settings: &Settings, clock: SharedClock, cost: HashCost) -> Result<Auth, StartError> {
+pub fn build_auth(
+    store: &Store,
+    settings: &Settings,
+    clock: SharedClock,
+    cost: HashCost,
+) -> Result<Auth, StartError> {
     let secret = store
-        .meta_get_or_init("jwt_secret", || crate::auth::secret::random_bytes::<32>().map(|b| b.to_vec()).unwrap_or_default())
+        .meta_get_or_init("jwt_secret", || {
+            crate::auth::secret::random_bytes::<32>()
+                .map(|b| b.to_vec())
+                .unwrap_or_default()
+        })
         .map_err(other)?;
     if secret.len() != 32 {
-        return Err(other("the system random generator failed while creating the token secret"));
+        return Err(other(
+            "the system random generator failed while creating the token secret",
+        ));
     }
-    let jwt = JwtKeys::new(&secret, i64::from(settings.access_token_ttl_seconds)).map_err(|e| other(e.detail))?;
+    let jwt = JwtKeys::new(&secret, i64::from(settings.access_token_ttl_seconds))
+        .map_err(|e| other(e.detail))?;
     let parallel = std::thread::available_parallelism().map_or(1, |n| n.get() / 2);
     let passwords = Passwords::new(cost, parallel).map_err(|e| other(e.detail))?;
     let policy = AuthPolicy {
@@ -102,7 +126,11 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(settings: Settings, clock: SharedClock, cost: HashCost) -> Result<Application, StartError> {
+    pub async fn build(
+        settings: Settings,
+        clock: SharedClock,
+        cost: HashCost,
+    ) -> Result<Application, StartError> {
         jsonwebtoken::crypto::CryptoProvider::try_get_default()
             .ok_or_else(|| other("BUG: no JWT crypto provider is compiled in"))?;
         let data_dir = DataDir::open(&settings.data_dir, settings.cache_mb)?;
@@ -144,6 +172,11 @@ impl Application {
         })
     }
 
+    /// Stops the server from outside (tests restart it on the same data dir).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -169,13 +202,21 @@ fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, StartErro
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| other(format!("cannot read TLS certificate {}: {e}", cert.display())))?;
+        .map_err(|e| {
+            other(format!(
+                "cannot read TLS certificate {}: {e}",
+                cert.display()
+            ))
+        })?;
     if certs.is_empty() {
         return Err(other(format!("no certificate found in {}", cert.display())));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| other(format!("cannot read TLS key {}: {e}", key.display())))?;
-    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
-        .map_err(|e| other(format!("TLS setup failed: {e}")))
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| other(format!("cannot read TLS key {}: {e}", key.display())))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+    .map_err(|e| other(format!("TLS setup failed: {e}")))
 }

@@ -49,7 +49,13 @@ fn status_of(kind: ErrorKind) -> StatusCode {
     }
 }
 
-fn problem_body(status: StatusCode, code: &str, detail: &str, errors: &[Invalid], retry_after: Option<u64>) -> serde_json::Value {
+fn problem_body(
+    status: StatusCode,
+    code: &str,
+    detail: &str,
+    errors: &[Invalid],
+    retry_after: Option<u64>,
+) -> serde_json::Value {
     let mut body = serde_json::json!({
         "type": "about:blank",
         "title": status.canonical_reason().unwrap_or("Error"),
@@ -87,7 +93,16 @@ impl ResponseError for Error {
         if let Some(seconds) = self.retry_after {
             res.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
-        res.body(problem_body(status, self.kind.code(), &self.detail, &self.errors, self.retry_after).to_string())
+        res.body(
+            problem_body(
+                status,
+                self.kind.code(),
+                &self.detail,
+                &self.errors,
+                self.retry_after,
+            )
+            .to_string(),
+        )
     }
 }
 
@@ -95,7 +110,10 @@ impl ResponseError for Error {
 fn problem_for_status(status: StatusCode) -> HttpResponse {
     let (kind, detail) = match status.as_u16() {
         404 => (ErrorKind::NotFound, "no such route"),
-        405 => (ErrorKind::MethodNotAllowed, "this route does not accept this method"),
+        405 => (
+            ErrorKind::MethodNotAllowed,
+            "this route does not accept this method",
+        ),
         413 => (ErrorKind::PayloadTooLarge, "the request body is too large"),
         415 => (ErrorKind::UnsupportedMediaType, "unsupported content type"),
         s if s >= 500 => (ErrorKind::Internal, "an internal error occurred"),
@@ -125,7 +143,8 @@ pub async fn request_middleware(
     let mut res = REQUEST_ID
         .scope(request_id.clone(), async move {
             let res = next.call(req).await?;
-            let bare_error = res.status().as_u16() >= 400 && !res.headers().contains_key(header::CONTENT_TYPE);
+            let bare_error =
+                res.status().as_u16() >= 400 && !res.headers().contains_key(header::CONTENT_TYPE);
             Ok::<_, actix_web::Error>(if bare_error {
                 let status = res.status();
                 let (r, _) = res.into_parts();
@@ -180,10 +199,19 @@ fn set_security_headers<B>(res: &mut ServiceResponse<B>, request_id: &str) {
         headers.insert(HeaderName::from_static("x-request-id"), v);
     }
     let csp = if is_page { PAGE_CSP } else { API_CSP };
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(csp),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(
         HeaderName::from_static("cross-origin-opener-policy"),
         HeaderValue::from_static("same-origin"),
@@ -202,7 +230,17 @@ pub struct JsonLimit(pub usize);
 
 /// A JSON body: requires `Content-Type: application/json`, enforces the size limit (413),
 /// tells malformed JSON (400) from wrong or missing fields (422, naming the field).
-pub struct JsonBody<T>(pub T);
+///
+/// Only the size limit applies during extraction; content type and parsing are checked when
+/// the handler calls [`JsonBody::parse`], after it has authorized the caller, so a caller
+/// without the scope learns nothing from how its body is judged.
+pub struct JsonBody<T>(Result<T, Error>);
+
+impl<T> JsonBody<T> {
+    pub fn parse(self) -> Result<T, Error> {
+        self.0
+    }
+}
 
 impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Error = Error;
@@ -210,11 +248,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let limit = req.app_data::<JsonLimit>().map_or(1 << 20, |l| l.0);
-        let is_json = req
-            .mime_type()
-            .ok()
-            .flatten()
-            .is_some_and(|m| m.essence_str() == "application/json" || m.suffix().is_some_and(|s| s == "json"));
+        let is_json = req.mime_type().ok().flatten().is_some_and(|m| {
+            m.essence_str() == "application/json" || m.suffix().is_some_and(|s| s == "json")
+        });
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -222,29 +258,39 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             .and_then(|v| v.parse::<usize>().ok());
         let mut payload = payload.take();
         Box::pin(async move {
+            let bytes = read_limited(&mut payload, limit, declared).await?;
             if !is_json {
-                return Err(Error::new(
+                return Ok(JsonBody(Err(Error::new(
                     ErrorKind::UnsupportedMediaType,
                     "send the body as JSON with Content-Type: application/json",
-                ));
+                ))));
             }
-            let bytes = read_limited(&mut payload, limit, declared).await?;
-            parse_json(&bytes).map(JsonBody)
+            Ok(JsonBody(parse_json(&bytes)))
         })
     }
 }
 
-pub(crate) async fn read_limited<S>(payload: &mut S, limit: usize, declared: Option<usize>) -> Result<web::BytesMut, Error>
+pub(crate) async fn read_limited<S>(
+    payload: &mut S,
+    limit: usize,
+    declared: Option<usize>,
+) -> Result<web::BytesMut, Error>
 where
     S: futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>> + Unpin,
 {
-    let too_large = || Error::new(ErrorKind::PayloadTooLarge, format!("the request body is larger than {limit} bytes"));
+    let too_large = || {
+        Error::new(
+            ErrorKind::PayloadTooLarge,
+            format!("the request body is larger than {limit} bytes"),
+        )
+    };
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| Error::bad_request(format!("the request body could not be read: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| Error::bad_request(format!("the request body could not be read: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
@@ -257,7 +303,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     // Syntax first, so a broken body is a 400 even when a field before the break has the wrong
     // type.
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-        return Err(Error::bad_request(format!("the body is not valid JSON: {e}")));
+        return Err(Error::bad_request(format!(
+            "the body is not valid JSON: {e}"
+        )));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize::<_, T>(de) {
@@ -269,10 +317,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
                 serde_json::error::Category::Data => {
                     let field = if path == "." { "body".to_owned() } else { path };
                     let message = inner.to_string();
-                    let message = message.split(" at line").next().unwrap_or(&message).to_owned();
+                    let message = message
+                        .split(" at line")
+                        .next()
+                        .unwrap_or(&message)
+                        .to_owned();
                     Err(Error::invalid(vec![Invalid::new(field, message)]))
                 }
-                _ => Err(Error::bad_request(format!("the body is not valid JSON: {inner}"))),
+                _ => Err(Error::bad_request(format!(
+                    "the body is not valid JSON: {inner}"
+                ))),
             }
         }
     }

@@ -86,13 +86,25 @@ fn user_out(auth: &Auth, u: UserRecord, tenant: TenantId) -> UserOut {
     }
 }
 
-async fn list_tenants(principal: Principal, auth: web::Data<Auth>, page: web::Query<PageParams>) -> Result<HttpResponse, Error> {
+async fn list_tenants(
+    principal: Principal,
+    auth: web::Data<Auth>,
+    page: web::Query<PageParams>,
+) -> Result<HttpResponse, Error> {
     let page = page.resolve()?;
     let tenants = match principal.key_id() {
-        Some(_) => auth.store.tenant(principal.tenant)?.into_iter().map(|t| tenant_out(t, None)).collect(),
+        Some(_) => auth
+            .store
+            .tenant(principal.tenant)?
+            .into_iter()
+            .map(|t| tenant_out(t, None))
+            .collect(),
         None => {
             let who = principal.require_session()?;
-            let user = auth.store.user(who.id)?.ok_or_else(|| Error::not_found("user"))?;
+            let user = auth
+                .store
+                .user(who.id)?
+                .ok_or_else(|| Error::not_found("user"))?;
             auth.store
                 .list_tenants()?
                 .into_iter()
@@ -103,52 +115,106 @@ async fn list_tenants(principal: Principal, auth: web::Data<Auth>, page: web::Qu
     Ok(HttpResponse::Ok().json(ListResponse::from_all(tenants, page)))
 }
 
-async fn create_tenant(principal: Principal, auth: web::Data<Auth>, body: JsonBody<CreateTenant>) -> Result<HttpResponse, Error> {
+async fn create_tenant(
+    principal: Principal,
+    auth: web::Data<Auth>,
+    body: JsonBody<CreateTenant>,
+) -> Result<HttpResponse, Error> {
     let who = principal.require_superadmin()?;
-    let tenant = auth.create_tenant(&body.0.name)?;
-    let creator = auth.store.user(who.id)?.ok_or_else(|| Error::not_found("user"))?;
-    auth.add_member(tenant.id, &creator.email, Role::Admin).await?;
-    auth.audit(Some(tenant.id), "tenant.created", &principal.actor(), None, tenant.name.clone());
+    let tenant = auth.create_tenant(&body.parse()?.name)?;
+    let creator = auth
+        .store
+        .user(who.id)?
+        .ok_or_else(|| Error::not_found("user"))?;
+    auth.add_member(tenant.id, &creator.email, Role::Admin)
+        .await?;
+    auth.audit(
+        Some(tenant.id),
+        "tenant.created",
+        &principal.actor(),
+        None,
+        tenant.name.clone(),
+    );
     auth.store.flush().await?;
     Ok(HttpResponse::Created().json(tenant_out(tenant, Some(Role::Admin))))
 }
 
-async fn list_users(principal: Principal, auth: web::Data<Auth>, page: web::Query<PageParams>) -> Result<HttpResponse, Error> {
+async fn list_users(
+    principal: Principal,
+    auth: web::Data<Auth>,
+    page: web::Query<PageParams>,
+) -> Result<HttpResponse, Error> {
     principal.require_admin()?;
     let page = page.resolve()?;
     let users = auth.store.tenant_members(principal.tenant)?;
-    let items = users.into_iter().map(|u| user_out(&auth, u, principal.tenant)).collect();
+    let items = users
+        .into_iter()
+        .map(|u| user_out(&auth, u, principal.tenant))
+        .collect();
     Ok(HttpResponse::Ok().json(ListResponse::from_all(items, page)))
 }
 
-async fn create_user(principal: Principal, auth: web::Data<Auth>, body: JsonBody<CreateUser>) -> Result<HttpResponse, Error> {
+async fn create_user(
+    principal: Principal,
+    auth: web::Data<Auth>,
+    body: JsonBody<CreateUser>,
+) -> Result<HttpResponse, Error> {
     principal.require_admin()?;
-    let JsonBody(body) = body;
+    let body = body.parse()?;
     let role = Role::parse(&body.role)?;
-    let membership = Membership { tenant: principal.tenant, role };
-    let user = auth.create_user(&body.email, body.password, vec![membership], false).await?;
-    auth.audit(Some(principal.tenant), "user.created", &principal.actor(), None, format!("{} as {}", user.email, role.as_str()));
+    let membership = Membership {
+        tenant: principal.tenant,
+        role,
+    };
+    let user = auth
+        .create_user(&body.email, body.password, vec![membership], false)
+        .await?;
+    auth.audit(
+        Some(principal.tenant),
+        "user.created",
+        &principal.actor(),
+        None,
+        format!("{} as {}", user.email, role.as_str()),
+    );
     auth.store.flush().await?;
     Ok(HttpResponse::Created().json(user_out(&auth, user, principal.tenant)))
 }
 
-async fn add_member(principal: Principal, auth: web::Data<Auth>, id: web::Path<String>, body: JsonBody<AddMember>) -> Result<HttpResponse, Error> {
+async fn add_member(
+    principal: Principal,
+    auth: web::Data<Auth>,
+    id: web::Path<String>,
+    body: JsonBody<AddMember>,
+) -> Result<HttpResponse, Error> {
     let tenant = TenantId(path_id(&id, "tenant")?);
     // The path names the tenant: the caller must be its admin, whatever X-Tenant-ID says.
     let who = principal.require_session()?;
-    let caller = auth.store.user(who.id)?.ok_or_else(|| Error::not_found("user"))?;
+    let caller = auth
+        .store
+        .user(who.id)?
+        .ok_or_else(|| Error::not_found("user"))?;
     if auth.store.tenant(tenant)?.is_none() || caller.role_in(tenant) != Some(Role::Admin) {
         return Err(Error::forbidden("you are not an admin of this tenant"));
     }
-    let JsonBody(body) = body;
+    let body = body.parse()?;
     let role = Role::parse(&body.role)?;
     let user = auth.add_member(tenant, &body.email, role).await?;
-    auth.audit(Some(tenant), "member.added", &principal.actor(), None, format!("{} as {}", user.email, role.as_str()));
+    auth.audit(
+        Some(tenant),
+        "member.added",
+        &principal.actor(),
+        None,
+        format!("{} as {}", user.email, role.as_str()),
+    );
     auth.store.flush().await?;
     Ok(HttpResponse::Created().json(user_out(&auth, user, tenant)))
 }
 
-async fn unlock_user(principal: Principal, auth: web::Data<Auth>, id: web::Path<String>) -> Result<HttpResponse, Error> {
+async fn unlock_user(
+    principal: Principal,
+    auth: web::Data<Auth>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
     principal.require_admin()?;
     let id = UserId(path_id(&id, "user")?);
     let user = auth
@@ -156,14 +222,21 @@ async fn unlock_user(principal: Principal, auth: web::Data<Auth>, id: web::Path<
         .user(id)?
         .filter(|u| u.memberships.iter().any(|m| m.tenant == principal.tenant))
         .ok_or_else(|| Error::not_found("user"))?;
-    auth.unlock(&user, Some(principal.tenant), &principal.actor()).await?;
+    auth.unlock(&user, Some(principal.tenant), &principal.actor())
+        .await?;
     Ok(HttpResponse::Ok().json(user_out(&auth, user, principal.tenant)))
 }
 
-async fn list_audit(principal: Principal, auth: web::Data<Auth>, page: web::Query<PageParams>) -> Result<HttpResponse, Error> {
+async fn list_audit(
+    principal: Principal,
+    auth: web::Data<Auth>,
+    page: web::Query<PageParams>,
+) -> Result<HttpResponse, Error> {
     principal.require_admin()?;
     let page = page.resolve()?;
-    let (events, total) = auth.store.audit_page(principal.tenant, page.offset, page.per_page)?;
+    let (events, total) = auth
+        .store
+        .audit_page(principal.tenant, page.offset, page.per_page)?;
     let items = events
         .into_iter()
         .map(|e: AuditEvent| AuditOut {

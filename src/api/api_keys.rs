@@ -74,7 +74,11 @@ fn with_secret(status: actix_web::http::StatusCode, body: KeyOut) -> HttpRespons
         .json(body)
 }
 
-async fn list_keys(principal: Principal, auth: web::Data<Auth>, page: web::Query<PageParams>) -> Result<HttpResponse, Error> {
+async fn list_keys(
+    principal: Principal,
+    auth: web::Data<Auth>,
+    page: web::Query<PageParams>,
+) -> Result<HttpResponse, Error> {
     principal.require_admin()?;
     let page = page.resolve()?;
     let mut keys = auth.store.list_api_keys(principal.tenant)?;
@@ -83,13 +87,21 @@ async fn list_keys(principal: Principal, auth: web::Data<Auth>, page: web::Query
     Ok(HttpResponse::Ok().json(ListResponse::from_all(items, page)))
 }
 
-async fn create_key(principal: Principal, auth: web::Data<Auth>, body: JsonBody<CreateKey>) -> Result<HttpResponse, Error> {
+async fn create_key(
+    principal: Principal,
+    auth: web::Data<Auth>,
+    body: JsonBody<CreateKey>,
+) -> Result<HttpResponse, Error> {
     principal.require_admin()?;
-    let JsonBody(body) = body;
+    let body = body.parse()?;
     let mut errors: Vec<Invalid> = Vec::new();
     let name = validate_name(&body.name).map_err(|e| errors.push(e)).ok();
-    let scopes = ScopeSet::parse_list(&body.scopes).map_err(|e| errors.push(e)).ok();
-    let expires_at = validate_expiry(body.expires_at, auth.now()).map_err(|e| errors.push(e)).ok();
+    let scopes = ScopeSet::parse_list(&body.scopes)
+        .map_err(|e| errors.push(e))
+        .ok();
+    let expires_at = validate_expiry(body.expires_at, auth.now())
+        .map_err(|e| errors.push(e))
+        .ok();
     let (Some(name), Some(scopes), Some(expires_at)) = (name, scopes, expires_at) else {
         return Err(Error::invalid(errors));
     };
@@ -109,18 +121,28 @@ async fn create_key(principal: Principal, auth: web::Data<Auth>, body: JsonBody<
     ))
 }
 
-async fn get_key(principal: Principal, auth: web::Data<Auth>, id: web::Path<String>) -> Result<HttpResponse, Error> {
+async fn get_key(
+    principal: Principal,
+    auth: web::Data<Auth>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
     principal.require_admin()?;
     let id = KeyId(path_id(&id, "API key")?);
     let key = auth.get_key(principal.tenant, id)?;
     Ok(HttpResponse::Ok().json(key_out(&auth, key, None)))
 }
 
-async fn revoke_key(req: HttpRequest, principal: Principal, auth: web::Data<Auth>, id: web::Path<String>) -> Result<HttpResponse, Error> {
+async fn revoke_key(
+    req: HttpRequest,
+    principal: Principal,
+    auth: web::Data<Auth>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
     principal.require_admin()?;
     let id = KeyId(path_id(&id, "API key")?);
     let ip = super::auth::client_info(&req, &auth).ip;
-    auth.revoke_key(principal.tenant, id, &principal.actor(), ip.as_deref()).await?;
+    auth.revoke_key(principal.tenant, id, &principal.actor(), ip.as_deref())
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -146,7 +168,13 @@ async fn rotate_key(
     }
     let ip = super::auth::client_info(&req, &auth).ip;
     let issued = auth
-        .rotate_key(principal.tenant, id, body.grace_seconds, &principal.actor(), ip.as_deref())
+        .rotate_key(
+            principal.tenant,
+            id,
+            body.grace_seconds,
+            &principal.actor(),
+            ip.as_deref(),
+        )
         .await?;
     Ok(with_secret(
         actix_web::http::StatusCode::OK,
@@ -155,8 +183,13 @@ async fn rotate_key(
 }
 
 /// A body that may be absent: empty means defaults; otherwise it must be JSON.
-async fn read_optional_json<T: serde::de::DeserializeOwned + Default>(req: &HttpRequest, mut body: web::Payload) -> Result<T, Error> {
-    let limit = req.app_data::<crate::web::JsonLimit>().map_or(1 << 20, |l| l.0);
+async fn read_optional_json<T: serde::de::DeserializeOwned + Default>(
+    req: &HttpRequest,
+    mut body: web::Payload,
+) -> Result<T, Error> {
+    let limit = req
+        .app_data::<crate::web::JsonLimit>()
+        .map_or(1 << 20, |l| l.0);
     let bytes = crate::web::read_limited(&mut body, limit, None).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());

@@ -116,18 +116,35 @@ fn cleared_cookie() -> Cookie<'static> {
     refresh_cookie(String::new(), 0)
 }
 
-async fn login(req: HttpRequest, auth: web::Data<Auth>, body: JsonBody<LoginRequest>) -> Result<HttpResponse, Error> {
-    let JsonBody(body) = body;
-    let tokens = auth.login(&body.email, body.password, &client_info(&req, &auth)).await?;
+async fn login(
+    req: HttpRequest,
+    auth: web::Data<Auth>,
+    body: JsonBody<LoginRequest>,
+) -> Result<HttpResponse, Error> {
+    let body = body.parse()?;
+    let tokens = auth
+        .login(&body.email, body.password, &client_info(&req, &auth))
+        .await?;
     Ok(token_response(tokens))
 }
 
 /// Reads only the cookie. The JSON content type is required because a cross-site HTML form
 /// cannot send it; the body may be empty or `{}`.
-async fn refresh(req: HttpRequest, mut payload: web::Payload, auth: web::Data<Auth>) -> Result<HttpResponse, Error> {
-    let is_json = req.mime_type().ok().flatten().is_some_and(|m| m.essence_str() == "application/json");
+async fn refresh(
+    req: HttpRequest,
+    mut payload: web::Payload,
+    auth: web::Data<Auth>,
+) -> Result<HttpResponse, Error> {
+    let is_json = req
+        .mime_type()
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.essence_str() == "application/json");
     if !is_json {
-        return Err(Error::new(ErrorKind::UnsupportedMediaType, "refresh needs Content-Type: application/json"));
+        return Err(Error::new(
+            ErrorKind::UnsupportedMediaType,
+            "refresh needs Content-Type: application/json",
+        ));
     }
     let limit = req.app_data::<JsonLimit>().map_or(1 << 20, |l| l.0);
     let body = read_limited(&mut payload, limit, None).await?;
@@ -137,7 +154,10 @@ async fn refresh(req: HttpRequest, mut payload: web::Payload, auth: web::Data<Au
     let cookie = req
         .cookie(REFRESH_COOKIE)
         .ok_or_else(|| Error::new(ErrorKind::InvalidToken, "no refresh token cookie was sent"))?;
-    match auth.refresh(cookie.value(), &client_info(&req, &auth)).await {
+    match auth
+        .refresh(cookie.value(), &client_info(&req, &auth))
+        .await
+    {
         Ok(tokens) => Ok(token_response(tokens)),
         Err(e) if e.kind == ErrorKind::InvalidToken => {
             // A dead refresh cookie is cleared so the browser stops sending it.
@@ -160,18 +180,35 @@ async fn logout_all(principal: Principal, auth: web::Data<Auth>) -> Result<HttpR
 }
 
 async fn me(principal: Principal, auth: web::Data<Auth>) -> Result<HttpResponse, Error> {
-    let tenant = auth.store.tenant(principal.tenant)?.ok_or_else(|| Error::not_found("tenant"))?;
+    let tenant = auth
+        .store
+        .tenant(principal.tenant)?
+        .ok_or_else(|| Error::not_found("tenant"))?;
     let (user, key, kind) = match &principal.subject {
-        Subject::User { id, email, .. } => (Some(UserRef { id: id.to_string(), email: email.clone() }), None, "jwt"),
+        Subject::User { id, email, .. } => (
+            Some(UserRef {
+                id: id.to_string(),
+                email: email.clone(),
+            }),
+            None,
+            "jwt",
+        ),
         Subject::ApiKey { id, name, .. } => (
             None,
-            Some(KeyRef { id: id.to_string(), name: name.clone(), environment: principal.environment.as_str() }),
+            Some(KeyRef {
+                id: id.to_string(),
+                name: name.clone(),
+                environment: principal.environment.as_str(),
+            }),
             "api_key",
         ),
     };
     Ok(HttpResponse::Ok().json(MeResponse {
         user,
-        tenant: IdName { id: tenant.id.to_string(), name: tenant.name },
+        tenant: IdName {
+            id: tenant.id.to_string(),
+            name: tenant.name,
+        },
         role: principal.role.map(|r| r.as_str()),
         scopes: principal.scopes.names(),
         environment: principal.environment.as_str(),
@@ -180,20 +217,37 @@ async fn me(principal: Principal, auth: web::Data<Auth>) -> Result<HttpResponse,
     }))
 }
 
-async fn change_password(req: HttpRequest, principal: Principal, auth: web::Data<Auth>, body: JsonBody<PasswordRequest>) -> Result<HttpResponse, Error> {
+async fn change_password(
+    req: HttpRequest,
+    principal: Principal,
+    auth: web::Data<Auth>,
+    body: JsonBody<PasswordRequest>,
+) -> Result<HttpResponse, Error> {
     let who = principal.require_session()?;
-    let JsonBody(body) = body;
+    let body = body.parse()?;
     let access_token = auth
-        .change_password(who, &principal, body.current_password, body.new_password, &client_info(&req, &auth))
+        .change_password(
+            who,
+            &principal,
+            body.current_password,
+            body.new_password,
+            &client_info(&req, &auth),
+        )
         .await?;
-    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(TokenResponse {
-        access_token,
-        token_type: "bearer",
-        expires_in: auth.jwt.ttl_seconds,
-    }))
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(TokenResponse {
+            access_token,
+            token_type: "bearer",
+            expires_in: auth.jwt.ttl_seconds,
+        }))
 }
 
-async fn list_sessions(principal: Principal, auth: web::Data<Auth>, page: web::Query<super::PageParams>) -> Result<HttpResponse, Error> {
+async fn list_sessions(
+    principal: Principal,
+    auth: web::Data<Auth>,
+    page: web::Query<super::PageParams>,
+) -> Result<HttpResponse, Error> {
     let who = principal.require_session()?;
     let page = page.resolve()?;
     let items = auth
@@ -212,7 +266,11 @@ async fn list_sessions(principal: Principal, auth: web::Data<Auth>, page: web::Q
     Ok(HttpResponse::Ok().json(super::ListResponse::from_all(items, page)))
 }
 
-async fn end_session(principal: Principal, auth: web::Data<Auth>, id: web::Path<String>) -> Result<HttpResponse, Error> {
+async fn end_session(
+    principal: Principal,
+    auth: web::Data<Auth>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
     let who = principal.require_session()?;
     let id = SessionId(super::path_id(&id, "session")?);
     auth.end_session(who, id).await?;

@@ -29,7 +29,8 @@ pub fn query_config() -> web::QueryConfig {
 }
 
 pub fn path_config() -> web::PathConfig {
-    web::PathConfig::default().error_handler(|_, _| Error::new(ErrorKind::NotFound, "not found").into())
+    web::PathConfig::default()
+        .error_handler(|_, _| Error::new(ErrorKind::NotFound, "not found").into())
 }
 
 /// `page`/`per_page`, or the legacy `skip`/`limit`.
@@ -55,12 +56,16 @@ impl PageParams {
         let per_page = self.per_page.or(self.limit).unwrap_or(20);
         let mut errors = Vec::new();
         if !(1..=MAX_PER_PAGE).contains(&per_page) {
-            errors.push(crate::domain::Invalid::new("per_page", "must be between 1 and 100"));
+            errors.push(crate::domain::Invalid::new(
+                "per_page",
+                "must be between 1 and 100",
+            ));
         }
         if self.page == Some(0) {
             errors.push(crate::domain::Invalid::new("page", "starts at 1"));
         }
-        if self.page.is_some_and(|p| p > 10_000_000) || self.skip.is_some_and(|s| s > 1_000_000_000) {
+        if self.page.is_some_and(|p| p > 10_000_000) || self.skip.is_some_and(|s| s > 1_000_000_000)
+        {
             errors.push(crate::domain::Invalid::new("page", "is too large"));
         }
         if !errors.is_empty() {
@@ -103,7 +108,11 @@ impl<T> ListResponse<T> {
     /// Pages a list already held in memory.
     pub fn from_all(all: Vec<T>, page: Page) -> Self {
         let total = all.len() as u64;
-        let items = all.into_iter().skip(page.offset).take(page.per_page).collect();
+        let items = all
+            .into_iter()
+            .skip(page.offset)
+            .take(page.per_page)
+            .collect();
         ListResponse::new(items, total, page)
     }
 }

@@ -14,10 +14,14 @@ use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+/// Query of the list route. Pagination fields are spelled out rather than flattened: serde's
+/// `flatten` loses the types of url-encoded values.
 #[derive(Deserialize)]
 struct ListParams {
-    #[serde(flatten)]
-    page: PageParams,
+    page: Option<u64>,
+    per_page: Option<u64>,
+    skip: Option<u64>,
+    limit: Option<u64>,
     search: Option<String>,
     is_active: Option<bool>,
     supplier_id: Option<Uuid>,
@@ -95,12 +99,25 @@ impl From<ProductRecord> for ProductOut {
     }
 }
 
-async fn list_products(principal: Principal, catalog: web::Data<Catalog>, params: web::Query<ListParams>) -> Result<HttpResponse, Error> {
+async fn list_products(
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    params: web::Query<ListParams>,
+) -> Result<HttpResponse, Error> {
     principal.require(Scope::ProductsRead)?;
     let params = params.into_inner();
-    let page = params.page.resolve()?;
+    let page = PageParams {
+        page: params.page,
+        per_page: params.per_page,
+        skip: params.skip,
+        limit: params.limit,
+    }
+    .resolve()?;
     let query = ListQuery {
-        search: params.search.map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty()),
+        search: params
+            .search
+            .map(|s| s.trim().to_lowercase())
+            .filter(|s| !s.is_empty()),
         is_active: params.is_active,
         supplier_id: params.supplier_id,
         category_id: params.category_id,
@@ -114,45 +131,79 @@ async fn list_products(principal: Principal, catalog: web::Data<Catalog>, params
     Ok(HttpResponse::Ok().json(ListResponse::new(items, total, page)))
 }
 
-async fn create_product(principal: Principal, catalog: web::Data<Catalog>, body: JsonBody<ProductPatch>) -> Result<HttpResponse, Error> {
+async fn create_product(
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    body: JsonBody<ProductPatch>,
+) -> Result<HttpResponse, Error> {
     principal.require(Scope::ProductsWrite)?;
-    let product = catalog.create(principal.namespace(), body.0).await?;
+    let product = catalog.create(principal.namespace(), body.parse()?).await?;
     Ok(HttpResponse::Created().json(ProductOut::from(product)))
 }
 
-async fn get_product(principal: Principal, catalog: web::Data<Catalog>, id: web::Path<String>) -> Result<HttpResponse, Error> {
+async fn get_product(
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
     principal.require(Scope::ProductsRead)?;
     let id = ProductId(path_id(&id, "product")?);
     Ok(HttpResponse::Ok().json(ProductOut::from(catalog.get(principal.namespace(), id)?)))
 }
 
-async fn replace_product(principal: Principal, catalog: web::Data<Catalog>, id: web::Path<String>, body: JsonBody<ProductPatch>) -> Result<HttpResponse, Error> {
+async fn replace_product(
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    id: web::Path<String>,
+    body: JsonBody<ProductPatch>,
+) -> Result<HttpResponse, Error> {
     principal.require(Scope::ProductsWrite)?;
     let id = ProductId(path_id(&id, "product")?);
-    let product = catalog.replace(principal.namespace(), id, body.0).await?;
+    let product = catalog
+        .replace(principal.namespace(), id, body.parse()?)
+        .await?;
     Ok(HttpResponse::Ok().json(ProductOut::from(product)))
 }
 
-async fn patch_product(principal: Principal, catalog: web::Data<Catalog>, id: web::Path<String>, body: JsonBody<ProductPatch>) -> Result<HttpResponse, Error> {
+async fn patch_product(
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    id: web::Path<String>,
+    body: JsonBody<ProductPatch>,
+) -> Result<HttpResponse, Error> {
     principal.require(Scope::ProductsWrite)?;
     let id = ProductId(path_id(&id, "product")?);
-    let product = catalog.patch(principal.namespace(), id, body.0).await?;
+    let product = catalog
+        .patch(principal.namespace(), id, body.parse()?)
+        .await?;
     Ok(HttpResponse::Ok().json(ProductOut::from(product)))
 }
 
-async fn delete_product(principal: Principal, catalog: web::Data<Catalog>, id: web::Path<String>) -> Result<HttpResponse, Error> {
+async fn delete_product(
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
     principal.require(Scope::ProductsDelete)?;
     let id = ProductId(path_id(&id, "product")?);
-    if catalog.delete(principal.namespace(), &[id]).await?.is_empty() {
+    if catalog
+        .delete(principal.namespace(), &[id])
+        .await?
+        .is_empty()
+    {
         return Err(Error::not_found("product"));
     }
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// Deletes up to 1000 products at once; answers how many went and which ids were not found.
-async fn bulk_delete(principal: Principal, catalog: web::Data<Catalog>, body: JsonBody<BulkDelete>) -> Result<HttpResponse, Error> {
+async fn bulk_delete(
+    principal: Principal,
+    catalog: web::Data<Catalog>,
+    body: JsonBody<BulkDelete>,
+) -> Result<HttpResponse, Error> {
     principal.require(Scope::ProductsDelete)?;
-    let raw = body.0.ids;
+    let raw = body.parse()?.ids;
     if raw.is_empty() || raw.len() > MAX_BULK_DELETE {
         return Err(Invalid::new("ids", "must hold 1 to 1000 ids").into());
     }
@@ -165,7 +216,11 @@ async fn bulk_delete(principal: Principal, catalog: web::Data<Catalog>, body: Js
         }
     }
     let deleted = catalog.delete(principal.namespace(), &ids).await?;
-    not_found.extend(ids.iter().filter(|id| !deleted.contains(id)).map(ToString::to_string));
+    not_found.extend(
+        ids.iter()
+            .filter(|id| !deleted.contains(id))
+            .map(ToString::to_string),
+    );
     Ok(HttpResponse::Ok().json(BulkDeleted {
         deleted: deleted.len(),
         not_found,

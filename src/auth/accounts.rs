@@ -8,7 +8,10 @@ use crate::store::{Membership, StoreError, TenantRecord, UserRecord};
 pub fn validate_tenant_name(name: &str) -> Result<String, Invalid> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(Invalid::new("name", "must be 1 to 100 printable characters"));
+        return Err(Invalid::new(
+            "name",
+            "must be 1 to 100 printable characters",
+        ));
     }
     if TenantId::parse(name).is_some() {
         return Err(Invalid::new("name", "must not look like a tenant id"));
@@ -72,7 +75,12 @@ impl Auth {
     }
 
     /// Adds (or changes) the role of an existing user in a tenant.
-    pub async fn add_member(&self, tenant: TenantId, email: &str, role: Role) -> Result<UserRecord, Error> {
+    pub async fn add_member(
+        &self,
+        tenant: TenantId,
+        email: &str,
+        role: Role,
+    ) -> Result<UserRecord, Error> {
         let email = Email::parse(email)?;
         let user = self
             .store
@@ -92,20 +100,35 @@ impl Auth {
     }
 
     /// Lifts a lock and clears the failure count.
-    pub async fn unlock(&self, user: &UserRecord, tenant: Option<TenantId>, actor: &str) -> Result<bool, Error> {
+    pub async fn unlock(
+        &self,
+        user: &UserRecord,
+        tenant: Option<TenantId>,
+        actor: &str,
+    ) -> Result<bool, Error> {
         let was_locked = self
             .store
             .lockout_get::<LockoutState>(&user.email)?
             .is_some_and(|s| s.locked_for(self.now()).is_some());
         self.store.lockout_clear(&user.email)?;
         let tenant = tenant.or_else(|| user.default_tenant());
-        self.audit(tenant, "account.unlocked", actor, None, format!("user {}", user.email));
+        self.audit(
+            tenant,
+            "account.unlocked",
+            actor,
+            None,
+            format!("user {}", user.email),
+        );
         self.store.flush().await?;
         Ok(was_locked)
     }
 
     /// First start: the `default` tenant and one superadmin. Later starts change nothing.
-    pub async fn bootstrap(&self, admin_email: &str, admin_password: Option<String>) -> Result<Option<Bootstrap>, Error> {
+    pub async fn bootstrap(
+        &self,
+        admin_email: &str,
+        admin_password: Option<String>,
+    ) -> Result<Option<Bootstrap>, Error> {
         if self.store.meta_get("bootstrapped")?.is_some() {
             return Ok(None);
         }
@@ -128,7 +151,8 @@ impl Auth {
                 tenant: tenant.id,
                 role: Role::Admin,
             };
-            self.create_user(email.as_str(), password, vec![membership], true).await?;
+            self.create_user(email.as_str(), password, vec![membership], true)
+                .await?;
         }
         self.store.meta_set("bootstrapped", b"1")?;
         self.store.flush().await?;

@@ -35,10 +35,15 @@ pub fn validate_name(name: &str) -> Result<String, Invalid> {
     Ok(name.to_owned())
 }
 
-pub fn validate_expiry(expires_at: Option<OffsetDateTime>, now: OffsetDateTime) -> Result<Option<OffsetDateTime>, Invalid> {
+pub fn validate_expiry(
+    expires_at: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Result<Option<OffsetDateTime>, Invalid> {
     match expires_at {
         Some(at) if at <= now => Err(Invalid::new("expires_at", "must be in the future")),
-        Some(at) if at > now + MAX_EXPIRY => Err(Invalid::new("expires_at", "must be at most 366 days ahead")),
+        Some(at) if at > now + MAX_EXPIRY => {
+            Err(Invalid::new("expires_at", "must be at most 366 days ahead"))
+        }
         other => Ok(other),
     }
 }
@@ -71,7 +76,10 @@ impl Auth {
             format!("key {} ({}) {}", record.id, record.name, record.hint),
         );
         self.store.flush().await?;
-        Ok(IssuedKey { record, raw: new.raw })
+        Ok(IssuedKey {
+            record,
+            raw: new.raw,
+        })
     }
 
     pub async fn rotate_key(
@@ -83,22 +91,40 @@ impl Auth {
         ip: Option<&str>,
     ) -> Result<IssuedKey, Error> {
         let now = self.now();
-        let current = self.store.api_key(id)?.filter(|k| k.tenant == tenant).ok_or_else(|| Error::not_found("API key"))?;
+        let current = self
+            .store
+            .api_key(id)?
+            .filter(|k| k.tenant == tenant)
+            .ok_or_else(|| Error::not_found("API key"))?;
         let new = key_format::generate(current.environment)?;
         let grace = (grace_seconds > 0).then(|| now + Duration::seconds(i64::from(grace_seconds)));
-        let record = self.store.rotate_api_key(tenant, id, new.digest, &new.hint, grace, now)?;
+        let record = self
+            .store
+            .rotate_api_key(tenant, id, new.digest, &new.hint, grace, now)?;
         self.audit(
             Some(tenant),
             "api_key.rotated",
             actor,
             ip,
-            format!("key {} ({}) now {}; grace {grace_seconds} s", record.id, record.name, record.hint),
+            format!(
+                "key {} ({}) now {}; grace {grace_seconds} s",
+                record.id, record.name, record.hint
+            ),
         );
         self.store.flush().await?;
-        Ok(IssuedKey { record, raw: new.raw })
+        Ok(IssuedKey {
+            record,
+            raw: new.raw,
+        })
     }
 
-    pub async fn revoke_key(&self, tenant: TenantId, id: KeyId, actor: &str, ip: Option<&str>) -> Result<ApiKeyRecord, Error> {
+    pub async fn revoke_key(
+        &self,
+        tenant: TenantId,
+        id: KeyId,
+        actor: &str,
+        ip: Option<&str>,
+    ) -> Result<ApiKeyRecord, Error> {
         let record = self.store.revoke_api_key(tenant, id, self.now())?;
         self.audit(
             Some(tenant),

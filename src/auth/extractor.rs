@@ -18,7 +18,11 @@ pub struct KeyRequest {
     pub rate: Decision,
 }
 
-fn header<'a>(req: &'a HttpRequest, name: &str, bad: impl FnOnce() -> Error) -> Result<Option<&'a str>, Error> {
+fn header<'a>(
+    req: &'a HttpRequest,
+    name: &str,
+    bad: impl FnOnce() -> Error,
+) -> Result<Option<&'a str>, Error> {
     match req.headers().get(name) {
         None => Ok(None),
         Some(v) => v.to_str().map(Some).map_err(|_| bad()),
@@ -51,9 +55,18 @@ fn extract(req: &HttpRequest) -> Result<Principal, Error> {
         .app_data::<web::Data<Auth>>()
         .ok_or_else(|| Error::new(ErrorKind::Internal, "BUG: Auth is not registered"))?;
     let creds = Credentials {
-        api_key: header(req, "x-api-key", || Error::new(ErrorKind::InvalidApiKey, "the API key is malformed"))?,
-        authorization: header(req, "authorization", || Error::new(ErrorKind::InvalidToken, "the Authorization header is malformed"))?,
-        tenant: header(req, "x-tenant-id", || Error::bad_request("X-Tenant-ID must be a tenant id (a UUID)"))?,
+        api_key: header(req, "x-api-key", || {
+            Error::new(ErrorKind::InvalidApiKey, "the API key is malformed")
+        })?,
+        authorization: header(req, "authorization", || {
+            Error::new(
+                ErrorKind::InvalidToken,
+                "the Authorization header is malformed",
+            )
+        })?,
+        tenant: header(req, "x-tenant-id", || {
+            Error::bad_request("X-Tenant-ID must be a tenant id (a UUID)")
+        })?,
         is_read: matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS),
     };
     let ip = || client_ip(req, auth.policy.trust_forwarded_for);
@@ -61,14 +74,22 @@ fn extract(req: &HttpRequest) -> Result<Principal, Error> {
         Ok(done) => {
             if let Some(rate) = done.rate {
                 let key = done.principal.key_id();
-                req.extensions_mut().insert(KeyRequest { key, ip: ip(), rate });
+                req.extensions_mut().insert(KeyRequest {
+                    key,
+                    ip: ip(),
+                    rate,
+                });
             }
             req.extensions_mut().insert(done.principal.clone());
             Ok(done.principal)
         }
         Err((e, rate)) => {
             if let Some(rate) = rate {
-                req.extensions_mut().insert(KeyRequest { key: None, ip: None, rate });
+                req.extensions_mut().insert(KeyRequest {
+                    key: None,
+                    ip: None,
+                    rate,
+                });
             }
             Err(e)
         }

@@ -42,7 +42,9 @@ fn invalid(detail: &str) -> Error {
 
 impl JwtKeys {
     pub fn new(secret: &[u8], ttl_seconds: i64) -> Result<Self, Error> {
-        let internal = |e: jsonwebtoken::errors::Error| Error::new(ErrorKind::Internal, "JWT key setup failed").with_cause(e);
+        let internal = |e: jsonwebtoken::errors::Error| {
+            Error::new(ErrorKind::Internal, "JWT key setup failed").with_cause(e)
+        };
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
@@ -58,7 +60,14 @@ impl JwtKeys {
         })
     }
 
-    pub fn issue(&self, user: UserId, tenant: TenantId, session: SessionId, ver: u32, now: OffsetDateTime) -> Result<String, Error> {
+    pub fn issue(
+        &self,
+        user: UserId,
+        tenant: TenantId,
+        session: SessionId,
+        ver: u32,
+        now: OffsetDateTime,
+    ) -> Result<String, Error> {
         let iat = now.unix_timestamp();
         let claims = Claims {
             iss: ISSUER.into(),
@@ -79,7 +88,8 @@ impl JwtKeys {
 
     /// Checks algorithm, type, signature, issuer, audience and lifetime.
     pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Claims, Error> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("the access token is malformed"))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| invalid("the access token is malformed"))?;
         if header.alg != Algorithm::HS256 || header.typ.as_deref() != Some(TOKEN_TYPE) {
             return Err(invalid("the access token has the wrong type or algorithm"));
         }
@@ -112,10 +122,22 @@ mod tests {
     }
 
     fn token() -> String {
-        keys().issue(UserId::generate(), TenantId::generate(), SessionId::generate(), 0, now()).unwrap()
+        keys()
+            .issue(
+                UserId::generate(),
+                TenantId::generate(),
+                SessionId::generate(),
+                0,
+                now(),
+            )
+            .unwrap()
     }
 
-    fn reencode(token: &str, header: serde_json::Value, claims: Option<serde_json::Value>) -> String {
+    fn reencode(
+        token: &str,
+        header: serde_json::Value,
+        claims: Option<serde_json::Value>,
+    ) -> String {
         let parts: Vec<&str> = token.split('.').collect();
         let body = match claims {
             Some(c) => B64.encode(c.to_string()),
@@ -135,9 +157,22 @@ mod tests {
     #[test]
     fn expiry_allows_sixty_seconds_of_skew_and_no_more() {
         let t = token();
-        assert!(keys().verify(&t, now() + time::Duration::seconds(959)).is_ok());
-        assert!(keys().verify(&t, now() + time::Duration::seconds(960)).is_err());
-        assert!(keys().verify(&t, now() - time::Duration::seconds(61)).is_err(), "issued in the future");
+        assert!(
+            keys()
+                .verify(&t, now() + time::Duration::seconds(959))
+                .is_ok()
+        );
+        assert!(
+            keys()
+                .verify(&t, now() + time::Duration::seconds(960))
+                .is_err()
+        );
+        assert!(
+            keys()
+                .verify(&t, now() - time::Duration::seconds(61))
+                .is_err(),
+            "issued in the future"
+        );
     }
 
     #[test]
@@ -153,20 +188,54 @@ mod tests {
         longer["exp"] = (now().unix_timestamp() + 99_999).into();
         let hs = serde_json::json!({"alg":"HS256","typ":"at+jwt"});
         let cases = [
-            ("alg none", format!("{}.{}.", B64.encode(r#"{"alg":"none","typ":"at+jwt"}"#), t.split('.').nth(1).unwrap())),
-            ("alg HS512", reencode(&t, serde_json::json!({"alg":"HS512","typ":"at+jwt"}), None)),
-            ("alg RS256", reencode(&t, serde_json::json!({"alg":"RS256","typ":"at+jwt"}), None)),
-            ("typ JWT", reencode(&t, serde_json::json!({"alg":"HS256","typ":"JWT"}), None)),
-            ("no typ", reencode(&t, serde_json::json!({"alg":"HS256"}), None)),
+            (
+                "alg none",
+                format!(
+                    "{}.{}.",
+                    B64.encode(r#"{"alg":"none","typ":"at+jwt"}"#),
+                    t.split('.').nth(1).unwrap()
+                ),
+            ),
+            (
+                "alg HS512",
+                reencode(&t, serde_json::json!({"alg":"HS512","typ":"at+jwt"}), None),
+            ),
+            (
+                "alg RS256",
+                reencode(&t, serde_json::json!({"alg":"RS256","typ":"at+jwt"}), None),
+            ),
+            (
+                "typ JWT",
+                reencode(&t, serde_json::json!({"alg":"HS256","typ":"JWT"}), None),
+            ),
+            (
+                "no typ",
+                reencode(&t, serde_json::json!({"alg":"HS256"}), None),
+            ),
             ("wrong aud", reencode(&t, hs.clone(), Some(wrong_aud))),
             ("wrong iss", reencode(&t, hs.clone(), Some(wrong_iss))),
             ("tampered exp", reencode(&t, hs, Some(longer))),
-            ("other secret", JwtKeys::new(&[8u8; 32], 900).unwrap().issue(UserId::generate(), TenantId::generate(), SessionId::generate(), 0, now()).unwrap()),
+            (
+                "other secret",
+                JwtKeys::new(&[8u8; 32], 900)
+                    .unwrap()
+                    .issue(
+                        UserId::generate(),
+                        TenantId::generate(),
+                        SessionId::generate(),
+                        0,
+                        now(),
+                    )
+                    .unwrap(),
+            ),
             ("garbage", "not.a.jwt".to_owned()),
             ("empty", String::new()),
         ];
         for (what, forged) in cases {
-            assert!(keys().verify(&forged, now()).is_err(), "{what} must be refused");
+            assert!(
+                keys().verify(&forged, now()).is_err(),
+                "{what} must be refused"
+            );
         }
     }
 }

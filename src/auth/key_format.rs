@@ -102,7 +102,10 @@ mod tests {
     fn wrong_prefix_length_and_alphabet_are_refused() {
         let key = generate(Environment::Test).unwrap().raw;
         let cases = [
-            ("live prefix swapped", key.replacen("pm_test_", "pm_prod_", 1)),
+            (
+                "live prefix swapped",
+                key.replacen("pm_test_", "pm_prod_", 1),
+            ),
             ("too short", key[..KEY_LEN - 1].to_owned()),
             ("too long", format!("{key}0")),
             ("symbol", format!("{}-{}", &key[..20], &key[21..])),
@@ -117,6 +120,9 @@ mod tests {
     #[test]
     fn hints_show_twelve_leading_and_four_trailing_characters() {
         let key = generate(Environment::Live).unwrap();
-        assert_eq!(key.hint, format!("{}…{}", &key.raw[..12], &key.raw[KEY_LEN - 4..]));
+        assert_eq!(
+            key.hint,
+            format!("{}…{}", &key.raw[..12], &key.raw[KEY_LEN - 4..])
+        );
     }
 }

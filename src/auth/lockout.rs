@@ -34,14 +34,24 @@ impl LockoutState {
     /// Seconds left on the lock, if locked at `now`.
     pub fn locked_for(&self, now: OffsetDateTime) -> Option<u64> {
         let until = self.locked_until?;
-        (now < until).then(|| u64::try_from((until - now).whole_seconds()).unwrap_or(0).max(1))
+        (now < until).then(|| {
+            u64::try_from((until - now).whole_seconds())
+                .unwrap_or(0)
+                .max(1)
+        })
     }
 
-    pub fn record_failure(&self, now: OffsetDateTime, policy: &LockoutPolicy) -> (LockoutState, FailureOutcome) {
+    pub fn record_failure(
+        &self,
+        now: OffsetDateTime,
+        policy: &LockoutPolicy,
+    ) -> (LockoutState, FailureOutcome) {
         if self.locked_for(now).is_some() {
             return (self.clone(), FailureOutcome::WhileLocked);
         }
-        let in_window = self.first_failure_at.is_some_and(|first| now - first < policy.window);
+        let in_window = self
+            .first_failure_at
+            .is_some_and(|first| now - first < policy.window);
         let (failures, first) = if in_window && self.failures > 0 {
             (self.failures + 1, self.first_failure_at)
         } else {
@@ -81,7 +91,11 @@ mod tests {
         OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
     }
 
-    fn fail_n(n: u32, start: OffsetDateTime, step: Duration) -> (LockoutState, Vec<FailureOutcome>) {
+    fn fail_n(
+        n: u32,
+        start: OffsetDateTime,
+        step: Duration,
+    ) -> (LockoutState, Vec<FailureOutcome>) {
         let mut s = LockoutState::default();
         let mut outcomes = Vec::new();
         for i in 0..n {
@@ -97,13 +111,19 @@ mod tests {
         let (s, outcomes) = fail_n(5, t0(), Duration::seconds(10));
         assert_eq!(outcomes[..4], [FailureOutcome::Counted; 4]);
         assert_eq!(outcomes[4], FailureOutcome::JustLocked);
-        assert_eq!(s.locked_until, Some(t0() + Duration::seconds(40) + Duration::minutes(15)));
+        assert_eq!(
+            s.locked_until,
+            Some(t0() + Duration::seconds(40) + Duration::minutes(15))
+        );
     }
 
     #[test]
     fn failures_spread_beyond_the_window_never_lock() {
         let (s, outcomes) = fail_n(10, t0(), Duration::minutes(4));
-        assert!(outcomes.iter().all(|o| *o == FailureOutcome::Counted), "{outcomes:?}");
+        assert!(
+            outcomes.iter().all(|o| *o == FailureOutcome::Counted),
+            "{outcomes:?}"
+        );
         assert!(s.locked_for(t0() + Duration::minutes(40)).is_none());
     }
 
@@ -117,7 +137,11 @@ mod tests {
         assert_eq!(s2.locked_for(t0() + Duration::minutes(14)), Some(60));
         assert!(s2.locked_for(until).is_none());
         let (s3, o) = s2.record_failure(until, &policy());
-        assert_eq!((s3.failures, o), (1, FailureOutcome::Counted), "a new count starts after the lock");
+        assert_eq!(
+            (s3.failures, o),
+            (1, FailureOutcome::Counted),
+            "a new count starts after the lock"
+        );
     }
 
     #[test]

@@ -89,13 +89,18 @@ impl Auth {
 
     /// Checks whichever credential the request carried. `Err` carries the rate decision too
     /// when a key was over its limit, so the 429 still gets its headers.
-    pub fn authenticate(&self, creds: Credentials<'_>) -> Result<Authenticated, (Error, Option<Decision>)> {
+    pub fn authenticate(
+        &self,
+        creds: Credentials<'_>,
+    ) -> Result<Authenticated, (Error, Option<Decision>)> {
         let tenant = match creds.tenant {
             None => None,
-            Some(raw) => Some(
-                TenantId::parse(raw.trim())
-                    .ok_or_else(|| (Error::bad_request("X-Tenant-ID must be a tenant id (a UUID)"), None))?,
-            ),
+            Some(raw) => Some(TenantId::parse(raw.trim()).ok_or_else(|| {
+                (
+                    Error::bad_request("X-Tenant-ID must be a tenant id (a UUID)"),
+                    None,
+                )
+            })?),
         };
         match (creds.api_key, creds.authorization) {
             (Some(_), Some(_)) => Err((
@@ -105,7 +110,10 @@ impl Auth {
             (Some(key), None) => self.authenticate_key(key, tenant, creds.is_read),
             (None, Some(header)) => self
                 .authenticate_bearer(header, tenant)
-                .map(|principal| Authenticated { principal, rate: None })
+                .map(|principal| Authenticated {
+                    principal,
+                    rate: None,
+                })
                 .map_err(|e| (e, None)),
             (None, None) => Err((
                 Error::new(
@@ -125,9 +133,17 @@ impl Auth {
     ) -> Result<Authenticated, (Error, Option<Decision>)> {
         let principal = api_keys::verify(self, raw.trim()).map_err(|e| (e, None))?;
         if tenant.is_some_and(|t| t != principal.tenant) {
-            return Err((Error::forbidden("an API key can only act in its own tenant"), None));
+            return Err((
+                Error::forbidden("an API key can only act in its own tenant"),
+                None,
+            ));
         }
-        let key_id = principal.key_id().ok_or_else(|| (Error::new(ErrorKind::Internal, "BUG: key principal without key"), None))?;
+        let key_id = principal.key_id().ok_or_else(|| {
+            (
+                Error::new(ErrorKind::Internal, "BUG: key principal without key"),
+                None,
+            )
+        })?;
         let limit = if is_read {
             self.policy.key_reads_per_minute
         } else {
@@ -148,12 +164,21 @@ impl Auth {
         })
     }
 
-    fn authenticate_bearer(&self, header: &str, tenant: Option<TenantId>) -> Result<Principal, Error> {
+    fn authenticate_bearer(
+        &self,
+        header: &str,
+        tenant: Option<TenantId>,
+    ) -> Result<Principal, Error> {
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .map(str::trim)
-            .ok_or_else(|| Error::new(ErrorKind::InvalidToken, "Authorization must be 'Bearer <access token>'"))?;
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidToken,
+                    "Authorization must be 'Bearer <access token>'",
+                )
+            })?;
         if key_format::looks_like_key(token) {
             return Err(Error::new(
                 ErrorKind::InvalidApiKey,
@@ -173,13 +198,23 @@ impl Auth {
         if d.allowed {
             Ok(())
         } else {
-            Err(Error::new(ErrorKind::RateLimited, "too many login attempts from this address; wait and retry")
-                .with_retry_after(d.retry_after))
+            Err(Error::new(
+                ErrorKind::RateLimited,
+                "too many login attempts from this address; wait and retry",
+            )
+            .with_retry_after(d.retry_after))
         }
     }
 
     /// Appends an audit event; a failure is logged, not returned, so it never blocks a logout.
-    pub fn audit(&self, tenant: Option<TenantId>, kind: &str, actor: &str, ip: Option<&str>, detail: String) {
+    pub fn audit(
+        &self,
+        tenant: Option<TenantId>,
+        kind: &str,
+        actor: &str,
+        ip: Option<&str>,
+        detail: String,
+    ) {
         let event = AuditEvent {
             id: uuid::Uuid::now_v7(),
             at: self.now(),

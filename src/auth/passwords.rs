@@ -26,8 +26,16 @@ pub struct HashCost {
 }
 
 impl HashCost {
-    pub const PRODUCTION: HashCost = HashCost { m_kib: 19_456, t: 2, p: 1 };
-    pub const FAST_FOR_TESTS: HashCost = HashCost { m_kib: 256, t: 1, p: 1 };
+    pub const PRODUCTION: HashCost = HashCost {
+        m_kib: 19_456,
+        t: 2,
+        p: 1,
+    };
+    pub const FAST_FOR_TESTS: HashCost = HashCost {
+        m_kib: 256,
+        t: 1,
+        p: 1,
+    };
 }
 
 #[derive(Clone)]
@@ -74,12 +82,14 @@ impl Passwords {
         Ok(known && ok)
     }
 
-    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| Error::new(ErrorKind::Internal, "password pool closed").with_cause(e))?;
+    async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let _permit =
+            self.permits.acquire().await.map_err(|e| {
+                Error::new(ErrorKind::Internal, "password pool closed").with_cause(e)
+            })?;
         tokio::task::spawn_blocking(job)
             .await
             .map_err(|e| Error::new(ErrorKind::Internal, "password hashing failed").with_cause(e))
@@ -104,7 +114,10 @@ pub fn check_policy(field: &str, password: &str) -> Result<(), Invalid> {
     }
     let lowered = password.to_lowercase();
     if COMMON_PASSWORDS.lines().any(|common| common == lowered) {
-        return Err(Invalid::new(field, "is on the list of commonly used passwords; choose another"));
+        return Err(Invalid::new(
+            field,
+            "is on the list of commonly used passwords; choose another",
+        ));
     }
     Ok(())
 }
@@ -120,7 +133,10 @@ mod tests {
         assert!(check_policy("password", "password123").is_err());
         assert!(check_policy("password", "Password123").is_err());
         assert!(check_policy("password", "correct horse battery staple").is_ok());
-        assert!(check_policy("password", &"é".repeat(512)).is_ok(), "1024 bytes of anything is fine");
+        assert!(
+            check_policy("password", &"é".repeat(512)).is_ok(),
+            "1024 bytes of anything is fine"
+        );
     }
 
     #[actix_web::test]
@@ -128,8 +144,15 @@ mod tests {
         let pw = Passwords::new(HashCost::FAST_FOR_TESTS, 1).unwrap();
         let phc = pw.hash("Tr0ub4dor&3 ".into()).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$"));
-        assert!(pw.verify("Tr0ub4dor&3 ".into(), Some(phc.clone())).await.unwrap());
-        assert!(!pw.verify("Tr0ub4dor&3".into(), Some(phc)).await.unwrap(), "compared exactly as sent");
+        assert!(
+            pw.verify("Tr0ub4dor&3 ".into(), Some(phc.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !pw.verify("Tr0ub4dor&3".into(), Some(phc)).await.unwrap(),
+            "compared exactly as sent"
+        );
         assert!(!pw.verify("anything".into(), None).await.unwrap());
     }
 

@@ -46,7 +46,10 @@ impl Principal {
             Subject::ApiKey { .. } => "this key lacks",
             Subject::User { .. } => "your role lacks",
         };
-        Err(Error::forbidden(format!("{who} the scope {}", scope.as_str())))
+        Err(Error::forbidden(format!(
+            "{who} the scope {}",
+            scope.as_str()
+        )))
     }
 
     pub fn require_session(&self) -> Result<SessionUser, Error> {
@@ -73,7 +76,9 @@ impl Principal {
         if self.role == Some(Role::Admin) {
             Ok(user)
         } else {
-            Err(Error::forbidden("this action needs the admin role in this tenant"))
+            Err(Error::forbidden(
+                "this action needs the admin role in this tenant",
+            ))
         }
     }
 
@@ -82,7 +87,10 @@ impl Principal {
         if user.superadmin {
             Ok(user)
         } else {
-            Err(Error::new(ErrorKind::PermissionDenied, "only a superadmin can do this"))
+            Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "only a superadmin can do this",
+            ))
         }
     }
 

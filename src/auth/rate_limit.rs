@@ -58,7 +58,11 @@ impl<K: Hash + Eq + Clone> SlidingWindow<K> {
         }
         let w = map.entry(key.clone()).or_default();
         if w.start != start {
-            w.previous = if w.start == start - WINDOW_NANOS { w.current } else { 0 };
+            w.previous = if w.start == start - WINDOW_NANOS {
+                w.current
+            } else {
+                0
+            };
             w.current = 0;
             w.start = start;
         }

@@ -8,9 +8,9 @@ pub const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijkl
 /// `N` bytes straight from the operating system's generator.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], Error> {
     let mut out = [0u8; N];
-    rand::rngs::SysRng
-        .try_fill_bytes(&mut out)
-        .map_err(|e| Error::new(ErrorKind::Internal, "the system random generator failed").with_cause(e))?;
+    rand::rngs::SysRng.try_fill_bytes(&mut out).map_err(|e| {
+        Error::new(ErrorKind::Internal, "the system random generator failed").with_cause(e)
+    })?;
     Ok(out)
 }
 

@@ -44,10 +44,17 @@ fn locked(seconds: u64) -> Error {
 
 impl Auth {
     fn session_alive(&self, s: &SessionRecord, now: OffsetDateTime) -> bool {
-        s.revoked_at.is_none() && now < s.expires_at && now - s.last_seen_at < self.policy.session_idle
+        s.revoked_at.is_none()
+            && now < s.expires_at
+            && now - s.last_seen_at < self.policy.session_idle
     }
 
-    pub async fn login(&self, email: &str, password: String, client: &ClientInfo) -> Result<Tokens, Error> {
+    pub async fn login(
+        &self,
+        email: &str,
+        password: String,
+        client: &ClientInfo,
+    ) -> Result<Tokens, Error> {
         let ip = client.ip.as_deref();
         self.check_login_rate(ip.unwrap_or("unknown"))?;
         let email = Email::normalize(email);
@@ -60,11 +67,20 @@ impl Auth {
         }
         let user = self.store.user_by_email(&email)?;
         let tenant = user.as_ref().and_then(UserRecord::default_tenant);
-        let ok = self.passwords.verify(password, user.as_ref().map(|u| u.password_hash.clone())).await?;
+        let ok = self
+            .passwords
+            .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
+            .await?;
         match (ok, user) {
             (true, Some(user)) => self.finish_login(&email, user, client).await,
             (_, user) => {
-                let outcome = self.record_login_failure(&email, user.as_ref(), tenant, ip, "wrong email or password")?;
+                let outcome = self.record_login_failure(
+                    &email,
+                    user.as_ref(),
+                    tenant,
+                    ip,
+                    "wrong email or password",
+                )?;
                 self.store.flush().await?;
                 match outcome {
                     FailureOutcome::WhileLocked => Err(locked(self.lock_seconds_left(&email)?)),
@@ -90,20 +106,32 @@ impl Auth {
     ) -> Result<FailureOutcome, Error> {
         let now = self.now();
         let policy = self.policy.lockout;
-        let (old, _) = self.store.lockout_update(email, |s: &LockoutState| s.record_failure(now, &policy).0)?;
+        let (old, _) = self
+            .store
+            .lockout_update(email, |s: &LockoutState| s.record_failure(now, &policy).0)?;
         let (_, outcome) = old.record_failure(now, &policy);
         self.audit(tenant, "login.failure", email, ip, why.to_owned());
         if outcome == FailureOutcome::JustLocked {
             if let Some(user) = user {
                 self.cut_off_user(user, None)?;
             }
-            self.audit(tenant, "account.locked", email, ip, format!("locked for {} min", policy.lock_for.whole_minutes()));
+            self.audit(
+                tenant,
+                "account.locked",
+                email,
+                ip,
+                format!("locked for {} min", policy.lock_for.whole_minutes()),
+            );
         }
         Ok(outcome)
     }
 
     /// Ends the user's sessions (but `keep`) and invalidates every access token issued so far.
-    pub(crate) fn cut_off_user(&self, user: &UserRecord, keep: Option<SessionId>) -> Result<UserRecord, Error> {
+    pub(crate) fn cut_off_user(
+        &self,
+        user: &UserRecord,
+        keep: Option<SessionId>,
+    ) -> Result<UserRecord, Error> {
         let now = self.now();
         let updated = self.store.update_user(user.id, |u| {
             u.token_version = u.token_version.wrapping_add(1);
@@ -114,10 +142,19 @@ impl Auth {
         Ok(updated)
     }
 
-    async fn finish_login(&self, email: &str, user: UserRecord, client: &ClientInfo) -> Result<Tokens, Error> {
+    async fn finish_login(
+        &self,
+        email: &str,
+        user: UserRecord,
+        client: &ClientInfo,
+    ) -> Result<Tokens, Error> {
         let now = self.now();
         // A concurrent flood may have locked the email while our hash ran.
-        if let Some(left) = self.store.lockout_get::<LockoutState>(email)?.and_then(|s| s.locked_for(now)) {
+        if let Some(left) = self
+            .store
+            .lockout_get::<LockoutState>(email)?
+            .and_then(|s| s.locked_for(now))
+        {
             return Err(locked(left));
         }
         self.store.lockout_clear(email)?;
@@ -132,7 +169,10 @@ impl Auth {
             expires_at: now + self.policy.session_max,
             revoked_at: None,
             ip: client.ip.clone(),
-            user_agent: client.user_agent.as_ref().map(|ua| ua.chars().take(200).collect()),
+            user_agent: client
+                .user_agent
+                .as_ref()
+                .map(|ua| ua.chars().take(200).collect()),
         };
         let refresh = random_base62(REFRESH_LEN)?;
         let record = RefreshRecord {
@@ -141,15 +181,31 @@ impl Auth {
             issued_at: now,
             spent_at: None,
         };
-        self.store.create_session(&session, &sha256(refresh.as_bytes()), &record)?;
-        self.audit(Some(tenant), "login.success", &format!("user:{email}"), client.ip.as_deref(), format!("session {}", session.id));
+        self.store
+            .create_session(&session, &sha256(refresh.as_bytes()), &record)?;
+        self.audit(
+            Some(tenant),
+            "login.success",
+            &format!("user:{email}"),
+            client.ip.as_deref(),
+            format!("session {}", session.id),
+        );
         self.store.flush().await?;
         self.tokens(&user, tenant, &session, refresh, now)
     }
 
-    fn tokens(&self, user: &UserRecord, tenant: TenantId, session: &SessionRecord, refresh: String, now: OffsetDateTime) -> Result<Tokens, Error> {
+    fn tokens(
+        &self,
+        user: &UserRecord,
+        tenant: TenantId,
+        session: &SessionRecord,
+        refresh: String,
+        now: OffsetDateTime,
+    ) -> Result<Tokens, Error> {
         Ok(Tokens {
-            access_token: self.jwt.issue(user.id, tenant, session.id, user.token_version, now)?,
+            access_token: self
+                .jwt
+                .issue(user.id, tenant, session.id, user.token_version, now)?,
             expires_in: self.jwt.ttl_seconds,
             refresh_token: refresh,
             refresh_max_age: (session.expires_at - now).whole_seconds().max(0),
@@ -164,16 +220,30 @@ impl Auth {
         }
         let now = self.now();
         let digest = sha256(raw.as_bytes());
-        let record = self.store.refresh_record(&digest)?.ok_or_else(|| invalid_token("the refresh token is not valid"))?;
-        let session = self.store.session(record.session)?.ok_or_else(|| invalid_token("the session has ended"))?;
+        let record = self
+            .store
+            .refresh_record(&digest)?
+            .ok_or_else(|| invalid_token("the refresh token is not valid"))?;
+        let session = self
+            .store
+            .session(record.session)?
+            .ok_or_else(|| invalid_token("the session has ended"))?;
         if record.spent_at.is_none() && !self.session_alive(&session, now) {
             return Err(invalid_token("the session has ended; log in again"));
         }
         let next = random_base62(REFRESH_LEN)?;
-        match self.store.spend_refresh(&digest, &sha256(next.as_bytes()), now)? {
+        match self
+            .store
+            .spend_refresh(&digest, &sha256(next.as_bytes()), now)?
+        {
             SpendOutcome::Spent(session) => {
-                let user = self.store.user(session.user)?.ok_or_else(|| invalid_token("the user no longer exists"))?;
-                let tenant = user.default_tenant().ok_or_else(|| Error::forbidden("this user is not a member of any tenant"))?;
+                let user = self
+                    .store
+                    .user(session.user)?
+                    .ok_or_else(|| invalid_token("the user no longer exists"))?;
+                let tenant = user
+                    .default_tenant()
+                    .ok_or_else(|| Error::forbidden("this user is not a member of any tenant"))?;
                 self.store.flush().await?;
                 self.tokens(&user, tenant, &session, next, now)
             }
@@ -184,10 +254,20 @@ impl Auth {
                     None => None,
                 };
                 let tenant = user.as_ref().and_then(UserRecord::default_tenant);
-                let actor = user.map(|u| format!("user:{}", u.email)).unwrap_or_default();
-                self.audit(tenant, "refresh_token.reused", &actor, client.ip.as_deref(), format!("session {sid} ended"));
+                let actor = user
+                    .map(|u| format!("user:{}", u.email))
+                    .unwrap_or_default();
+                self.audit(
+                    tenant,
+                    "refresh_token.reused",
+                    &actor,
+                    client.ip.as_deref(),
+                    format!("session {sid} ended"),
+                );
                 self.store.flush().await?;
-                Err(invalid_token("this refresh token was already used; the session has been ended for safety"))
+                Err(invalid_token(
+                    "this refresh token was already used; the session has been ended for safety",
+                ))
             }
             SpendOutcome::Invalid => Err(invalid_token("the session has ended; log in again")),
         }
@@ -225,17 +305,44 @@ impl Auth {
 
     /// Changes the password; every other session ends and every earlier access token dies.
     /// Returns a fresh access token for the caller's own session.
-    pub async fn change_password(&self, who: SessionUser, principal: &Principal, current: String, new: String, client: &ClientInfo) -> Result<String, Error> {
-        let user = self.store.user(who.id)?.ok_or_else(|| invalid_token("the user no longer exists"))?;
-        if let Some(left) = self.store.lockout_get::<LockoutState>(&user.email)?.and_then(|s| s.locked_for(self.now())) {
+    pub async fn change_password(
+        &self,
+        who: SessionUser,
+        principal: &Principal,
+        current: String,
+        new: String,
+        client: &ClientInfo,
+    ) -> Result<String, Error> {
+        let user = self
+            .store
+            .user(who.id)?
+            .ok_or_else(|| invalid_token("the user no longer exists"))?;
+        if let Some(left) = self
+            .store
+            .lockout_get::<LockoutState>(&user.email)?
+            .and_then(|s| s.locked_for(self.now()))
+        {
             return Err(locked(left));
         }
         super::passwords::check_policy("new_password", &new)?;
-        if !self.passwords.verify(current, Some(user.password_hash.clone())).await? {
+        if !self
+            .passwords
+            .verify(current, Some(user.password_hash.clone()))
+            .await?
+        {
             // Counted like a failed login, so a stolen access token cannot guess passwords.
-            self.record_login_failure(&user.email, Some(&user), Some(principal.tenant), client.ip.as_deref(), "wrong current password")?;
+            self.record_login_failure(
+                &user.email,
+                Some(&user),
+                Some(principal.tenant),
+                client.ip.as_deref(),
+                "wrong current password",
+            )?;
             self.store.flush().await?;
-            return Err(Error::invalid(vec![Invalid::new("current_password", "is not the current password")]));
+            return Err(Error::invalid(vec![Invalid::new(
+                "current_password",
+                "is not the current password",
+            )]));
         }
         let hash = self.passwords.hash(new).await?;
         let now = self.now();
@@ -245,17 +352,36 @@ impl Auth {
             Ok(())
         })?;
         let updated = self.cut_off_user(&user, Some(who.session))?;
-        self.audit(Some(principal.tenant), "password.changed", &principal.actor(), client.ip.as_deref(), String::new());
+        self.audit(
+            Some(principal.tenant),
+            "password.changed",
+            &principal.actor(),
+            client.ip.as_deref(),
+            String::new(),
+        );
         self.store.flush().await?;
-        self.jwt.issue(updated.id, principal.tenant, who.session, updated.token_version, now)
+        self.jwt.issue(
+            updated.id,
+            principal.tenant,
+            who.session,
+            updated.token_version,
+            now,
+        )
     }
 }
 
 /// Signature and claims, then the session and the user: a token outlives neither.
-pub(super) fn verify_access_token(auth: &Auth, token: &str, tenant: Option<TenantId>) -> Result<Principal, Error> {
+pub(super) fn verify_access_token(
+    auth: &Auth,
+    token: &str,
+    tenant: Option<TenantId>,
+) -> Result<Principal, Error> {
     let now = auth.now();
     let claims = auth.jwt.verify(token, now)?;
-    let session = auth.store.session(claims.sid)?.filter(|s| s.user == claims.sub);
+    let session = auth
+        .store
+        .session(claims.sid)?
+        .filter(|s| s.user == claims.sub);
     if !session.is_some_and(|s| auth.session_alive(&s, now)) {
         return Err(invalid_token("the session of this access token has ended"));
     }

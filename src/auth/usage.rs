@@ -41,7 +41,9 @@ impl UsageBuffer {
             });
             entry.usage = KeyUsage { at: now, ip };
             entry.dirty = true;
-            let due = entry.persisted_at.is_none_or(|at| now - at >= PERSIST_EVERY);
+            let due = entry
+                .persisted_at
+                .is_none_or(|at| now - at >= PERSIST_EVERY);
             if due {
                 entry.persisted_at = Some(now);
                 entry.dirty = false;

@@ -36,14 +36,23 @@ pub struct ProductPatch {
     pub attributes: Field<BTreeMap<String, String>>,
 }
 
-fn text(errors: &mut Vec<Invalid>, field: &str, value: Field<String>, max: usize, slot: &mut Option<String>) {
+fn text(
+    errors: &mut Vec<Invalid>,
+    field: &str,
+    value: Field<String>,
+    max: usize,
+    slot: &mut Option<String>,
+) {
     match value {
         Field::Absent => {}
         Field::Null => *slot = None,
         Field::Value(v) => {
             let v = v.trim().to_owned();
             if v.chars().count() > max {
-                errors.push(Invalid::new(field, format!("must be at most {max} characters")));
+                errors.push(Invalid::new(
+                    field,
+                    format!("must be at most {max} characters"),
+                ));
             } else {
                 *slot = (!v.is_empty()).then_some(v);
             }
@@ -91,16 +100,30 @@ impl ProductPatch {
         }
         text(e, "sku", self.sku, 100, &mut p.sku);
         text(e, "reference", self.reference, 100, &mut p.reference);
-        text(e, "description", self.description, 20_000, &mut p.description);
+        text(
+            e,
+            "description",
+            self.description,
+            20_000,
+            &mut p.description,
+        );
         text(e, "brand", self.brand, 200, &mut p.brand);
-        text(e, "supplier_code", self.supplier_code, 100, &mut p.supplier_code);
+        text(
+            e,
+            "supplier_code",
+            self.supplier_code,
+            100,
+            &mut p.supplier_code,
+        );
         amount(e, "price", self.price, &mut p.price);
         amount(e, "cost_price", self.cost_price, &mut p.cost_price);
         amount(e, "weight", self.weight, &mut p.weight);
         match self.currency {
-            Field::Value(c) if !(c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase())) => {
-                e.push(Invalid::new("currency", "must be a three-letter ISO 4217 code such as EUR"))
-            }
+            Field::Value(c) if !(c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase())) => e
+                .push(Invalid::new(
+                    "currency",
+                    "must be a three-letter ISO 4217 code such as EUR",
+                )),
             other => required(e, "currency", other, &mut p.currency),
         }
         required(e, "stock", self.stock, &mut p.stock);
@@ -111,7 +134,9 @@ impl ProductPatch {
             Field::Value(id) => p.supplier_id = Some(id),
         }
         match self.category_ids {
-            Field::Value(ids) if ids.len() > 100 => e.push(Invalid::new("category_ids", "at most 100 categories")),
+            Field::Value(ids) if ids.len() > 100 => {
+                e.push(Invalid::new("category_ids", "at most 100 categories"))
+            }
             Field::Value(mut ids) => {
                 ids.dedup();
                 p.category_ids = ids;
@@ -119,12 +144,23 @@ impl ProductPatch {
             other => required(e, "category_ids", other, &mut p.category_ids),
         }
         match self.attributes {
-            Field::Value(a) if a.len() > 200 || a.iter().any(|(k, v)| k.is_empty() || k.len() > 100 || v.len() > 2000) => {
-                e.push(Invalid::new("attributes", "at most 200 entries; keys 1 to 100 bytes, values at most 2000"))
+            Field::Value(a)
+                if a.len() > 200
+                    || a.iter()
+                        .any(|(k, v)| k.is_empty() || k.len() > 100 || v.len() > 2000) =>
+            {
+                e.push(Invalid::new(
+                    "attributes",
+                    "at most 200 entries; keys 1 to 100 bytes, values at most 2000",
+                ))
             }
             other => required(e, "attributes", other, &mut p.attributes),
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -151,14 +187,19 @@ pub struct ListQuery {
 
 impl ListQuery {
     fn has_filters(&self) -> bool {
-        self.search.is_some() || self.is_active.is_some() || self.supplier_id.is_some() || self.category_id.is_some()
+        self.search.is_some()
+            || self.is_active.is_some()
+            || self.supplier_id.is_some()
+            || self.category_id.is_some()
     }
 
     fn matches(&self, p: &ProductRecord) -> bool {
         let search_ok = self.search.as_ref().is_none_or(|s| {
             p.name.to_lowercase().contains(s)
                 || p.ean.contains(s.as_str())
-                || p.sku.as_ref().is_some_and(|sku| sku.to_lowercase().contains(s))
+                || p.sku
+                    .as_ref()
+                    .is_some_and(|sku| sku.to_lowercase().contains(s))
         });
         search_ok
             && self.is_active.is_none_or(|a| p.is_active == a)
@@ -209,7 +250,11 @@ fn complete(patch: ProductPatch, mut base: ProductRecord) -> Result<ProductRecor
     let applied = patch.apply(&mut base);
     let mut errors = missing;
     errors.extend(applied.err().unwrap_or_default());
-    if errors.is_empty() { Ok(base) } else { Err(Error::invalid(errors)) }
+    if errors.is_empty() {
+        Ok(base)
+    } else {
+        Err(Error::invalid(errors))
+    }
 }
 
 impl Catalog {
@@ -225,11 +270,18 @@ impl Catalog {
     }
 
     pub fn get(&self, ns: Namespace, id: ProductId) -> Result<ProductRecord, Error> {
-        self.store.product(ns, id)?.ok_or_else(|| Error::not_found("product"))
+        self.store
+            .product(ns, id)?
+            .ok_or_else(|| Error::not_found("product"))
     }
 
     /// PUT: replaces every field (created_at stays).
-    pub async fn replace(&self, ns: Namespace, id: ProductId, patch: ProductPatch) -> Result<ProductRecord, Error> {
+    pub async fn replace(
+        &self,
+        ns: Namespace,
+        id: ProductId,
+        patch: ProductPatch,
+    ) -> Result<ProductRecord, Error> {
         let now = self.clock.now();
         let template = complete(patch, blank(id, now))?;
         let updated = self.store.update_product(ns, id, |old| {
@@ -242,7 +294,12 @@ impl Catalog {
     }
 
     /// PATCH: changes only the fields present.
-    pub async fn patch(&self, ns: Namespace, id: ProductId, patch: ProductPatch) -> Result<ProductRecord, Error> {
+    pub async fn patch(
+        &self,
+        ns: Namespace,
+        id: ProductId,
+        patch: ProductPatch,
+    ) -> Result<ProductRecord, Error> {
         let now = self.clock.now();
         // Field checks do not depend on the stored values: run them once up front so a bad
         // patch is a 422 before any store work.
@@ -250,17 +307,19 @@ impl Catalog {
         patch.clone().apply(&mut scratch).map_err(Error::invalid)?;
         let updated = self.store.update_product(ns, id, |old| {
             let mut next = old.clone();
-            patch
-                .clone()
-                .apply(&mut next)
-                .map_err(|_| StoreError::Conflict("the product changed during the update; retry"))?;
+            patch.clone().apply(&mut next).map_err(|_| {
+                StoreError::Conflict("the product changed during the update; retry")
+            })?;
             next.updated_at = now;
             Ok(next)
         });
         self.finish_update(updated).await
     }
 
-    async fn finish_update(&self, updated: Result<ProductRecord, StoreError>) -> Result<ProductRecord, Error> {
+    async fn finish_update(
+        &self,
+        updated: Result<ProductRecord, StoreError>,
+    ) -> Result<ProductRecord, Error> {
         let product = updated.map_err(|e| match e {
             StoreError::NotFound => Error::not_found("product"),
             other => other.into(),
@@ -297,12 +356,17 @@ impl Catalog {
         match q.sort_by {
             SortBy::CreatedAt => {}
             SortBy::Name => all.sort_by_key(|p| p.name.to_lowercase()),
-            SortBy::Price => all.sort_by(|a, b| a.price.unwrap_or(0.0).total_cmp(&b.price.unwrap_or(0.0))),
+            SortBy::Price => {
+                all.sort_by(|a, b| a.price.unwrap_or(0.0).total_cmp(&b.price.unwrap_or(0.0)))
+            }
         }
         if q.descending {
             all.reverse();
         }
         let total = all.len() as u64;
-        Ok((all.into_iter().skip(q.offset).take(q.limit).collect(), total))
+        Ok((
+            all.into_iter().skip(q.offset).take(q.limit).collect(),
+            total,
+        ))
     }
 }

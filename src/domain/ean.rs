@@ -38,14 +38,26 @@ mod tests {
 
     #[test]
     fn valid_ean13_and_ean8_are_accepted() {
-        for good in ["4006381333931", "5901234123457", "96385074", "0000000000000"] {
+        for good in [
+            "4006381333931",
+            "5901234123457",
+            "96385074",
+            "0000000000000",
+        ] {
             assert!(Ean::parse(good).is_ok(), "{good} should be valid");
         }
     }
 
     #[test]
     fn wrong_check_digits_lengths_and_characters_are_refused() {
-        for bad in ["4006381333932", "96385075", "123", "40063813339310", "40063813339a1", ""] {
+        for bad in [
+            "4006381333932",
+            "96385075",
+            "123",
+            "40063813339310",
+            "40063813339a1",
+            "",
+        ] {
             assert!(Ean::parse(bad).is_err(), "{bad} should be refused");
         }
     }

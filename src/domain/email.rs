@@ -27,7 +27,10 @@ impl Email {
         if well_formed {
             Ok(Self(email))
         } else {
-            Err(Invalid::new("email", "must be an email address such as name@example.com"))
+            Err(Invalid::new(
+                "email",
+                "must be an email address such as name@example.com",
+            ))
         }
     }
 
@@ -48,7 +51,10 @@ mod tests {
 
     #[test]
     fn emails_are_trimmed_and_lower_cased() {
-        assert_eq!(Email::parse("  Ann@Example.COM ").unwrap().as_str(), "ann@example.com");
+        assert_eq!(
+            Email::parse("  Ann@Example.COM ").unwrap().as_str(),
+            "ann@example.com"
+        );
     }
 
     #[test]

@@ -100,9 +100,8 @@ impl ScopeSet {
         let mut set = ScopeSet::default();
         for name in names {
             let name = name.as_ref();
-            let scope = Scope::parse(name).ok_or_else(|| {
-                Invalid::new("scopes", format!("unknown scope {name:?}"))
-            })?;
+            let scope = Scope::parse(name)
+                .ok_or_else(|| Invalid::new("scopes", format!("unknown scope {name:?}")))?;
             set.0 |= scope.bit();
         }
         if set.is_empty() {

@@ -52,10 +52,17 @@ pub struct KeyUsage {
 
 impl Store {
     pub fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
-        (&self.api_keys, &self.api_key_by_digest, &self.api_keys_by_tenant)
+        (
+            &self.api_keys,
+            &self.api_key_by_digest,
+            &self.api_keys_by_tenant,
+        )
             .transaction(|(records, by_digest, by_tenant)| {
                 by_digest.insert(&key.digest[..], key.id.as_bytes())?;
-                by_tenant.insert(&keys::pair(key.tenant.as_bytes(), key.id.as_bytes())[..], &[][..])?;
+                by_tenant.insert(
+                    &keys::pair(key.tenant.as_bytes(), key.id.as_bytes())[..],
+                    &[][..],
+                )?;
                 records.insert(key.id.as_bytes(), codec::encode(key))?;
                 Ok(())
             })
@@ -63,11 +70,15 @@ impl Store {
     }
 
     pub fn api_key(&self, id: KeyId) -> StoreResult<Option<ApiKeyRecord>> {
-        self.api_keys.get(id.as_bytes())?.map(|v| codec::decode(&v)).transpose()
+        self.api_keys
+            .get(id.as_bytes())?
+            .map(|v| codec::decode(&v))
+            .transpose()
     }
 
     /// The key record a digest points at, if any (the caller still checks `accepts`).
     pub fn api_key_by_digest(&self, digest: &Digest) -> StoreResult<Option<ApiKeyRecord>> {
+        self.count_key_lookup();
         let Some(id) = self.api_key_by_digest.get(digest)? else {
             return Ok(None);
         };
@@ -79,7 +90,8 @@ impl Store {
         let mut out = Vec::new();
         for item in self.api_keys_by_tenant.scan_prefix(tenant.as_bytes()) {
             let (k, _) = item?;
-            let id = KeyId::from_slice(&k[16..]).ok_or(StoreError::Corrupt("key tenant index".into()))?;
+            let id = KeyId::from_slice(&k[16..])
+                .ok_or(StoreError::Corrupt("key tenant index".into()))?;
             if let Some(rec) = self.api_key(id)? {
                 out.push(rec);
             }
@@ -89,7 +101,12 @@ impl Store {
 
     /// Marks the key revoked and drops every digest that pointed at it. Revoking twice is a
     /// no-op that returns the record.
-    pub fn revoke_api_key(&self, tenant: TenantId, id: KeyId, now: OffsetDateTime) -> StoreResult<ApiKeyRecord> {
+    pub fn revoke_api_key(
+        &self,
+        tenant: TenantId,
+        id: KeyId,
+        now: OffsetDateTime,
+    ) -> StoreResult<ApiKeyRecord> {
         (&self.api_keys, &self.api_key_by_digest)
             .transaction(|(records, by_digest)| {
                 let mut key = match load_key(records, tenant, id)? {
@@ -127,7 +144,9 @@ impl Store {
                     Err(e) => return abort(e),
                 };
                 if key.revoked_at.is_some() {
-                    return abort(StoreError::Conflict("this key is revoked and cannot be rotated"));
+                    return abort(StoreError::Conflict(
+                        "this key is revoked and cannot be rotated",
+                    ));
                 }
                 if let Some((older, _)) = key.previous.take() {
                     by_digest.remove(&older[..])?;
@@ -149,12 +168,16 @@ impl Store {
     }
 
     pub fn key_usage(&self, id: KeyId) -> StoreResult<Option<KeyUsage>> {
-        self.api_key_usage.get(id.as_bytes())?.map(|v| codec::decode(&v)).transpose()
+        self.api_key_usage
+            .get(id.as_bytes())?
+            .map(|v| codec::decode(&v))
+            .transpose()
     }
 
     /// Usage lives in its own tree so that recording it can never race a revocation.
     pub fn set_key_usage(&self, id: KeyId, usage: &KeyUsage) -> StoreResult<()> {
-        self.api_key_usage.insert(id.as_bytes(), codec::encode(usage))?;
+        self.api_key_usage
+            .insert(id.as_bytes(), codec::encode(usage))?;
         Ok(())
     }
 }
@@ -170,6 +193,10 @@ fn load_key(
         return Ok(Err(StoreError::NotFound));
     };
     Ok(codec::decode::<ApiKeyRecord>(&bytes).and_then(|k| {
-        if k.tenant == tenant { Ok(k) } else { Err(StoreError::NotFound) }
+        if k.tenant == tenant {
+            Ok(k)
+        } else {
+            Err(StoreError::NotFound)
+        }
     }))
 }

@@ -20,13 +20,20 @@ pub struct AuditEvent {
 
 impl Store {
     pub fn append_audit(&self, tenant: TenantId, event: &AuditEvent) -> StoreResult<()> {
-        self.audit
-            .insert(&keys::pair(tenant.as_bytes(), event.id.as_bytes())[..], codec::encode(event))?;
+        self.audit.insert(
+            &keys::pair(tenant.as_bytes(), event.id.as_bytes())[..],
+            codec::encode(event),
+        )?;
         Ok(())
     }
 
     /// Newest first: `skip` events, then at most `take`; also returns the total.
-    pub fn audit_page(&self, tenant: TenantId, skip: usize, take: usize) -> StoreResult<(Vec<AuditEvent>, usize)> {
+    pub fn audit_page(
+        &self,
+        tenant: TenantId,
+        skip: usize,
+        take: usize,
+    ) -> StoreResult<(Vec<AuditEvent>, usize)> {
         let total = self.audit.scan_prefix(tenant.as_bytes()).count();
         let items = self
             .audit
@@ -34,7 +41,10 @@ impl Store {
             .rev()
             .skip(skip)
             .take(take)
-            .map(|item| item.map_err(Into::into).and_then(|(_, v)| codec::decode(&v)))
+            .map(|item| {
+                item.map_err(Into::into)
+                    .and_then(|(_, v)| codec::decode(&v))
+            })
             .collect::<StoreResult<Vec<_>>>()?;
         Ok((items, total))
     }

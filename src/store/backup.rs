@@ -66,7 +66,8 @@ pub fn restore(store: &Store, input: &mut impl Read) -> Result<u64, BackupError>
     let mut total = 0;
     while !cur.buf.is_empty() {
         let name_len = cur.u32()? as usize;
-        let name = std::str::from_utf8(cur.take(name_len)?).map_err(|_| BackupError::Format("tree name"))?;
+        let name = std::str::from_utf8(cur.take(name_len)?)
+            .map_err(|_| BackupError::Format("tree name"))?;
         if !TREES.contains(&name) {
             return Err(BackupError::Format("unknown tree"));
         }

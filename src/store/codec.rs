@@ -7,7 +7,9 @@ pub const SCHEMA_VERSION: u8 = 1;
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![SCHEMA_VERSION];
     // Encoding plain structs into a Vec cannot fail; an error would be a programming bug.
-    if let Err(e) = bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard()) {
+    if let Err(e) =
+        bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
+    {
         tracing::error!(error = %e, "BUG: record encoding failed");
     }
     out
@@ -43,14 +45,26 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_carry_the_version_byte() {
-        let bytes = encode(&Sample { name: "x".into(), n: 7 });
+        let bytes = encode(&Sample {
+            name: "x".into(),
+            n: 7,
+        });
         assert_eq!(bytes[0], SCHEMA_VERSION);
-        assert_eq!(decode::<Sample>(&bytes).unwrap(), Sample { name: "x".into(), n: 7 });
+        assert_eq!(
+            decode::<Sample>(&bytes).unwrap(),
+            Sample {
+                name: "x".into(),
+                n: 7
+            }
+        );
     }
 
     #[test]
     fn truncated_or_unversioned_records_are_refused() {
-        let bytes = encode(&Sample { name: "hello".into(), n: 7 });
+        let bytes = encode(&Sample {
+            name: "hello".into(),
+            n: 7,
+        });
         assert!(decode::<Sample>(&bytes[..bytes.len() - 2]).is_err());
         assert!(decode::<Sample>(&[]).is_err());
         assert!(decode::<Sample>(&[9, 1, 2]).is_err());

@@ -78,6 +78,9 @@ pub const TREES: &[&str] = &[
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// How many API-key digest lookups reached the store (lets tests prove that malformed keys
+    /// never do, and is the seed of a future metrics endpoint).
+    key_lookups: std::sync::Arc<std::sync::atomic::AtomicU64>,
     path: PathBuf,
     pub(crate) meta: sled::Tree,
     pub(crate) tenants: sled::Tree,
@@ -132,9 +135,19 @@ impl Store {
             product_by_ref: tree("product_by_ref")?,
             products_by_updated: tree("products_by_updated")?,
             counters: tree("counters")?,
+            key_lookups: Default::default(),
             path,
             db,
         })
+    }
+
+    pub fn key_lookups(&self) -> u64 {
+        self.key_lookups.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_key_lookup(&self) {
+        self.key_lookups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn path(&self) -> &Path {
@@ -166,17 +179,30 @@ impl Store {
     }
 
     /// Returns the value under `key`, first storing `make()` when there is none (atomically).
-    pub fn meta_get_or_init(&self, key: &str, make: impl FnOnce() -> Vec<u8>) -> StoreResult<Vec<u8>> {
+    pub fn meta_get_or_init(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> Vec<u8>,
+    ) -> StoreResult<Vec<u8>> {
         let candidate = make();
-        match self.meta.compare_and_swap(key, None as Option<&[u8]>, Some(candidate.as_slice()))? {
+        match self
+            .meta
+            .compare_and_swap(key, None as Option<&[u8]>, Some(candidate.as_slice()))?
+        {
             Ok(()) => Ok(candidate),
             Err(cas) => Ok(cas.current.map(|v| v.to_vec()).unwrap_or(candidate)),
         }
     }
 
     /// The lockout state kept for a normalized email.
-    pub fn lockout_get<S: serde::de::DeserializeOwned>(&self, email: &str) -> StoreResult<Option<S>> {
-        self.lockout.get(email.as_bytes())?.map(|v| codec::decode(&v)).transpose()
+    pub fn lockout_get<S: serde::de::DeserializeOwned>(
+        &self,
+        email: &str,
+    ) -> StoreResult<Option<S>> {
+        self.lockout
+            .get(email.as_bytes())?
+            .map(|v| codec::decode(&v))
+            .transpose()
     }
 
     /// Applies the pure transition `next` atomically; returns the state before and after.
@@ -185,10 +211,13 @@ impl Store {
         S: serde::Serialize + serde::de::DeserializeOwned + Default,
         F: Fn(&S) -> S,
     {
-        let decode_or_default = |v: Option<&[u8]>| v.and_then(|b| codec::decode::<S>(b).ok()).unwrap_or_default();
-        let old = self
-            .lockout
-            .fetch_and_update(email.as_bytes(), |v| Some(codec::encode(&next(&decode_or_default(v)))))?;
+        let decode_or_default = |v: Option<&[u8]>| {
+            v.and_then(|b| codec::decode::<S>(b).ok())
+                .unwrap_or_default()
+        };
+        let old = self.lockout.fetch_and_update(email.as_bytes(), |v| {
+            Some(codec::encode(&next(&decode_or_default(v))))
+        })?;
         let old = decode_or_default(old.as_deref());
         let new = next(&old);
         Ok((old, new))
@@ -196,6 +225,16 @@ impl Store {
 
     pub fn lockout_clear(&self, email: &str) -> StoreResult<bool> {
         Ok(self.lockout.remove(email.as_bytes())?.is_some())
+    }
+
+    /// Whether no tree holds anything (restore only loads into such a store).
+    pub fn is_empty(&self) -> StoreResult<bool> {
+        for name in TREES {
+            if !self.db.open_tree(name)?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Decodes every value of every tree; used by `check` paths and tests to prove no record is
@@ -222,7 +261,9 @@ impl Store {
     }
 }
 
-pub(crate) fn abort<T>(e: StoreError) -> sled::transaction::ConflictableTransactionResult<T, StoreError> {
+pub(crate) fn abort<T>(
+    e: StoreError,
+) -> sled::transaction::ConflictableTransactionResult<T, StoreError> {
     Err(sled::transaction::ConflictableTransactionError::Abort(e))
 }
 

@@ -48,12 +48,15 @@ impl Trees<'_> {
     }
 
     fn add_indexes(&self, ns: Namespace, p: &ProductRecord) -> Tx<()> {
-        self.by_ean.insert(keys::ns_str(ns, &p.ean), p.id.as_bytes())?;
+        self.by_ean
+            .insert(keys::ns_str(ns, &p.ean), p.id.as_bytes())?;
         if let Some(r) = &p.reference {
             self.by_ref.insert(keys::ns_str(ns, r), p.id.as_bytes())?;
         }
-        self.by_updated
-            .insert(&keys::ns_updated(ns, p.updated_at.unix_timestamp_nanos(), p.id.as_bytes())[..], &[][..])?;
+        self.by_updated.insert(
+            &keys::ns_updated(ns, p.updated_at.unix_timestamp_nanos(), p.id.as_bytes())[..],
+            &[][..],
+        )?;
         Ok(())
     }
 
@@ -62,18 +65,24 @@ impl Trees<'_> {
         if let Some(r) = &p.reference {
             self.by_ref.remove(keys::ns_str(ns, r))?;
         }
-        self.by_updated
-            .remove(&keys::ns_updated(ns, p.updated_at.unix_timestamp_nanos(), p.id.as_bytes())[..])?;
+        self.by_updated.remove(
+            &keys::ns_updated(ns, p.updated_at.unix_timestamp_nanos(), p.id.as_bytes())[..],
+        )?;
         Ok(())
     }
 
     /// Refuses an EAN or reference already held by another product of the namespace.
     fn check_unique(&self, ns: Namespace, p: &ProductRecord) -> Tx<Result<(), StoreError>> {
-        if self.index_owner(self.by_ean, &keys::ns_str(ns, &p.ean))?.is_some_and(|id| id != p.id) {
+        if self
+            .index_owner(self.by_ean, &keys::ns_str(ns, &p.ean))?
+            .is_some_and(|id| id != p.id)
+        {
             return Ok(Err(StoreError::Duplicate("a product with this EAN")));
         }
         if let Some(r) = &p.reference
-            && self.index_owner(self.by_ref, &keys::ns_str(ns, r))?.is_some_and(|id| id != p.id)
+            && self
+                .index_owner(self.by_ref, &keys::ns_str(ns, r))?
+                .is_some_and(|id| id != p.id)
         {
             return Ok(Err(StoreError::Duplicate("a product with this reference")));
         }
@@ -105,9 +114,21 @@ impl Store {
     where
         F: Fn(&Trees<'_>) -> Result<T, sled::transaction::ConflictableTransactionError<StoreError>>,
     {
-        (&self.products, &self.product_by_ean, &self.product_by_ref, &self.products_by_updated, &self.counters)
+        (
+            &self.products,
+            &self.product_by_ean,
+            &self.product_by_ref,
+            &self.products_by_updated,
+            &self.counters,
+        )
             .transaction(|(products, by_ean, by_ref, by_updated, counters)| {
-                f(&Trees { products, by_ean, by_ref, by_updated, counters })
+                f(&Trees {
+                    products,
+                    by_ean,
+                    by_ref,
+                    by_updated,
+                    counters,
+                })
             })
             .map_err(from_tx)
     }
@@ -116,14 +137,20 @@ impl Store {
         self.product_tx(|t| {
             t.check_unique(ns, p)?.or_else(abort)?;
             t.add_indexes(ns, p)?;
-            t.products.insert(&keys::ns_id(ns, p.id.as_bytes())[..], codec::encode(p))?;
+            t.products
+                .insert(&keys::ns_id(ns, p.id.as_bytes())[..], codec::encode(p))?;
             t.bump_count(ns, 1)?;
             Ok(())
         })
     }
 
     /// Replaces a product with `change(current)`; the id and namespace never change.
-    pub fn update_product<F>(&self, ns: Namespace, id: ProductId, change: F) -> StoreResult<ProductRecord>
+    pub fn update_product<F>(
+        &self,
+        ns: Namespace,
+        id: ProductId,
+        change: F,
+    ) -> StoreResult<ProductRecord>
     where
         F: Fn(&ProductRecord) -> Result<ProductRecord, StoreError>,
     {
@@ -133,7 +160,8 @@ impl Store {
             t.check_unique(ns, &new)?.or_else(abort)?;
             t.remove_indexes(ns, &old)?;
             t.add_indexes(ns, &new)?;
-            t.products.insert(&keys::ns_id(ns, id.as_bytes())[..], codec::encode(&new))?;
+            t.products
+                .insert(&keys::ns_id(ns, id.as_bytes())[..], codec::encode(&new))?;
             Ok(new)
         })
     }
@@ -161,14 +189,22 @@ impl Store {
     }
 
     pub fn product_by_ean(&self, ns: Namespace, ean: &str) -> StoreResult<Option<ProductRecord>> {
-        match self.product_by_ean.get(keys::ns_str(ns, ean))?.and_then(|v| ProductId::from_slice(&v)) {
+        match self
+            .product_by_ean
+            .get(keys::ns_str(ns, ean))?
+            .and_then(|v| ProductId::from_slice(&v))
+        {
             Some(id) => self.product(ns, id),
             None => Ok(None),
         }
     }
 
     pub fn product_count(&self, ns: Namespace) -> StoreResult<u64> {
-        Ok(self.counters.get(keys::namespace(ns))?.map(|v| read_u64(&v)).unwrap_or(0))
+        Ok(self
+            .counters
+            .get(keys::namespace(ns))?
+            .map(|v| read_u64(&v))
+            .unwrap_or(0))
     }
 
     /// Products of the namespace in creation order (newest first when `newest_first`).

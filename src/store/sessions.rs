@@ -42,11 +42,19 @@ pub enum SpendOutcome {
 }
 
 impl Store {
-    pub fn create_session(&self, session: &SessionRecord, refresh_digest: &Digest, refresh: &RefreshRecord) -> StoreResult<()> {
+    pub fn create_session(
+        &self,
+        session: &SessionRecord,
+        refresh_digest: &Digest,
+        refresh: &RefreshRecord,
+    ) -> StoreResult<()> {
         (&self.sessions, &self.sessions_by_user, &self.refresh_tokens)
             .transaction(|(sessions, by_user, tokens)| {
                 sessions.insert(session.id.as_bytes(), codec::encode(session))?;
-                by_user.insert(&keys::pair(session.user.as_bytes(), session.id.as_bytes())[..], &[][..])?;
+                by_user.insert(
+                    &keys::pair(session.user.as_bytes(), session.id.as_bytes())[..],
+                    &[][..],
+                )?;
                 tokens.insert(&refresh_digest[..], codec::encode(refresh))?;
                 Ok(())
             })
@@ -54,15 +62,26 @@ impl Store {
     }
 
     pub fn session(&self, id: SessionId) -> StoreResult<Option<SessionRecord>> {
-        self.sessions.get(id.as_bytes())?.map(|v| codec::decode(&v)).transpose()
+        self.sessions
+            .get(id.as_bytes())?
+            .map(|v| codec::decode(&v))
+            .transpose()
     }
 
     pub fn refresh_record(&self, digest: &Digest) -> StoreResult<Option<RefreshRecord>> {
-        self.refresh_tokens.get(digest)?.map(|v| codec::decode(&v)).transpose()
+        self.refresh_tokens
+            .get(digest)?
+            .map(|v| codec::decode(&v))
+            .transpose()
     }
 
     /// Spends `digest` and stores `next` as its successor, atomically.
-    pub fn spend_refresh(&self, digest: &Digest, next_digest: &Digest, now: OffsetDateTime) -> StoreResult<SpendOutcome> {
+    pub fn spend_refresh(
+        &self,
+        digest: &Digest,
+        next_digest: &Digest,
+        now: OffsetDateTime,
+    ) -> StoreResult<SpendOutcome> {
         (&self.refresh_tokens, &self.sessions)
             .transaction(|(tokens, sessions)| {
                 let Some(bytes) = tokens.get(&digest[..])? else {
@@ -96,7 +115,11 @@ impl Store {
     }
 
     /// Ends one session; its refresh tokens and access tokens die with it.
-    pub fn revoke_session(&self, id: SessionId, now: OffsetDateTime) -> StoreResult<Option<SessionRecord>> {
+    pub fn revoke_session(
+        &self,
+        id: SessionId,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<SessionRecord>> {
         let mut ended = None;
         let result = self.sessions.fetch_and_update(id.as_bytes(), |old| {
             let old = old?;
@@ -122,7 +145,8 @@ impl Store {
         let mut out = Vec::new();
         for item in self.sessions_by_user.scan_prefix(user.as_bytes()) {
             let (k, _) = item?;
-            let id = SessionId::from_slice(&k[16..]).ok_or(StoreError::Corrupt("session index".into()))?;
+            let id = SessionId::from_slice(&k[16..])
+                .ok_or(StoreError::Corrupt("session index".into()))?;
             if let Some(s) = self.session(id)? {
                 out.push(s);
             }
@@ -131,7 +155,12 @@ impl Store {
     }
 
     /// Ends every live session of `user` except `keep`; returns how many ended.
-    pub fn revoke_user_sessions(&self, user: UserId, keep: Option<SessionId>, now: OffsetDateTime) -> StoreResult<usize> {
+    pub fn revoke_user_sessions(
+        &self,
+        user: UserId,
+        keep: Option<SessionId>,
+        now: OffsetDateTime,
+    ) -> StoreResult<usize> {
         let mut count = 0;
         for s in self.user_sessions(user)? {
             if Some(s.id) != keep && s.revoked_at.is_none() {

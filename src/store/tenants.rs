@@ -28,7 +28,10 @@ impl Store {
     }
 
     pub fn tenant(&self, id: TenantId) -> StoreResult<Option<TenantRecord>> {
-        self.tenants.get(id.as_bytes())?.map(|v| codec::decode(&v)).transpose()
+        self.tenants
+            .get(id.as_bytes())?
+            .map(|v| codec::decode(&v))
+            .transpose()
     }
 
     pub fn tenant_by_name(&self, name: &str) -> StoreResult<Option<TenantRecord>> {

@@ -32,7 +32,10 @@ impl UserRecord {
         if self.superadmin {
             return Some(Role::Admin);
         }
-        self.memberships.iter().find(|m| m.tenant == tenant).map(|m| m.role)
+        self.memberships
+            .iter()
+            .find(|m| m.tenant == tenant)
+            .map(|m| m.role)
     }
 
     pub fn default_tenant(&self) -> Option<TenantId> {
@@ -51,7 +54,10 @@ impl Store {
                 by_email.insert(user.email.as_bytes(), user.id.as_bytes())?;
                 users.insert(user.id.as_bytes(), codec::encode(user))?;
                 for m in &user.memberships {
-                    members.insert(&keys::pair(m.tenant.as_bytes(), user.id.as_bytes()), m.role.as_str())?;
+                    members.insert(
+                        &keys::pair(m.tenant.as_bytes(), user.id.as_bytes()),
+                        m.role.as_str(),
+                    )?;
                 }
                 Ok(())
             })
@@ -59,7 +65,10 @@ impl Store {
     }
 
     pub fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
-        self.users.get(id.as_bytes())?.map(|v| codec::decode(&v)).transpose()
+        self.users
+            .get(id.as_bytes())?
+            .map(|v| codec::decode(&v))
+            .transpose()
     }
 
     pub fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
@@ -91,7 +100,10 @@ impl Store {
                     return abort(e);
                 }
                 for m in &user.memberships {
-                    members.insert(&keys::pair(m.tenant.as_bytes(), id.as_bytes()), m.role.as_str())?;
+                    members.insert(
+                        &keys::pair(m.tenant.as_bytes(), id.as_bytes()),
+                        m.role.as_str(),
+                    )?;
                 }
                 users.insert(id.as_bytes(), codec::encode(&user))?;
                 Ok(user)
@@ -104,15 +116,12 @@ impl Store {
         let mut out = Vec::new();
         for item in self.tenant_members.scan_prefix(tenant.as_bytes()) {
             let (key, _) = item?;
-            let user_id = UserId::from_slice(&key[16..]).ok_or(StoreError::Corrupt("member index".into()))?;
+            let user_id =
+                UserId::from_slice(&key[16..]).ok_or(StoreError::Corrupt("member index".into()))?;
             if let Some(user) = self.user(user_id)? {
                 out.push(user);
             }
         }
         Ok(out)
-    }
-
-    pub fn user_count(&self) -> usize {
-        self.users.len()
     }
 }

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use pixee_pim::clock::Clock;
 use serde_json::json;
 
 use crate::helpers::{TestApp, spawn_app};
@@ -112,9 +113,17 @@ async fn row_status(driver: &WebDriver, id: &str) -> String {
         .to_owned()
 }
 
-/// Creates a live key "browser" with products:read expiring in 30 days; returns key and day.
-async fn create_key_in_page(driver: &WebDriver) -> (String, String) {
-    fill(driver, "#key-name", "browser").await;
+/// The day 30 days ahead by the server's clock (tests set it apart from the browser's).
+fn expiry_day(app: &TestApp) -> String {
+    let day = (app.clock.now() + time::Duration::days(30)).date();
+    let (year, month, day) = (day.year(), u8::from(day.month()), day.day());
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// Creates a live key with products:read in the page, expiring on `day` if given; returns
+/// the raw key the page shows once.
+async fn create_key_in_page(driver: &WebDriver, name: &str, day: Option<&str>) -> String {
+    fill(driver, "#key-name", name).await;
     let scope = driver
         .find("input[name=scope][value=\"products:read\"]")
         .await;
@@ -122,13 +131,13 @@ async fn create_key_in_page(driver: &WebDriver) -> (String, String) {
     let checked = driver.property(&scope, "checked").await;
     assert_eq!(checked, json!(true), "the scope box is ticked");
     driver.click_on("#env-live").await;
-    // Typing into a date input depends on the browser's locale: set its value instead.
-    let script = "const day = new Date(Date.now() + 30 * 864e5).toISOString().slice(0, 10); \
-                  document.getElementById('key-expiry').value = day; return day;";
-    let day = driver.execute(script, vec![]).await;
+    if let Some(day) = day {
+        // Typing into a date input depends on the browser's locale: set its value instead.
+        let script = "document.getElementById('key-expiry').value = arguments[0];";
+        driver.execute(script, vec![json!(day)]).await;
+    }
     driver.click_on("#create-key-submit").await;
-    let key = shown_key(driver, None).await;
-    (key, day.as_str().expect("expiry day").to_owned())
+    shown_key(driver, None).await
 }
 
 async fn assert_page_has_strict_csp(app: &TestApp, page: &str) {
@@ -145,6 +154,125 @@ async fn assert_page_has_strict_csp(app: &TestApp, page: &str) {
     );
 }
 
+async fn wrong_password_then_log_in(driver: &WebDriver, app: &TestApp) {
+    submit_login(driver, &app.admin_email, "certainly-not-the-password").await;
+    let error = driver.find("#error").await;
+    let reported = async || !driver.text(&error).await.trim().is_empty();
+    driver
+        .wait_until("#error to report the failed login", reported)
+        .await;
+    let stays = driver.is_visible("#login-form").await;
+    assert!(stays, "the login form stays after a failed login");
+
+    submit_login(driver, &app.admin_email, &app.admin_password).await;
+    wait_logged_in(driver, app).await;
+    let cleared = !driver.is_visible("#error").await;
+    assert!(cleared, "a successful login clears the old error");
+    let script = "return document.getElementById('tenant-select').value;";
+    let tenant = driver.execute(script, vec![]).await;
+    assert_eq!(
+        tenant,
+        json!(app.default_tenant_id),
+        "the tenant picker shows the default tenant"
+    );
+}
+
+/// Creates the key "browser" and checks it against the API; returns its id and raw key.
+async fn create_and_use_a_key(driver: &WebDriver, app: &TestApp) -> (String, String) {
+    let day = expiry_day(app);
+    let key = create_key_in_page(driver, "browser", Some(&day)).await;
+    let status = products_status_with_key(app, &key).await;
+    assert_eq!(status, 200, "the created key reads products");
+    let id = row_id(driver, "browser").await;
+    assert_eq!(row_status(driver, &id).await, "active");
+    let expires = driver.find(&in_row(&id, ".key-expires time")).await;
+    let expires_at = driver
+        .attribute(&expires, "datetime")
+        .await
+        .unwrap_or_default();
+    let on_day = expires_at.starts_with(&day);
+    assert!(
+        on_day,
+        "the key expires on the chosen day: {expires_at} vs {day}"
+    );
+    driver
+        .screenshot(&target_file("settings-page-new-key.png"))
+        .await;
+    dismiss_key_panel(driver).await;
+    (id, key)
+}
+
+/// Rotates the key in the page; the old key dies at once. Returns the new key.
+async fn rotate_the_key(driver: &WebDriver, app: &TestApp, id: &str, old: &str) -> String {
+    driver.click_on(&in_row(id, ".rotate-button")).await;
+    let question = driver.accept_dialog().await;
+    let names_it = question.contains("browser");
+    assert!(
+        names_it,
+        "the rotate confirmation names the key: {question:?}"
+    );
+    let new = shown_key(driver, Some(old)).await;
+    let old_status = products_status_with_key(app, old).await;
+    assert_eq!(old_status, 401, "the rotated-out key is refused");
+    let new_status = products_status_with_key(app, &new).await;
+    assert_eq!(new_status, 200, "the rotated-in key works");
+    dismiss_key_panel(driver).await;
+    new
+}
+
+async fn revoke_the_key(driver: &WebDriver, app: &TestApp, id: &str, key: &str) {
+    driver.click_on(&in_row(id, ".revoke-button")).await;
+    driver.accept_dialog().await;
+    let revoked = async || row_status(driver, id).await == "revoked";
+    driver
+        .wait_until("the key's row to say revoked", revoked)
+        .await;
+    let status = products_status_with_key(app, key).await;
+    assert_eq!(status, 401, "the revoked key is refused");
+}
+
+/// Past the access token's lifetime the page refreshes it once and retries, unseen.
+async fn an_expired_access_token_is_refreshed(driver: &WebDriver, app: &TestApp) {
+    app.clock.advance(time::Duration::minutes(16));
+    let key = create_key_in_page(driver, "after expiry", None).await;
+    let status = products_status_with_key(app, &key).await;
+    assert_eq!(status, 200, "a key created after a token refresh works");
+    let no_error = !driver.is_visible("#error").await;
+    assert!(no_error, "the refresh happens without bothering the user");
+    dismiss_key_panel(driver).await;
+}
+
+async fn a_reload_restores_the_session(driver: &WebDriver, app: &TestApp, id: &str) {
+    driver.reload().await;
+    wait_logged_in(driver, app).await;
+    let status = row_status(driver, id).await;
+    assert_eq!(status, "revoked", "the revoked key stays listed");
+    let no_key = !driver.is_visible("#new-key-panel").await;
+    assert!(no_key, "no key is shown again after a reload");
+    driver.screenshot(&target_file("settings-page.png")).await;
+}
+
+async fn logging_out_ends_the_session(driver: &WebDriver) {
+    driver.click_on("#logout-button").await;
+    driver.wait_visible("#login-form").await;
+    driver.reload().await;
+    driver.wait_visible("#login-form").await;
+    let nobody = !driver.is_visible("#whoami").await;
+    assert!(nobody, "no one is shown as logged in after logout");
+}
+
+async fn assert_no_script_errors(driver: &WebDriver) {
+    let log = driver.console_log().await;
+    let bad =
+        |line: &&String| line.contains("Content Security Policy") || line.contains("Uncaught");
+    let problems: Vec<&String> = log.iter().filter(bad).collect();
+    let clean = problems.is_empty();
+    assert!(
+        clean,
+        "the page runs without CSP violations or script errors: {problems:#?}"
+    );
+}
+
 #[actix_web::test]
 async fn settings_page_lets_an_admin_create_use_rotate_and_revoke_a_key() {
     let app = spawn_app().await;
@@ -154,123 +282,13 @@ async fn settings_page_lets_an_admin_create_use_rotate_and_revoke_a_key() {
     driver.screenshot_on_failure(target_file("settings-page-failure.png"));
     driver.goto(&page).await;
 
-    // A wrong password is reported in words and the form stays.
-    submit_login(&driver, &app.admin_email, "certainly-not-the-password").await;
-    let error = driver.find("#error").await;
-    let reported = async || !driver.text(&error).await.trim().is_empty();
-    driver
-        .wait_until("#error to report the failed login", reported)
-        .await;
-    assert!(
-        driver.is_visible("#login-form").await,
-        "the login form stays after a failed login"
-    );
-
-    submit_login(&driver, &app.admin_email, &app.admin_password).await;
-    wait_logged_in(&driver, &app).await;
-    assert!(
-        !driver.is_visible("#error").await,
-        "a successful login clears the old error"
-    );
-    let tenant = driver
-        .execute(
-            "return document.getElementById('tenant-select').value;",
-            vec![],
-        )
-        .await;
-    assert_eq!(
-        tenant,
-        json!(app.default_tenant_id),
-        "the tenant picker shows the default tenant"
-    );
-
-    // Create: the key is shown once and works against the API.
-    let (first_key, day) = create_key_in_page(&driver).await;
-    assert_eq!(
-        products_status_with_key(&app, &first_key).await,
-        200,
-        "the created key reads products"
-    );
-    let id = row_id(&driver, "browser").await;
-    assert_eq!(row_status(&driver, &id).await, "active");
-    let expires = driver.find(&in_row(&id, ".key-expires time")).await;
-    let expires_at = driver
-        .attribute(&expires, "datetime")
-        .await
-        .unwrap_or_default();
-    assert!(
-        expires_at.starts_with(&day),
-        "the key expires on the chosen day: {expires_at} vs {day}"
-    );
-    driver
-        .screenshot(&target_file("settings-page-new-key.png"))
-        .await;
-    dismiss_key_panel(&driver).await;
-
-    // Rotate: the old key dies at once, the new one works.
-    driver.click_on(&in_row(&id, ".rotate-button")).await;
-    let question = driver.accept_dialog().await;
-    assert!(
-        question.contains("browser"),
-        "the rotate confirmation names the key: {question:?}"
-    );
-    let second_key = shown_key(&driver, Some(&first_key)).await;
-    assert_eq!(
-        products_status_with_key(&app, &first_key).await,
-        401,
-        "the rotated-out key is refused"
-    );
-    assert_eq!(
-        products_status_with_key(&app, &second_key).await,
-        200,
-        "the rotated-in key works"
-    );
-    dismiss_key_panel(&driver).await;
-
-    // Revoke: the row says so and the key is refused.
-    driver.click_on(&in_row(&id, ".revoke-button")).await;
-    driver.accept_dialog().await;
-    let revoked = async || row_status(&driver, &id).await == "revoked";
-    driver
-        .wait_until("the key's row to say revoked", revoked)
-        .await;
-    assert_eq!(
-        products_status_with_key(&app, &second_key).await,
-        401,
-        "the revoked key is refused"
-    );
-
-    // A reload restores the session from the refresh cookie, and shows no key again.
-    driver.reload().await;
-    wait_logged_in(&driver, &app).await;
-    assert_eq!(
-        row_status(&driver, &id).await,
-        "revoked",
-        "the revoked key stays listed"
-    );
-    assert!(
-        !driver.is_visible("#new-key-panel").await,
-        "no key is shown again after a reload"
-    );
-    driver.screenshot(&target_file("settings-page.png")).await;
-
-    // Logging out ends the session: a reload shows the login form again.
-    driver.click_on("#logout-button").await;
-    driver.wait_visible("#login-form").await;
-    driver.reload().await;
-    driver.wait_visible("#login-form").await;
-    assert!(
-        !driver.is_visible("#whoami").await,
-        "no one is shown as logged in after logout"
-    );
-
-    let log = driver.console_log().await;
-    let bad =
-        |line: &&String| line.contains("Content Security Policy") || line.contains("Uncaught");
-    let problems: Vec<&String> = log.iter().filter(bad).collect();
-    assert!(
-        problems.is_empty(),
-        "the page runs without CSP violations or script errors: {problems:#?}"
-    );
+    wrong_password_then_log_in(&driver, &app).await;
+    let (id, first_key) = create_and_use_a_key(&driver, &app).await;
+    let second_key = rotate_the_key(&driver, &app, &id, &first_key).await;
+    revoke_the_key(&driver, &app, &id, &second_key).await;
+    an_expired_access_token_is_refreshed(&driver, &app).await;
+    a_reload_restores_the_session(&driver, &app, &id).await;
+    logging_out_ends_the_session(&driver).await;
+    assert_no_script_errors(&driver).await;
     driver.quit().await;
 }

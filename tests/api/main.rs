@@ -1,1 +1,15 @@
+//! The one integration-test binary: the real server on a loopback port, a temporary sled
+//! store, a manual clock; plus end-to-end runs of the compiled binary and a real browser.
+mod helpers;
 
+mod accounts;
+mod api_keys;
+mod binary;
+mod browser;
+mod errors;
+mod lockout;
+mod openapi;
+mod products;
+mod rate_limits;
+mod sessions;
+mod webdriver;

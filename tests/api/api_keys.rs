@@ -1,0 +1,479 @@
+//! API keys: format, storage, listing, rotation and revocation that bite on the next request.
+use crate::helpers::{Cred, assert_problem, spawn_app};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+#[actix_web::test]
+async fn a_created_key_matches_the_format_and_works_once_shown() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let res = app
+        .create_key_raw(
+            &admin.token,
+            json!({"name": "ci", "scopes": ["products:read"]}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let body: Value = res.json().await.unwrap();
+    let raw = body["key"].as_str().unwrap();
+    assert!(raw.starts_with("pm_live_") && raw.len() == 46, "{raw}");
+    assert_eq!(body["environment"], "live");
+    assert_eq!(body["scopes"], json!(["products:read"]));
+    assert_eq!(body["hint"], format!("{}…{}", &raw[..12], &raw[42..]));
+    assert_eq!(body["created_by"], format!("user:{}", app.admin_email));
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/products", raw)
+            .await,
+        StatusCode::OK
+    );
+}
+
+#[actix_web::test]
+async fn lists_and_single_reads_never_contain_the_key() {
+    let app = spawn_app().await;
+    let (admin, key) = app.admin_and_key(&["products:read"]).await;
+    let list = app
+        .with_token(Method::GET, "/api/v1/api-keys", &admin.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), StatusCode::OK);
+    let list_text = list.text().await.unwrap();
+    let one = app
+        .with_token(
+            Method::GET,
+            &format!("/api/v1/api-keys/{}", key.id),
+            &admin.token,
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for text in [&list_text, &one] {
+        assert!(!text.contains(&key.raw), "the raw key leaked: {text}");
+        assert!(!text.contains(&key.raw[12..40]), "part of the key leaked");
+    }
+    let list: Value = serde_json::from_str(&list_text).unwrap();
+    assert_eq!(list["total"], 1);
+    assert!(list["items"][0].get("key").is_none());
+}
+
+#[actix_web::test]
+async fn invalid_key_requests_are_refused_with_field_errors() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let cases = [
+        (json!({"name": "x", "scopes": ["products:admin"]}), "scopes"),
+        (json!({"name": "x", "scopes": []}), "scopes"),
+        (json!({"name": "", "scopes": ["products:read"]}), "name"),
+        (
+            json!({"name": "x", "scopes": ["products:read"], "expires_at": "2020-01-01T00:00:00Z"}),
+            "expires_at",
+        ),
+        (
+            json!({"name": "x", "scopes": ["products:read"], "expires_at": "2099-01-01T00:00:00Z"}),
+            "expires_at",
+        ),
+    ];
+    for (body, field) in cases {
+        let res = app.create_key_raw(&admin.token, body.clone()).await;
+        let problem = assert_problem(res, 422, "VALIDATION_ERROR").await;
+        assert_eq!(problem["errors"][0]["field"], field, "{body}");
+    }
+    let bad_env = app
+        .create_key_raw(
+            &admin.token,
+            json!({"name": "x", "scopes": ["products:read"], "environment": "prod"}),
+        )
+        .await;
+    assert_problem(bad_env, 422, "VALIDATION_ERROR").await;
+}
+
+#[actix_web::test]
+async fn a_rotated_key_is_refused_on_the_next_request_and_the_new_one_works() {
+    let app = spawn_app().await;
+    let (admin, key) = app.admin_and_key(&["products:read"]).await;
+    let res = app.rotate(&key.id, Cred::Token(&admin.token)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    let new_raw = body["key"].as_str().unwrap();
+    assert_eq!(body["id"], key.id.as_str(), "rotation keeps the id");
+    assert_eq!(body["name"], "test key");
+    assert_ne!(new_raw, key.raw);
+    let old = app
+        .with_key(Method::GET, "/api/v1/products", &key.raw)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(old, 401, "INVALID_API_KEY").await;
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/products", new_raw)
+            .await,
+        StatusCode::OK
+    );
+}
+
+#[actix_web::test]
+async fn a_key_can_rotate_itself_without_scopes_but_not_another_key() {
+    let app = spawn_app().await;
+    let (admin, key) = app.admin_and_key(&["products:read"]).await;
+    let other = app
+        .create_key(&admin.token, &["products:read", "products:write"], "live")
+        .await;
+    let refused = app.rotate(&other.id, Cred::Key(&key.raw)).await;
+    assert_problem(refused, 403, "PERMISSION_DENIED").await;
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/products", &other.raw)
+            .await,
+        StatusCode::OK
+    );
+
+    let res = app.rotate(&key.id, Cred::Key(&key.raw)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let new_raw = res.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/products", &key.raw)
+            .await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/products", &new_raw)
+            .await,
+        StatusCode::OK
+    );
+}
+
+#[actix_web::test]
+async fn a_grace_period_keeps_the_old_key_alive_until_it_ends() {
+    let app = spawn_app().await;
+    let (admin, key) = app.admin_and_key(&["products:read"]).await;
+    let res = app
+        .req(Method::POST, &format!("/api/v1/api-keys/{}/rotate", key.id))
+        .bearer_auth(&admin.token)
+        .json(&json!({"grace_seconds": 60}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let new_raw = res.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/products", &key.raw)
+            .await,
+        StatusCode::OK
+    );
+    app.clock.advance(time::Duration::seconds(61));
+    let admin = app.admin().await;
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/products", &key.raw)
+            .await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/products", &new_raw)
+            .await,
+        StatusCode::OK
+    );
+    let too_long = app
+        .req(Method::POST, &format!("/api/v1/api-keys/{}/rotate", key.id))
+        .bearer_auth(&admin.token)
+        .json(&json!({"grace_seconds": 86_401}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(too_long, 422, "VALIDATION_ERROR").await;
+}
+
+#[actix_web::test]
+async fn a_revoked_key_is_refused_at_once_stays_listed_and_cannot_be_rotated() {
+    let app = spawn_app().await;
+    let (admin, key) = app.admin_and_key(&["products:read"]).await;
+    let res = app
+        .with_token(
+            Method::DELETE,
+            &format!("/api/v1/api-keys/{}", key.id),
+            &admin.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let refused = app
+        .with_key(Method::GET, "/api/v1/products", &key.raw)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(refused, 401, "INVALID_API_KEY").await;
+    let one: Value = app
+        .with_token(
+            Method::GET,
+            &format!("/api/v1/api-keys/{}", key.id),
+            &admin.token,
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(one["revoked_at"].is_string());
+    let rotate = app.rotate(&key.id, Cred::Token(&admin.token)).await;
+    assert_problem(rotate, 409, "CONFLICT").await;
+}
+
+#[actix_web::test]
+async fn an_expired_key_is_refused() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let expires = (crate::helpers::start_time() + time::Duration::days(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let res = app
+        .create_key_raw(
+            &admin.token,
+            json!({"name": "short", "scopes": ["products:read"], "expires_at": expires}),
+        )
+        .await;
+    let raw = res.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/products", &raw)
+            .await,
+        StatusCode::OK
+    );
+    app.clock.advance(time::Duration::days(1));
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/products", &raw)
+            .await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[actix_web::test]
+async fn revocation_bites_while_64_concurrent_requests_use_the_key() {
+    let app = spawn_app().await;
+    let (admin, key) = app.admin_and_key(&["products:read"]).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..64 {
+        let (client, url, raw, stop) = (
+            app.client.clone(),
+            app.url("/api/v1/auth/me"),
+            key.raw.clone(),
+            stop.clone(),
+        );
+        readers.push(actix_web::rt::spawn(async move {
+            let mut seen_ok = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let s = client
+                    .get(&url)
+                    .header("X-API-Key", &raw)
+                    .send()
+                    .await
+                    .map(|r| r.status());
+                if s.is_ok_and(|s| s == StatusCode::OK) {
+                    seen_ok += 1;
+                }
+            }
+            seen_ok
+        }));
+    }
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    let res = app
+        .with_token(
+            Method::DELETE,
+            &format!("/api/v1/api-keys/{}", key.id),
+            &admin.token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    // Every request sent after the revocation was answered must be refused.
+    let mut after = Vec::new();
+    for _ in 0..64 {
+        after.push(
+            app.with_key(Method::GET, "/api/v1/auth/me", &key.raw)
+                .send(),
+        );
+    }
+    for r in futures_util::future::join_all(after).await {
+        assert_eq!(r.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut total_ok = 0;
+    for r in readers {
+        total_ok += r.await.unwrap();
+    }
+    assert!(
+        total_ok > 0,
+        "the readers were really using the key before the revocation"
+    );
+}
+
+#[actix_web::test]
+async fn rotation_bites_while_64_concurrent_requests_use_the_key() {
+    let app = spawn_app().await;
+    let (admin, key) = app.admin_and_key(&["products:read"]).await;
+    let mut burst = Vec::new();
+    for _ in 0..64 {
+        burst.push(
+            app.with_key(Method::GET, "/api/v1/auth/me", &key.raw)
+                .send(),
+        );
+    }
+    let rotate = app.rotate(&key.id, Cred::Token(&admin.token));
+    let (burst, rotated) =
+        futures_util::future::join(futures_util::future::join_all(burst), rotate).await;
+    assert_eq!(rotated.status(), StatusCode::OK);
+    for r in burst {
+        let s = r.unwrap().status();
+        assert!(s == StatusCode::OK || s == StatusCode::UNAUTHORIZED, "{s}");
+    }
+    let mut after = Vec::new();
+    for _ in 0..64 {
+        after.push(
+            app.with_key(Method::GET, "/api/v1/auth/me", &key.raw)
+                .send(),
+        );
+    }
+    for r in futures_util::future::join_all(after).await {
+        assert_eq!(r.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[actix_web::test]
+async fn a_key_sent_as_a_bearer_token_is_refused_with_a_hint() {
+    let app = spawn_app().await;
+    let (_, key) = app.admin_and_key(&["products:read"]).await;
+    let res = app
+        .with_token(Method::GET, "/api/v1/products", &key.raw)
+        .send()
+        .await
+        .unwrap();
+    let body = assert_problem(res, 401, "INVALID_API_KEY").await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("X-API-Key"),
+        "{body}"
+    );
+}
+
+#[actix_web::test]
+async fn malformed_keys_are_refused_without_a_store_read() {
+    let app = spawn_app().await;
+    let (_, key) = app.admin_and_key(&["products:read"]).await;
+    let mut bad_checksum = key.raw.clone().into_bytes();
+    bad_checksum[45] = if bad_checksum[45] == b'A' { b'B' } else { b'A' };
+    let cases = [
+        ("wrong checksum", String::from_utf8(bad_checksum).unwrap()),
+        ("wrong prefix", key.raw.replacen("pm_live_", "pm_prod_", 1)),
+        ("short", key.raw[..40].to_owned()),
+        ("garbage", "hello".to_owned()),
+        ("empty", String::new()),
+    ];
+    let before = app.app_auth.store.key_lookups();
+    for (what, raw) in &cases {
+        let res = app
+            .with_key(Method::GET, "/api/v1/products", raw)
+            .send()
+            .await
+            .unwrap();
+        let body = assert_problem(res, 401, "INVALID_API_KEY").await;
+        assert!(
+            body["detail"].as_str().unwrap().contains("malformed"),
+            "{what}: {body}"
+        );
+    }
+    assert_eq!(
+        app.app_auth.store.key_lookups(),
+        before,
+        "no malformed key reached the store"
+    );
+    // A well-formed unknown key does reach it, which is what makes the check above meaningful.
+    let unknown = pixee_pim::auth::key_format::generate(pixee_pim::domain::Environment::Live)
+        .unwrap()
+        .raw;
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/products", &unknown)
+            .await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.app_auth.store.key_lookups(), before + 1);
+}
+
+#[actix_web::test]
+async fn last_used_is_recorded_but_not_for_refused_requests() {
+    let app = spawn_app().await;
+    let (admin, key) = app.admin_and_key(&["products:read"]).await;
+    let get_key = || async {
+        app.with_token(
+            Method::GET,
+            &format!("/api/v1/api-keys/{}", key.id),
+            &admin.token,
+        )
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        app.status_with_key(Method::POST, "/api/v1/products", &key.raw)
+            .await,
+        StatusCode::FORBIDDEN
+    );
+    assert!(
+        get_key().await["last_used_at"].is_null(),
+        "a scope refusal is not a use"
+    );
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/products", &key.raw)
+            .await,
+        StatusCode::OK
+    );
+    let used = get_key().await;
+    assert!(used["last_used_at"].is_string());
+    assert_eq!(used["last_used_ip"], "127.0.0.1");
+}
+
+#[actix_web::test]
+async fn concurrent_rotations_leave_exactly_one_working_secret() {
+    let app = spawn_app().await;
+    let (admin, key) = app.admin_and_key(&["products:read"]).await;
+    let rotations: Vec<_> = (0..8)
+        .map(|_| app.rotate(&key.id, Cred::Token(&admin.token)))
+        .collect();
+    let mut secrets = Vec::new();
+    for r in futures_util::future::join_all(rotations).await {
+        assert_eq!(r.status(), StatusCode::OK);
+        secrets.push(
+            r.json::<Value>().await.unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    secrets.push(key.raw.clone());
+    let mut working = 0;
+    for s in &secrets {
+        if app
+            .status_with_key(Method::GET, "/api/v1/products", s)
+            .await
+            == StatusCode::OK
+        {
+            working += 1;
+        }
+    }
+    assert_eq!(working, 1);
+}

@@ -1,0 +1,290 @@
+//! `spawn_app`: the real actix server on port 0 with a temporary data dir, a manual clock and
+//! small argon2 parameters; `TestApp` wraps the calls tests make over and over.
+#![allow(dead_code)]
+use pixee_pim::auth::passwords::HashCost;
+use pixee_pim::clock::{ManualClock, SharedClock};
+use pixee_pim::config::{ServeArgs, Settings};
+use pixee_pim::startup::Application;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tempfile::TempDir;
+
+pub const ADMIN_EMAIL: &str = "admin@example.com";
+pub const ADMIN_PASSWORD: &str = "initial admin pass 1";
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub admin_email: String,
+    pub admin_password: String,
+    pub default_tenant_id: String,
+    pub clock: Arc<ManualClock>,
+    pub data_dir: Arc<TempDir>,
+    pub app_auth: actix_web::web::Data<pixee_pim::auth::Auth>,
+    handle: actix_web::dev::ServerHandle,
+    task: Option<actix_web::rt::task::JoinHandle<std::io::Result<()>>>,
+    args: ServeArgs,
+}
+
+pub fn start_time() -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("valid time")
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(ServeArgs::default()).await
+}
+
+/// Starts the server with these settings (unset ones take their defaults). The login rate
+/// limit is off unless set, so tests can log in freely.
+pub async fn spawn_app_with(mut args: ServeArgs) -> TestApp {
+    args.login_rate_per_minute.get_or_insert(0);
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let clock = Arc::new(ManualClock::new(start_time()));
+    start(dir, clock, args).await
+}
+
+async fn start(dir: Arc<TempDir>, clock: Arc<ManualClock>, args: ServeArgs) -> TestApp {
+    let mut serve = args.clone();
+    serve.listen = Some("127.0.0.1:0".into());
+    serve.admin_email = Some(ADMIN_EMAIL.into());
+    serve.admin_password = Some(ADMIN_PASSWORD.into());
+    serve.workers = Some(2);
+    let settings = Settings::resolve(dir.path().to_path_buf(), serve);
+    let shared: SharedClock = clock.clone();
+    let app = Application::build(settings, shared, HashCost::FAST_FOR_TESTS)
+        .await
+        .expect("the application starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    let app_auth = app.auth();
+    let task = actix_web::rt::spawn(app.run_until_stopped());
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let default_tenant_id = app_auth
+        .store
+        .tenant_by_name("default")
+        .expect("store")
+        .expect("default tenant")
+        .id
+        .to_string();
+    TestApp {
+        address,
+        client,
+        admin_email: ADMIN_EMAIL.into(),
+        admin_password: ADMIN_PASSWORD.into(),
+        default_tenant_id,
+        clock,
+        data_dir: dir,
+        app_auth,
+        handle,
+        task: Some(task),
+        args,
+    }
+}
+
+/// A logged-in session: the access token and the raw refresh cookie value.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub token: String,
+    pub refresh: String,
+}
+
+/// A created key: its id and the raw key shown once.
+#[derive(Debug, Clone)]
+pub struct Key {
+    pub id: String,
+    pub raw: String,
+}
+
+pub fn refresh_cookie(res: &Response) -> Option<String> {
+    res.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("refresh_token="))
+        .map(|c| {
+            c["refresh_token=".len()..]
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    pub fn with_key(&self, method: Method, path: &str, key: &str) -> RequestBuilder {
+        self.req(method, path).header("X-API-Key", key)
+    }
+
+    pub fn with_token(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        self.req(method, path).bearer_auth(token)
+    }
+
+    pub async fn login_raw(&self, email: &str, password: &str) -> Response {
+        self.req(Method::POST, "/api/v1/auth/login")
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .expect("login request")
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Session {
+        let res = self.login_raw(email, password).await;
+        assert_eq!(
+            res.status(),
+            StatusCode::OK,
+            "login of {email} should succeed"
+        );
+        let refresh = refresh_cookie(&res).expect("refresh cookie");
+        let body: Value = res.json().await.expect("json");
+        Session {
+            token: body["access_token"].as_str().expect("token").to_owned(),
+            refresh,
+        }
+    }
+
+    pub async fn admin(&self) -> Session {
+        self.login(&self.admin_email, &self.admin_password).await
+    }
+
+    pub async fn refresh(&self, refresh: &str) -> Response {
+        self.req(Method::POST, "/api/v1/auth/refresh")
+            .header("Content-Type", "application/json")
+            .header("Cookie", format!("refresh_token={refresh}"))
+            .body("{}")
+            .send()
+            .await
+            .expect("refresh request")
+    }
+
+    pub async fn create_key_raw(&self, token: &str, body: Value) -> Response {
+        self.with_token(Method::POST, "/api/v1/api-keys", token)
+            .json(&body)
+            .send()
+            .await
+            .expect("create key request")
+    }
+
+    pub async fn create_key(&self, token: &str, scopes: &[&str], environment: &str) -> Key {
+        let res = self
+            .create_key_raw(
+                token,
+                json!({"name": "test key", "scopes": scopes, "environment": environment}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.expect("json");
+        Key {
+            id: body["id"].as_str().expect("id").to_owned(),
+            raw: body["key"].as_str().expect("key").to_owned(),
+        }
+    }
+
+    /// An admin session and a live key with the given scopes.
+    pub async fn admin_and_key(&self, scopes: &[&str]) -> (Session, Key) {
+        let admin = self.admin().await;
+        let key = self.create_key(&admin.token, scopes, "live").await;
+        (admin, key)
+    }
+
+    pub async fn status_with_key(&self, method: Method, path: &str, key: &str) -> StatusCode {
+        self.with_key(method, path, key)
+            .send()
+            .await
+            .expect("request")
+            .status()
+    }
+
+    pub async fn rotate(&self, id: &str, cred: Cred<'_>) -> Response {
+        cred.apply(self.req(Method::POST, &format!("/api/v1/api-keys/{id}/rotate")))
+            .send()
+            .await
+            .expect("rotate request")
+    }
+
+    pub async fn create_product(&self, key: &str, ean: &str, name: &str) -> Response {
+        self.with_key(Method::POST, "/api/v1/products", key)
+            .json(&json!({"ean": ean, "name": name}))
+            .send()
+            .await
+            .expect("create product")
+    }
+
+    /// Stops the server (in-flight requests finish, the store is flushed) and starts it again on
+    /// the same data dir and clock.
+    pub async fn restart(mut self) -> TestApp {
+        self.handle.stop(true).await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        let (dir, clock, args) = (self.data_dir.clone(), self.clock.clone(), self.args.clone());
+        drop(self);
+        start(dir, clock, args).await
+    }
+
+    pub async fn create_user(&self, admin: &str, email: &str, role: &str) -> Value {
+        let res = self
+            .with_token(Method::POST, "/api/v1/users", admin)
+            .json(&json!({"email": email, "password": "a fine password 1", "role": role}))
+            .send()
+            .await
+            .expect("create user");
+        assert_eq!(res.status(), StatusCode::CREATED);
+        res.json().await.expect("json")
+    }
+}
+
+/// Which credential a request carries.
+#[derive(Debug, Clone, Copy)]
+pub enum Cred<'a> {
+    Key(&'a str),
+    Token(&'a str),
+}
+
+impl Cred<'_> {
+    pub fn apply(self, rb: RequestBuilder) -> RequestBuilder {
+        match self {
+            Cred::Key(k) => rb.header("X-API-Key", k),
+            Cred::Token(t) => rb.bearer_auth(t),
+        }
+    }
+}
+
+/// Asserts the SPEC §3 problem shape and the code; returns the body.
+pub async fn assert_problem(res: Response, status: u16, code: &str) -> Value {
+    assert_eq!(res.status().as_u16(), status, "status for {code}");
+    let ct = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        ct.starts_with("application/problem+json"),
+        "content type {ct:?}"
+    );
+    let body: Value = res.json().await.expect("problem body is json");
+    assert_eq!(body["error_code"], code, "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    let ts = body["timestamp"].as_str().expect("timestamp");
+    assert!(
+        time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).is_ok(),
+        "timestamp {ts}"
+    );
+    body
+}

@@ -1,0 +1,284 @@
+//! The product catalog behind the keys: CRUD, EAN rules, listing, bulk delete.
+use crate::helpers::{assert_problem, spawn_app};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const ALL: &[&str] = &["products:read", "products:write", "products:delete"];
+
+#[actix_web::test]
+async fn a_product_is_created_read_patched_replaced_and_deleted() {
+    let app = spawn_app().await;
+    let (_, key) = app.admin_and_key(ALL).await;
+    let res = app
+        .with_key(Method::POST, "/api/v1/products", &key.raw)
+        .json(&json!({"ean": "4006381333931", "name": "Pen", "price": 1.5, "sku": "P-1", "attributes": {"color": "blue"}, "reference": "REF-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let created: Value = res.json().await.unwrap();
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(created["currency"], "EUR");
+    assert_eq!(created["is_active"], true);
+    let path = format!("/api/v1/products/{id}");
+    let got: Value = app
+        .with_key(Method::GET, &path, &key.raw)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got, created);
+
+    let patched: Value = app
+        .with_key(Method::PATCH, &path, &key.raw)
+        .json(&json!({"price": 2.25, "sku": null}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(patched["price"], 2.25);
+    assert!(patched["sku"].is_null());
+    assert_eq!(patched["name"], "Pen", "untouched fields stay");
+    assert_eq!(patched["attributes"]["color"], "blue");
+
+    let replaced: Value = app
+        .with_key(Method::PUT, &path, &key.raw)
+        .json(&json!({"ean": "96385074", "name": "Pencil"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(replaced["ean"], "96385074");
+    assert!(
+        replaced["price"].is_null() && replaced["reference"].is_null(),
+        "PUT replaces everything"
+    );
+    assert_eq!(replaced["created_at"], created["created_at"]);
+    assert_eq!(
+        app.create_product(&key.raw, "4006381333931", "Reuses the freed EAN")
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+
+    assert_eq!(
+        app.status_with_key(Method::DELETE, &path, &key.raw).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.status_with_key(Method::GET, &path, &key.raw).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.status_with_key(Method::DELETE, &path, &key.raw).await,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[actix_web::test]
+async fn eans_are_checked_and_unique_per_tenant_and_environment() {
+    let app = spawn_app().await;
+    let (_, key) = app.admin_and_key(ALL).await;
+    let bad = app
+        .create_product(&key.raw, "4006381333932", "Bad check digit")
+        .await;
+    let body = assert_problem(bad, 422, "VALIDATION_ERROR").await;
+    assert_eq!(body["errors"][0]["field"], "ean");
+    assert_eq!(
+        app.create_product(&key.raw, "4006381333931", "One")
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    assert_problem(
+        app.create_product(&key.raw, "4006381333931", "Two").await,
+        409,
+        "DUPLICATE_EAN",
+    )
+    .await;
+    let other = app
+        .create_product(&key.raw, "96385074", "Other")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let res = app
+        .with_key(
+            Method::PATCH,
+            &format!("/api/v1/products/{}", other["id"].as_str().unwrap()),
+            &key.raw,
+        )
+        .json(&json!({"ean": "4006381333931"}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 409, "DUPLICATE_EAN").await;
+}
+
+#[actix_web::test]
+async fn concurrent_creations_of_one_ean_give_exactly_one_201() {
+    let app = spawn_app().await;
+    let (_, key) = app.admin_and_key(ALL).await;
+    let attempts: Vec<_> = (0..16)
+        .map(|i| {
+            app.create_product(
+                &key.raw,
+                "5901234123457",
+                if i % 2 == 0 { "a" } else { "b" },
+            )
+        })
+        .collect();
+    let statuses: Vec<u16> = futures_util::future::join_all(attempts)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{statuses:?}"
+    );
+    let list: Value = app
+        .with_key(Method::GET, "/api/v1/products", &key.raw)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], 1);
+}
+
+#[actix_web::test]
+async fn lists_page_filter_search_and_sort() {
+    let app = spawn_app().await;
+    let (_, key) = app.admin_and_key(ALL).await;
+    let eans = [
+        "4006381333931",
+        "5901234123457",
+        "96385074",
+        "0000000000000",
+        "4012345678901",
+    ];
+    for (i, ean) in eans.iter().enumerate() {
+        let res = app
+            .with_key(Method::POST, "/api/v1/products", &key.raw)
+            .json(&json!({"ean": ean, "name": format!("Item {i}"), "price": 10.0 - i as f64, "is_active": i % 2 == 0, "sku": format!("SKU-{i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED, "{ean}");
+        app.clock.advance(time::Duration::seconds(1));
+    }
+    let (app, key) = (&app, &key);
+    let get = |q: &'static str| async move {
+        app.with_key(Method::GET, &format!("/api/v1/products?{q}"), &key.raw)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let page2 = get("per_page=2&page=2").await;
+    assert_eq!(
+        (
+            page2["total"].as_u64(),
+            page2["pages"].as_u64(),
+            page2["page"].as_u64()
+        ),
+        (Some(5), Some(3), Some(2))
+    );
+    assert_eq!(
+        page2["items"][0]["name"], "Item 2",
+        "newest first by default"
+    );
+    let legacy = get("skip=2&limit=2").await;
+    assert_eq!(legacy["items"], page2["items"], "skip/limit are aliases");
+    let active = get("is_active=true").await;
+    assert_eq!(active["total"], 3);
+    let search = get("search=sku-3").await;
+    assert_eq!(search["items"][0]["name"], "Item 3");
+    assert_eq!(get("search=96385074").await["total"], 1);
+    let cheap_first = get("sort_by=price&sort_order=asc").await;
+    assert_eq!(cheap_first["items"][0]["name"], "Item 4");
+    let by_name = get("sort_by=name&sort_order=asc&per_page=1").await;
+    assert_eq!(
+        (
+            by_name["items"][0]["name"].as_str(),
+            by_name["total"].as_u64()
+        ),
+        (Some("Item 0"), Some(5))
+    );
+}
+
+#[actix_web::test]
+async fn bulk_delete_removes_what_exists_and_reports_the_rest() {
+    let app = spawn_app().await;
+    let (_, key) = app.admin_and_key(ALL).await;
+    let a = app
+        .create_product(&key.raw, "4006381333931", "a")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let b = app
+        .create_product(&key.raw, "96385074", "b")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let missing = uuid::Uuid::now_v7().to_string();
+    let res = app
+        .with_key(Method::POST, "/api/v1/products/bulk-delete", &key.raw)
+        .json(&json!({"ids": [a["id"], b["id"], missing]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["deleted"], 2);
+    assert_eq!(body["not_found"], json!([missing]));
+    let too_many: Vec<String> = (0..1001)
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    let res = app
+        .with_key(Method::POST, "/api/v1/products/bulk-delete", &key.raw)
+        .json(&json!({"ids": too_many}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 422, "VALIDATION_ERROR").await;
+}
+
+#[actix_web::test]
+async fn field_rules_are_enforced_with_every_error_listed() {
+    let app = spawn_app().await;
+    let (_, key) = app.admin_and_key(ALL).await;
+    let res = app
+        .with_key(Method::POST, "/api/v1/products", &key.raw)
+        .json(&json!({"ean": "4006381333931", "name": " ", "price": -1, "currency": "euro", "is_active": null}))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_problem(res, 422, "VALIDATION_ERROR").await;
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    for f in ["name", "price", "currency", "is_active"] {
+        assert!(fields.contains(&f), "{f} missing in {fields:?}");
+    }
+}
