@@ -22,9 +22,9 @@
     ['exports:write', 'create and download exports'],
     ['ext:products:read', 'External API: read the product catalog'],
     ['ext:products:write', 'External API: create and update products'],
-    ['windev:read', 'WinDev: read'],
-    ['windev:write', 'WinDev: write'],
-    ['windev:sync', 'WinDev: sync'],
+    ['windev:read', 'WinDev: read products, categories, suppliers'],
+    ['windev:write', 'WinDev: update products, stock and prices'],
+    ['windev:sync', 'WinDev: sync products'],
   ];
 
   let accessToken = null;
@@ -77,8 +77,10 @@
     let body = null;
     try { body = await res.json(); } catch (_) { /* not JSON: fall back to the status */ }
     let msg = (body && (body.detail || body.title)) || `The server answered ${res.status} ${res.statusText}.`;
-    if (body && Array.isArray(body.errors) && body.errors.length) {
-      msg += ' ' + body.errors.map((e) => (e.field ? `${e.field}: ${e.message}` : e.message)).join('; ');
+    if (body && Array.isArray(body.errors)) {
+      // Add the per-field messages that the detail does not already say.
+      const extra = body.errors.map((e) => (e.field ? `${e.field}: ${e.message}` : e.message)).filter((m) => !msg.includes(m));
+      if (extra.length) msg += ` ${extra.join('; ')}`;
     }
     const retry = Number(res.headers.get('Retry-After'));
     if ((res.status === 423 || res.status === 429) && retry > 0) {
@@ -140,7 +142,11 @@
 
   // ---- formatting ----
 
-  const dateFmt = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+  // Compact local time, "2027-01-15 08:16"; the exact UTC instant is in the tooltip.
+  function formatTime(d) {
+    const pad = (n) => String(n).padStart(2, '0');
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  }
 
   function timeCell(td, iso, empty) {
     if (!iso) { td.textContent = empty; td.classList.add('muted'); return; }
@@ -148,7 +154,7 @@
     const t = document.createElement('time');
     t.dateTime = iso;
     t.title = iso;
-    t.textContent = Number.isNaN(d.getTime()) ? iso : dateFmt.format(d);
+    t.textContent = Number.isNaN(d.getTime()) ? iso : formatTime(d);
     td.append(t);
   }
 
@@ -249,7 +255,7 @@
     timeCell(cell(tr, 'key-created'), k.created_at, '—');
     const used = cell(tr, 'key-used');
     timeCell(used, k.last_used_at, 'Never');
-    if (k.last_used_ip) used.append(el('span', 'hint', ` from ${k.last_used_ip}`));
+    if (k.last_used_ip) used.append(el('span', 'hint from-ip', `from ${k.last_used_ip}`));
     timeCell(cell(tr, 'key-expires'), k.expires_at, 'Never');
     cell(tr, null, el('span', `key-status status-${status}`, status));
 

@@ -155,6 +155,9 @@ async fn assert_page_has_strict_csp(app: &TestApp, page: &str) {
 }
 
 async fn wrong_password_then_log_in(driver: &WebDriver, app: &TestApp) {
+    driver.wait_visible("#login-form").await;
+    let quiet = !driver.is_visible("#error").await;
+    assert!(quiet, "a first visit shows the login form without an error");
     submit_login(driver, &app.admin_email, "certainly-not-the-password").await;
     let error = driver.find("#error").await;
     let reported = async || !driver.text(&error).await.trim().is_empty();

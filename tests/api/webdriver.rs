@@ -336,31 +336,17 @@ impl WebDriver {
         text
     }
 
-    /// The browser console since the last call (chromedriver's log extension).
+    /// The browser console since the last call (chromedriver's log extension), one
+    /// "LEVEL message" line per entry.
     pub async fn console_log(&self) -> Vec<String> {
         let value = self.post("/se/log", json!({ "type": "browser" })).await;
-        value
-            .as_array()
-            .map(|entries| {
-                entries
-                    .iter()
-                    .map(|e| {
-                        format!(
-                            "{} {}",
-                            e["level"].as_str().unwrap_or("?"),
-                            e["message"].as_str().unwrap_or("")
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        let entries = value.as_array().cloned().unwrap_or_default();
+        let line = |e: &Value| format!("{} {}", e["level"].as_str().unwrap_or("?"), e["message"]);
+        entries.iter().map(line).collect()
     }
 
     pub async fn screenshot(&self, path: &Path) {
-        let value = self.get("/screenshot").await;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(value.as_str().expect("screenshot is a base64 string"))
-            .expect("screenshot is valid base64");
+        let png = decode_png(&self.get("/screenshot").await).expect("a base64 PNG screenshot");
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).expect("create the screenshot directory");
         }
@@ -379,20 +365,32 @@ impl WebDriver {
             }
             tokio::time::sleep(POLL_EVERY).await;
         }
-        let mut hint = String::new();
-        if let Some(path) = &self.failure_screenshot {
-            self.screenshot(path).await;
-            hint = format!(" (screenshot: {})", path.display());
+        let context = self.failure_context().await;
+        panic!("timed out after {WAIT_AT_MOST:?} waiting for {what}{context}");
+    }
+
+    /// What a failed wait reports besides its own message: the page's error area and a
+    /// screenshot. Best effort: an open dialog, say, makes both fail, which must not hide
+    /// the original failure.
+    async fn failure_context(&self) -> String {
+        let mut context = String::new();
+        let script = "const e = document.getElementById('error'); return e ? e.textContent : '';";
+        let body = json!({ "script": script, "args": [] });
+        let path = self.session_path("/execute/sync");
+        match self.try_call(Method::POST, &path, Some(body)).await {
+            Ok(text) => context.push_str(&format!("; the page's #error says {text}")),
+            Err(e) => context.push_str(&format!("; the page could not be read: {e}")),
         }
-        let page_error = self
-            .execute(
-                "const e = document.getElementById('error'); return e ? e.textContent : '';",
-                vec![],
-            )
-            .await;
-        panic!(
-            "timed out after {WAIT_AT_MOST:?} waiting for {what}{hint}; page #error says: {page_error}"
-        );
+        if let Some(file) = &self.failure_screenshot {
+            let path = self.session_path("/screenshot");
+            if let Ok(value) = self.try_call(Method::GET, &path, None).await
+                && let Some(png) = decode_png(&value)
+                && std::fs::write(file, png).is_ok()
+            {
+                context.push_str(&format!("; screenshot: {}", file.display()));
+            }
+        }
+        context
     }
 
     /// Ends the browser session and chromedriver.
@@ -415,6 +413,12 @@ impl Drop for WebDriver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn decode_png(value: &Value) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD
+        .decode(value.as_str()?)
+        .ok()
 }
 
 fn blocking_delete(addr: &str, path: &str) -> std::io::Result<()> {
