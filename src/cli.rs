@@ -10,6 +10,7 @@ use crate::startup::{Application, DataDir, StartError, build_auth};
 use crate::store::{Membership, backup};
 use clap::{Parser, Subcommand};
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -49,6 +50,19 @@ pub enum Command {
     Restore {
         #[arg(long)]
         from: PathBuf,
+    },
+    /// Bulk-load synthetic keys and products (for benchmarks; not for production data)
+    #[command(hide = true)]
+    Seed {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value_t = 0)]
+        keys: u64,
+        #[arg(long, default_value_t = 0)]
+        products: u64,
+        /// Seed the test environment instead of live
+        #[arg(long)]
+        test: bool,
     },
 }
 
@@ -227,7 +241,10 @@ async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
                 .user_by_email(&email)
                 .map_err(fail)?
                 .ok_or_else(|| fail(format!("no user with email {email}")))?;
-            let was_locked = auth.unlock(&user, None, "cli").await.map_err(api_err)?;
+            let was_locked = auth
+                .unlock(&user, None, "cli", None)
+                .await
+                .map_err(api_err)?;
             println!(
                 "{}",
                 if was_locked {
@@ -260,6 +277,7 @@ async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
                     expires_at: validate_expiry(expires_at, now)
                         .map_err(|e| fail(e.to_string()))?,
                     created_by: "cli".into(),
+                    ip: None,
                 })
                 .await
                 .map_err(api_err)?;
@@ -296,8 +314,44 @@ async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
                 .map_err(api_err)?;
             println!("revoked {}", key.hint);
         }
+        Command::Seed {
+            tenant,
+            keys,
+            products,
+            test,
+        } => {
+            let env = if test {
+                Environment::Test
+            } else {
+                Environment::Live
+            };
+            seed(&auth, &tenant, env, keys, products).await?;
+        }
         Command::Serve(_) | Command::Backup { .. } | Command::Restore { .. } => {}
     }
+    Ok(())
+}
+
+async fn seed(
+    auth: &Auth,
+    tenant: &str,
+    env: Environment,
+    keys: u64,
+    products: u64,
+) -> Result<(), StartError> {
+    let tenant = auth.find_tenant(tenant).map_err(api_err)?;
+    let now = auth.now();
+    crate::seed::keys(&auth.store, tenant.id, env, keys, now).map_err(api_err)?;
+    let ns = crate::store::Namespace {
+        tenant: tenant.id,
+        environment: env,
+    };
+    crate::seed::products(&auth.store, ns, products, now).map_err(api_err)?;
+    auth.store.flush().await.map_err(fail)?;
+    eprintln!(
+        "pixee-pim: seeded {keys} keys and {products} products into {}",
+        tenant.name
+    );
     Ok(())
 }
 
@@ -305,7 +359,12 @@ fn run_backup(data_dir: &Path, out: &Path) -> Result<(), StartError> {
     let dir = DataDir::open(data_dir, 16)?;
     let tmp = out.with_extension("partial");
     let mut file = std::io::BufWriter::new(
-        std::fs::File::create(&tmp)
+        std::fs::File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
             .map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?,
     );
     let n = backup::write(&dir.store, &mut file).map_err(fail)?;

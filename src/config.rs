@@ -106,13 +106,13 @@ impl Settings {
             listen: a.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
             tls: a.tls_cert.zip(a.tls_key),
             lockout_threshold: a.lockout_threshold.unwrap_or(5).max(1),
-            lockout_minutes: a.lockout_minutes.unwrap_or(15).max(1),
+            lockout_minutes: a.lockout_minutes.unwrap_or(15).clamp(1, 60 * 24 * 365),
             login_rate_per_minute: a.login_rate_per_minute.unwrap_or(30),
             key_reads_per_minute: a.key_reads_per_minute.unwrap_or(1000),
             key_writes_per_minute: a.key_writes_per_minute.unwrap_or(100),
             access_token_ttl_seconds: a.access_token_ttl_seconds.unwrap_or(900).clamp(60, 86_400),
-            session_max_days: a.session_max_days.unwrap_or(30).max(1),
-            session_idle_days: a.session_idle_days.unwrap_or(7).max(1),
+            session_max_days: a.session_max_days.unwrap_or(30).clamp(1, 3650),
+            session_idle_days: a.session_idle_days.unwrap_or(7).clamp(1, 3650),
             cache_mb: a.cache_mb.unwrap_or(64).max(1),
             json_limit_bytes: a.json_limit_bytes.unwrap_or(1 << 20).max(1024),
             workers: a.workers.unwrap_or(workers).max(1),
@@ -150,6 +150,9 @@ pub fn merge_config_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
         trust_forwarded_for,
         admin_email
     );
+    if args.tls_cert.is_some() != args.tls_key.is_some() {
+        return Err("TLS needs both a certificate and a key (tls_cert and tls_key)".into());
+    }
     Ok(args)
 }
 
@@ -163,4 +166,54 @@ fn read_config(path: &Path) -> Result<ServeArgs, String> {
             e.message()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(text: &str) -> Result<ServeArgs, String> {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("pixee.toml");
+        std::fs::write(&path, text).expect("write");
+        merge_config_file(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn the_file_fills_what_flags_left_unset() {
+        let args = with_file("lockout_threshold = 9\nlisten = \"0.0.0.0:9000\"\n").unwrap();
+        assert_eq!(args.lockout_threshold, Some(9));
+        let s = Settings::resolve(PathBuf::from("x"), args);
+        assert_eq!(
+            (s.lockout_threshold, s.listen.as_str()),
+            (9, "0.0.0.0:9000")
+        );
+    }
+
+    #[test]
+    fn half_a_tls_setup_unknown_keys_and_bad_types_are_refused() {
+        assert!(
+            with_file("tls_cert = \"/c.pem\"\n")
+                .unwrap_err()
+                .contains("both")
+        );
+        assert!(with_file("lockout_treshold = 3\n").is_err());
+        assert!(with_file("lockout_threshold = \"five\"\n").is_err());
+    }
+
+    #[test]
+    fn extreme_durations_are_clamped() {
+        let s = Settings::resolve(
+            PathBuf::from("x"),
+            ServeArgs {
+                lockout_minutes: Some(u32::MAX),
+                session_max_days: Some(u32::MAX),
+                ..Default::default()
+            },
+        );
+        assert!(s.lockout_minutes <= 60 * 24 * 365 && s.session_max_days <= 3650);
+    }
 }

@@ -11,6 +11,7 @@ use actix_web::dev::Server;
 use actix_web::{App, HttpServer, middleware::from_fn, web};
 use std::fs::File;
 use std::net::TcpListener;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use time::Duration;
@@ -48,7 +49,11 @@ pub struct DataDir {
 impl DataDir {
     /// Creates the directory if needed, takes its lock without waiting, opens the store.
     pub fn open(dir: &Path, cache_mb: u64) -> Result<DataDir, StartError> {
-        std::fs::create_dir_all(dir)
+        // The store holds the token-signing secret: owner-only from the start.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
             .map_err(|e| other(format!("cannot create data dir {}: {e}", dir.display())))?;
         let lock_path = dir.join("pixee.lock");
         let lock = File::options()
@@ -134,6 +139,15 @@ impl Application {
         jsonwebtoken::crypto::CryptoProvider::try_get_default()
             .ok_or_else(|| other("BUG: no JWT crypto provider is compiled in"))?;
         let data_dir = DataDir::open(&settings.data_dir, settings.cache_mb)?;
+        // Everything that can fail at start-up happens before the first-start bootstrap, so a
+        // generated admin password is never created and then lost to a failed start.
+        let tls = match &settings.tls {
+            Some((cert, key)) => Some(tls_config(cert, key)?),
+            None => None,
+        };
+        let listener = TcpListener::bind(&settings.listen)
+            .map_err(|e| other(format!("cannot listen on {}: {e}", settings.listen)))?;
+        let port = listener.local_addr().map_err(other)?.port();
         let store = data_dir.store.clone();
         let auth = web::Data::new(build_auth(&store, &settings, clock.clone(), cost)?);
         let bootstrap = auth
@@ -141,9 +155,6 @@ impl Application {
             .await
             .map_err(|e| other(format!("first start failed: {}", e.detail)))?;
         let catalog = web::Data::new(Catalog::new(store, clock));
-        let listener = TcpListener::bind(&settings.listen)
-            .map_err(|e| other(format!("cannot listen on {}: {e}", settings.listen)))?;
-        let port = listener.local_addr().map_err(other)?.port();
         let limit = JsonLimit(settings.json_limit_bytes);
         let app_auth = auth.clone();
         let http = HttpServer::new(move || {
@@ -158,9 +169,9 @@ impl Application {
         })
         .workers(settings.workers)
         .shutdown_timeout(10);
-        let http = match &settings.tls {
+        let http = match tls {
             None => http.listen(listener),
-            Some((cert, key)) => http.listen_rustls_0_23(listener, tls_config(cert, key)?),
+            Some(tls) => http.listen_rustls_0_23(listener, tls),
         }
         .map_err(|e| other(format!("cannot listen on {}: {e}", settings.listen)))?;
         Ok(Application {

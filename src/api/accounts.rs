@@ -211,6 +211,7 @@ async fn add_member(
 }
 
 async fn unlock_user(
+    req: actix_web::HttpRequest,
     principal: Principal,
     auth: web::Data<Auth>,
     id: web::Path<String>,
@@ -222,8 +223,14 @@ async fn unlock_user(
         .user(id)?
         .filter(|u| u.memberships.iter().any(|m| m.tenant == principal.tenant))
         .ok_or_else(|| Error::not_found("user"))?;
-    auth.unlock(&user, Some(principal.tenant), &principal.actor())
-        .await?;
+    let ip = super::auth::client_info(&req, &auth).ip;
+    auth.unlock(
+        &user,
+        Some(principal.tenant),
+        &principal.actor(),
+        ip.as_deref(),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(user_out(&auth, user, principal.tenant)))
 }
 

@@ -2,7 +2,7 @@
 //! raw key.
 use super::{ListResponse, PageParams, path_id};
 use crate::auth::api_keys::{MAX_GRACE_SECONDS, NewKeyRequest, validate_expiry, validate_name};
-use crate::auth::{Auth, Principal};
+use crate::auth::{Auth, Principal, Subject};
 use crate::domain::{Environment, Invalid, KeyId, ScopeSet};
 use crate::error::Error;
 use crate::store::ApiKeyRecord;
@@ -88,6 +88,7 @@ async fn list_keys(
 }
 
 async fn create_key(
+    req: HttpRequest,
     principal: Principal,
     auth: web::Data<Auth>,
     body: JsonBody<CreateKey>,
@@ -99,9 +100,12 @@ async fn create_key(
     let scopes = ScopeSet::parse_list(&body.scopes)
         .map_err(|e| errors.push(e))
         .ok();
-    let expires_at = validate_expiry(body.expires_at, auth.now())
-        .map_err(|e| errors.push(e))
-        .ok();
+    let expires_at = validate_expiry(
+        body.expires_at.map(|t| t.to_offset(time::UtcOffset::UTC)),
+        auth.now(),
+    )
+    .map_err(|e| errors.push(e))
+    .ok();
     let (Some(name), Some(scopes), Some(expires_at)) = (name, scopes, expires_at) else {
         return Err(Error::invalid(errors));
     };
@@ -113,6 +117,7 @@ async fn create_key(
             scopes,
             expires_at,
             created_by: principal.actor(),
+            ip: super::auth::client_info(&req, &auth).ip,
         })
         .await?;
     Ok(with_secret(
@@ -155,13 +160,16 @@ async fn rotate_key(
     body: web::Payload,
 ) -> Result<HttpResponse, Error> {
     let id = KeyId(path_id(&id, "API key")?);
-    match principal.key_id() {
-        Some(own) if own == id => {}
-        Some(_) => return Err(Error::forbidden("a key can only rotate itself")),
-        None => {
+    let presented = match &principal.subject {
+        Subject::ApiKey {
+            id: own, digest, ..
+        } if *own == id => Some(*digest),
+        Subject::ApiKey { .. } => return Err(Error::forbidden("a key can only rotate itself")),
+        Subject::User { .. } => {
             principal.require_admin()?;
+            None
         }
-    }
+    };
     let body = read_optional_json::<RotateKey>(&req, body).await?;
     if body.grace_seconds > MAX_GRACE_SECONDS {
         return Err(Invalid::new("grace_seconds", "must be between 0 and 86400").into());
@@ -172,6 +180,7 @@ async fn rotate_key(
             principal.tenant,
             id,
             body.grace_seconds,
+            presented,
             &principal.actor(),
             ip.as_deref(),
         )

@@ -105,6 +105,7 @@ impl Auth {
         user: &UserRecord,
         tenant: Option<TenantId>,
         actor: &str,
+        ip: Option<&str>,
     ) -> Result<bool, Error> {
         let was_locked = self
             .store
@@ -116,7 +117,7 @@ impl Auth {
             tenant,
             "account.unlocked",
             actor,
-            None,
+            ip,
             format!("user {}", user.email),
         );
         self.store.flush().await?;

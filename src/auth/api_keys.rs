@@ -16,6 +16,8 @@ pub struct NewKeyRequest {
     pub scopes: ScopeSet,
     pub expires_at: Option<OffsetDateTime>,
     pub created_by: String,
+    /// The creator's address, for the audit log.
+    pub ip: Option<String>,
 }
 
 /// A record together with the raw key, returned once.
@@ -72,7 +74,7 @@ impl Auth {
             Some(record.tenant),
             "api_key.created",
             &record.created_by,
-            None,
+            req.ip.as_deref(),
             format!("key {} ({}) {}", record.id, record.name, record.hint),
         );
         self.store.flush().await?;
@@ -82,11 +84,15 @@ impl Auth {
         })
     }
 
+    /// Replaces the key's secret. `presented` is the digest a self-rotating key authenticated
+    /// with: the rotation only happens while it is still the current secret, so a secret kept
+    /// alive by a grace period (or one an admin just replaced) cannot take the key over.
     pub async fn rotate_key(
         &self,
         tenant: TenantId,
         id: KeyId,
         grace_seconds: u32,
+        presented: Option<[u8; 32]>,
         actor: &str,
         ip: Option<&str>,
     ) -> Result<IssuedKey, Error> {
@@ -100,7 +106,7 @@ impl Auth {
         let grace = (grace_seconds > 0).then(|| now + Duration::seconds(i64::from(grace_seconds)));
         let record = self
             .store
-            .rotate_api_key(tenant, id, new.digest, &new.hint, grace, now)?;
+            .rotate_api_key(tenant, id, presented, new.digest, &new.hint, grace, now)?;
         self.audit(
             Some(tenant),
             "api_key.rotated",
@@ -166,6 +172,7 @@ pub(super) fn verify(auth: &Auth, raw: &str) -> Result<Principal, Error> {
             id: record.id,
             name: record.name,
             hint: record.hint,
+            digest,
         },
     })
 }

@@ -1,7 +1,7 @@
 //! Failed-login lockout as a pure state machine: every method takes `now`, nothing sleeps.
 //!
 //! Failures are counted per normalized submitted email. `threshold` consecutive failures within
-//! `window` lock the email for `lock_for`; the failure that reaches the threshold still answers
+//! `window` of each other (a sliding window) lock the email for `lock_for`; the failure that reaches the threshold still answers
 //! "invalid credentials" and sets the lock. Failures while locked neither count nor extend the
 //! lock. A success resets everything.
 use serde::{Deserialize, Serialize};
@@ -16,8 +16,8 @@ pub struct LockoutPolicy {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LockoutState {
-    pub failures: u32,
-    pub first_failure_at: Option<OffsetDateTime>,
+    /// Times of the consecutive failures still inside the window (at most `threshold`).
+    pub recent: Vec<OffsetDateTime>,
     pub locked_until: Option<OffsetDateTime>,
 }
 
@@ -41,6 +41,8 @@ impl LockoutState {
         })
     }
 
+    /// A sliding window: the email locks when `threshold` consecutive failures fall within
+    /// `window` of each other, however the earlier failures were spread.
     pub fn record_failure(
         &self,
         now: OffsetDateTime,
@@ -49,28 +51,31 @@ impl LockoutState {
         if self.locked_for(now).is_some() {
             return (self.clone(), FailureOutcome::WhileLocked);
         }
-        let in_window = self
-            .first_failure_at
-            .is_some_and(|first| now - first < policy.window);
-        let (failures, first) = if in_window && self.failures > 0 {
-            (self.failures + 1, self.first_failure_at)
-        } else {
-            (1, Some(now))
-        };
-        if failures >= policy.threshold {
+        let threshold = policy.threshold.max(1) as usize;
+        let mut recent: Vec<OffsetDateTime> = self
+            .recent
+            .iter()
+            .copied()
+            .filter(|t| now - *t < policy.window)
+            .collect();
+        recent.push(now);
+        if recent.len() > threshold {
+            recent.drain(..recent.len() - threshold);
+        }
+        if recent.len() >= threshold {
             let locked = LockoutState {
-                failures: 0,
-                first_failure_at: None,
+                recent: Vec::new(),
                 locked_until: Some(now + policy.lock_for),
             };
             (locked, FailureOutcome::JustLocked)
         } else {
-            let state = LockoutState {
-                failures,
-                first_failure_at: first,
-                locked_until: None,
-            };
-            (state, FailureOutcome::Counted)
+            (
+                LockoutState {
+                    recent,
+                    locked_until: None,
+                },
+                FailureOutcome::Counted,
+            )
         }
     }
 }
@@ -138,9 +143,30 @@ mod tests {
         assert!(s2.locked_for(until).is_none());
         let (s3, o) = s2.record_failure(until, &policy());
         assert_eq!(
-            (s3.failures, o),
+            (s3.recent.len(), o),
             (1, FailureOutcome::Counted),
             "a new count starts after the lock"
+        );
+    }
+
+    #[test]
+    fn the_window_slides_with_the_failures() {
+        let at = |m: i64, sec: i64| t0() + Duration::minutes(m) + Duration::seconds(sec);
+        let mut s = LockoutState::default();
+        for t in [at(0, 0), at(14, 57), at(14, 58), at(14, 59), at(15, 0)] {
+            let (next, o) = s.record_failure(t, &policy());
+            assert_eq!(
+                o,
+                FailureOutcome::Counted,
+                "the first failure has left the window by 15:00"
+            );
+            s = next;
+        }
+        let (_, o) = s.record_failure(at(15, 1), &policy());
+        assert_eq!(
+            o,
+            FailureOutcome::JustLocked,
+            "five failures within 15 minutes lock"
         );
     }
 

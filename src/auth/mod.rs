@@ -93,15 +93,8 @@ impl Auth {
         &self,
         creds: Credentials<'_>,
     ) -> Result<Authenticated, (Error, Option<Decision>)> {
-        let tenant = match creds.tenant {
-            None => None,
-            Some(raw) => Some(TenantId::parse(raw.trim()).ok_or_else(|| {
-                (
-                    Error::bad_request("X-Tenant-ID must be a tenant id (a UUID)"),
-                    None,
-                )
-            })?),
-        };
+        // Credentials are judged first (401), the tenant header after (400/403).
+        let tenant = creds.tenant;
         match (creds.api_key, creds.authorization) {
             (Some(_), Some(_)) => Err((
                 Error::bad_request("send either X-API-Key or Authorization, not both"),
@@ -128,22 +121,17 @@ impl Auth {
     fn authenticate_key(
         &self,
         raw: &str,
-        tenant: Option<TenantId>,
+        tenant: Option<&str>,
         is_read: bool,
     ) -> Result<Authenticated, (Error, Option<Decision>)> {
         let principal = api_keys::verify(self, raw.trim()).map_err(|e| (e, None))?;
-        if tenant.is_some_and(|t| t != principal.tenant) {
-            return Err((
-                Error::forbidden("an API key can only act in its own tenant"),
-                None,
-            ));
-        }
         let key_id = principal.key_id().ok_or_else(|| {
             (
                 Error::new(ErrorKind::Internal, "BUG: key principal without key"),
                 None,
             )
         })?;
+        // Every request the key authenticates counts, also one refused for its tenant below.
         let limit = if is_read {
             self.policy.key_reads_per_minute
         } else {
@@ -158,17 +146,20 @@ impl Auth {
             .with_retry_after(decision.retry_after);
             return Err((e, Some(decision)));
         }
-        Ok(Authenticated {
-            principal,
-            rate: Some(decision),
-        })
+        match parse_tenant(tenant) {
+            Ok(Some(t)) if t != principal.tenant => Err((
+                Error::forbidden("an API key can only act in its own tenant"),
+                Some(decision),
+            )),
+            Ok(_) => Ok(Authenticated {
+                principal,
+                rate: Some(decision),
+            }),
+            Err(e) => Err((e, Some(decision))),
+        }
     }
 
-    fn authenticate_bearer(
-        &self,
-        header: &str,
-        tenant: Option<TenantId>,
-    ) -> Result<Principal, Error> {
+    fn authenticate_bearer(&self, header: &str, tenant: Option<&str>) -> Result<Principal, Error> {
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -227,5 +218,15 @@ impl Auth {
         if let Err(e) = self.store.append_audit(tenant, &event) {
             tracing::error!(error = %e, kind, "could not write audit event");
         }
+    }
+}
+
+/// The `X-Tenant-ID` header: absent, or a tenant id; anything else is a 400.
+pub(crate) fn parse_tenant(raw: Option<&str>) -> Result<Option<TenantId>, Error> {
+    match raw {
+        None => Ok(None),
+        Some(raw) => TenantId::parse(raw.trim())
+            .map(Some)
+            .ok_or_else(|| Error::bad_request("X-Tenant-ID must be a tenant id (a UUID)")),
     }
 }

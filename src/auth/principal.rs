@@ -16,6 +16,9 @@ pub enum Subject {
         id: KeyId,
         name: String,
         hint: String,
+        /// SHA-256 of the secret presented (not a secret itself): self-rotation only proceeds
+        /// while this is still the key's current secret.
+        digest: [u8; 32],
     },
 }
 

@@ -77,7 +77,7 @@ impl<K: Hash + Eq + Clone> SlidingWindow<K> {
         let retry_after = if allowed {
             0
         } else {
-            u64::try_from((start + WINDOW_NANOS - now_n) / 1_000_000_000).unwrap_or(0) + 1
+            seconds_until_allowed(w.previous, w.current, limit, elapsed)
         };
         Decision {
             allowed,
@@ -87,6 +87,29 @@ impl<K: Hash + Eq + Clone> SlidingWindow<K> {
             retry_after,
         }
     }
+}
+
+/// How long until one more hit fits: later in this window once enough of the previous
+/// window's weight has slid out, or else in the next window, where this one's count becomes
+/// the weighted previous.
+fn seconds_until_allowed(previous: u32, current: u32, limit: u32, elapsed: f64) -> u64 {
+    if limit == 0 {
+        return 60;
+    }
+    let (p, c, l) = (f64::from(previous), f64::from(current), f64::from(limit));
+    let at = if c + 1.0 <= l && p > 0.0 {
+        // p * (1 - e) + c + 1 <= l
+        1.0 - (l - c - 1.0) / p
+    } else {
+        // next window: c * (1 - e) + 1 <= l
+        1.0 + if c > 0.0 {
+            (1.0 - (l - 1.0) / c).max(0.0)
+        } else {
+            0.0
+        }
+    };
+    let wait = ((at - elapsed).max(0.0) * (WINDOW_NANOS as f64 / 1e9)).ceil() as u64;
+    wait.max(1)
 }
 
 #[cfg(test)]
@@ -108,8 +131,28 @@ mod tests {
         }
         let refused = w.hit(&"k", 3, t0());
         assert!(!refused.allowed);
-        assert!(refused.retry_after >= 1 && refused.retry_after <= 61);
+        assert!(refused.retry_after >= 1 && refused.retry_after <= 120);
         assert!(w.hit(&"other", 3, t0()).allowed, "keys are counted apart");
+    }
+
+    #[test]
+    fn retry_after_is_long_enough_for_the_retry_to_pass() {
+        for limit in [1u32, 3, 30, 1000] {
+            let w = SlidingWindow::default();
+            let start = t0() - Duration::seconds(t0().unix_timestamp() % 60);
+            let mut now = start + Duration::seconds(50);
+            for _ in 0..limit {
+                assert!(w.hit(&1, limit, now).allowed);
+            }
+            let refused = w.hit(&1, limit, now);
+            assert!(!refused.allowed);
+            now += Duration::seconds(refused.retry_after as i64);
+            assert!(
+                w.hit(&1, limit, now).allowed,
+                "limit {limit}: retry after {} s still refused",
+                refused.retry_after
+            );
+        }
     }
 
     #[test]

@@ -95,7 +95,8 @@ impl Auth {
         Ok(state.locked_for(self.now()).unwrap_or(1))
     }
 
-    /// Counts a failure for `email`; when it locks, the user's sessions and tokens end.
+    /// Counts a failure for `email`. The failure that locks also bumps the user's token
+    /// version in the same transaction: every session and access token of theirs dies with it.
     fn record_login_failure(
         &self,
         email: &str,
@@ -106,14 +107,18 @@ impl Auth {
     ) -> Result<FailureOutcome, Error> {
         let now = self.now();
         let policy = self.policy.lockout;
-        let (old, _) = self
-            .store
-            .lockout_update(email, |s: &LockoutState| s.record_failure(now, &policy).0)?;
+        let (old, _, locked_now) =
+            self.store
+                .lockout_transition(email, user.map(|u| u.id), |s: &LockoutState| {
+                    let (next, outcome) = s.record_failure(now, &policy);
+                    (next, outcome == FailureOutcome::JustLocked)
+                })?;
         let (_, outcome) = old.record_failure(now, &policy);
         self.audit(tenant, "login.failure", email, ip, why.to_owned());
-        if outcome == FailureOutcome::JustLocked {
+        if locked_now {
             if let Some(user) = user {
-                self.cut_off_user(user, None)?;
+                // Already dead through the version bump; this only tidies the session list.
+                self.store.revoke_user_sessions(user.id, None, now)?;
             }
             self.audit(
                 tenant,
@@ -126,18 +131,18 @@ impl Auth {
         Ok(outcome)
     }
 
-    /// Ends the user's sessions (but `keep`) and invalidates every access token issued so far.
+    /// Changes the user's credentials (a new password hash, or none to only cut off) and ends
+    /// every session but `keep`, whose tokens move to the new version.
     pub(crate) fn cut_off_user(
         &self,
         user: &UserRecord,
+        new_hash: Option<&str>,
         keep: Option<SessionId>,
     ) -> Result<UserRecord, Error> {
         let now = self.now();
-        let updated = self.store.update_user(user.id, |u| {
-            u.token_version = u.token_version.wrapping_add(1);
-            u.updated_at = now;
-            Ok(())
-        })?;
+        let updated = self
+            .store
+            .change_credentials(user.id, new_hash, keep, now)?;
         self.store.revoke_user_sessions(user.id, keep, now)?;
         Ok(updated)
     }
@@ -149,15 +154,6 @@ impl Auth {
         client: &ClientInfo,
     ) -> Result<Tokens, Error> {
         let now = self.now();
-        // A concurrent flood may have locked the email while our hash ran.
-        if let Some(left) = self
-            .store
-            .lockout_get::<LockoutState>(email)?
-            .and_then(|s| s.locked_for(now))
-        {
-            return Err(locked(left));
-        }
-        self.store.lockout_clear(email)?;
         let tenant = user
             .default_tenant()
             .ok_or_else(|| Error::forbidden("this user is not a member of any tenant"))?;
@@ -173,6 +169,7 @@ impl Auth {
                 .user_agent
                 .as_ref()
                 .map(|ua| ua.chars().take(200).collect()),
+            user_version: user.token_version,
         };
         let refresh = random_base62(REFRESH_LEN)?;
         let record = RefreshRecord {
@@ -181,8 +178,32 @@ impl Auth {
             issued_at: now,
             spent_at: None,
         };
+        // Refused if a password change or a lock happened while the hash ran.
+        match self.store.create_session(
+            &session,
+            &user.password_hash,
+            &sha256(refresh.as_bytes()),
+            &record,
+        ) {
+            Ok(()) => {}
+            Err(crate::store::StoreError::Conflict(_)) => {
+                return match self
+                    .store
+                    .lockout_get::<LockoutState>(email)?
+                    .and_then(|s| s.locked_for(now))
+                {
+                    Some(left) => Err(locked(left)),
+                    None => Err(invalid_credentials()),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // A success resets the failure count, but never lifts a lock set meanwhile.
         self.store
-            .create_session(&session, &sha256(refresh.as_bytes()), &record)?;
+            .lockout_transition(email, None, |s: &LockoutState| match s.locked_for(now) {
+                Some(_) => (s.clone(), false),
+                None => (LockoutState::default(), false),
+            })?;
         self.audit(
             Some(tenant),
             "login.success",
@@ -241,6 +262,12 @@ impl Auth {
                     .store
                     .user(session.user)?
                     .ok_or_else(|| invalid_token("the user no longer exists"))?;
+                if session.user_version != user.token_version {
+                    // The password changed or the account locked after this session began.
+                    self.store.revoke_session(session.id, now)?;
+                    self.store.flush().await?;
+                    return Err(invalid_token("the session has ended; log in again"));
+                }
                 let tenant = user
                     .default_tenant()
                     .ok_or_else(|| Error::forbidden("this user is not a member of any tenant"))?;
@@ -287,8 +314,9 @@ impl Auth {
 
     pub fn live_sessions(&self, user: SessionUser) -> Result<Vec<SessionRecord>, Error> {
         let now = self.now();
+        let version = self.store.user(user.id)?.map(|u| u.token_version);
         let mut sessions = self.store.user_sessions(user.id)?;
-        sessions.retain(|s| self.session_alive(s, now));
+        sessions.retain(|s| self.session_alive(s, now) && Some(s.user_version) == version);
         Ok(sessions)
     }
 
@@ -346,12 +374,7 @@ impl Auth {
         }
         let hash = self.passwords.hash(new).await?;
         let now = self.now();
-        self.store.update_user(user.id, |u| {
-            u.password_hash = hash.clone();
-            u.updated_at = now;
-            Ok(())
-        })?;
-        let updated = self.cut_off_user(&user, Some(who.session))?;
+        let updated = self.cut_off_user(&user, Some(&hash), Some(who.session))?;
         self.audit(
             Some(principal.tenant),
             "password.changed",
@@ -374,14 +397,14 @@ impl Auth {
 pub(super) fn verify_access_token(
     auth: &Auth,
     token: &str,
-    tenant: Option<TenantId>,
+    tenant: Option<&str>,
 ) -> Result<Principal, Error> {
     let now = auth.now();
     let claims = auth.jwt.verify(token, now)?;
     let session = auth
         .store
         .session(claims.sid)?
-        .filter(|s| s.user == claims.sub);
+        .filter(|s| s.user == claims.sub && s.user_version == claims.ver);
     if !session.is_some_and(|s| auth.session_alive(&s, now)) {
         return Err(invalid_token("the session of this access token has ended"));
     }
@@ -390,7 +413,7 @@ pub(super) fn verify_access_token(
         .user(claims.sub)?
         .filter(|u| u.token_version == claims.ver)
         .ok_or_else(|| invalid_token("this access token was revoked; refresh or log in again"))?;
-    let tenant = tenant.unwrap_or(claims.tid);
+    let tenant = super::parse_tenant(tenant)?.unwrap_or(claims.tid);
     let role = user
         .role_in(tenant)
         .filter(|_| !user.superadmin || auth.store.tenant(tenant).ok().flatten().is_some())

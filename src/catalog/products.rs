@@ -137,9 +137,9 @@ impl ProductPatch {
             Field::Value(ids) if ids.len() > 100 => {
                 e.push(Invalid::new("category_ids", "at most 100 categories"))
             }
-            Field::Value(mut ids) => {
-                ids.dedup();
-                p.category_ids = ids;
+            Field::Value(ids) => {
+                let mut seen = std::collections::HashSet::new();
+                p.category_ids = ids.into_iter().filter(|id| seen.insert(*id)).collect();
             }
             other => required(e, "category_ids", other, &mut p.category_ids),
         }
@@ -214,7 +214,8 @@ pub struct Catalog {
     clock: SharedClock,
 }
 
-fn blank(id: ProductId, now: OffsetDateTime) -> ProductRecord {
+/// A product with every optional field empty (what POST and PUT build on).
+pub fn blank(id: ProductId, now: OffsetDateTime) -> ProductRecord {
     ProductRecord {
         id,
         ean: String::new(),

@@ -27,6 +27,18 @@ impl Ean {
         Ok(Self(s.to_owned()))
     }
 
+    /// The EAN-13 whose first twelve digits are `body` (zero-padded), with its check digit.
+    pub fn from_body(body: u64) -> Ean {
+        let body = format!("{:012}", body % 1_000_000_000_000);
+        let sum: u32 = body
+            .bytes()
+            .rev()
+            .enumerate()
+            .map(|(i, b)| u32::from(b - b'0') * if i % 2 == 0 { 3 } else { 1 })
+            .sum();
+        Ean(format!("{body}{}", (10 - sum % 10) % 10))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -46,6 +58,15 @@ mod tests {
         ] {
             assert!(Ean::parse(good).is_ok(), "{good} should be valid");
         }
+    }
+
+    #[test]
+    fn generated_eans_are_valid() {
+        for body in [0, 1, 400638133393, 999_999_999_999] {
+            let ean = Ean::from_body(body);
+            assert_eq!(Ean::parse(ean.as_str()), Ok(ean.clone()), "{ean:?}");
+        }
+        assert_eq!(Ean::from_body(400638133393).as_str(), "4006381333931");
     }
 
     #[test]

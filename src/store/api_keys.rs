@@ -58,10 +58,10 @@ impl Store {
             &self.api_keys_by_tenant,
         )
             .transaction(|(records, by_digest, by_tenant)| {
-                by_digest.insert(&key.digest[..], key.id.as_bytes())?;
+                by_digest.insert(&key.digest[..], codec::raw(key.id.as_bytes()))?;
                 by_tenant.insert(
                     &keys::pair(key.tenant.as_bytes(), key.id.as_bytes())[..],
-                    &[][..],
+                    codec::raw(&[]),
                 )?;
                 records.insert(key.id.as_bytes(), codec::encode(key))?;
                 Ok(())
@@ -82,7 +82,9 @@ impl Store {
         let Some(id) = self.api_key_by_digest.get(digest)? else {
             return Ok(None);
         };
-        let id = KeyId::from_slice(&id).ok_or(StoreError::Corrupt("key digest index".into()))?;
+        let id = codec::unraw(&id)
+            .and_then(KeyId::from_slice)
+            .ok_or(StoreError::Corrupt("key digest index".into()))?;
         self.api_key(id)
     }
 
@@ -127,11 +129,14 @@ impl Store {
     }
 
     /// Replaces the key's secret. With `grace_until`, the replaced secret keeps working until
-    /// then; otherwise it is dead when this returns.
+    /// then; otherwise it is dead when this returns. With `presented`, the rotation is refused
+    /// unless that digest is still the current secret (checked inside the transaction).
+    #[allow(clippy::too_many_arguments)]
     pub fn rotate_api_key(
         &self,
         tenant: TenantId,
         id: KeyId,
+        presented: Option<Digest>,
         new_digest: Digest,
         new_hint: &str,
         grace_until: Option<OffsetDateTime>,
@@ -148,6 +153,11 @@ impl Store {
                         "this key is revoked and cannot be rotated",
                     ));
                 }
+                if presented.is_some_and(|d| d != key.digest) {
+                    return abort(StoreError::Conflict(
+                        "only the key's current secret can rotate it; this one was already replaced",
+                    ));
+                }
                 if let Some((older, _)) = key.previous.take() {
                     by_digest.remove(&older[..])?;
                 }
@@ -157,7 +167,7 @@ impl Store {
                         by_digest.remove(&key.digest[..])?;
                     }
                 }
-                by_digest.insert(&new_digest[..], id.as_bytes())?;
+                by_digest.insert(&new_digest[..], codec::raw(id.as_bytes()))?;
                 key.digest = new_digest;
                 key.hint = new_hint.to_owned();
                 key.rotated_at = Some(now);

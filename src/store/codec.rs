@@ -25,6 +25,19 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
     Ok(value)
 }
 
+/// An index value (an id, a count, nothing): the version byte, then the raw bytes.
+pub fn raw(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 1);
+    out.push(SCHEMA_VERSION);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The raw bytes of an index value, `None` when the version byte is wrong.
+pub fn unraw(bytes: &[u8]) -> Option<&[u8]> {
+    check_version(bytes).ok()
+}
+
 pub(crate) fn check_version(bytes: &[u8]) -> StoreResult<&[u8]> {
     match bytes.split_first() {
         Some((&SCHEMA_VERSION, body)) => Ok(body),

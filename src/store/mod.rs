@@ -9,6 +9,7 @@
 mod api_keys;
 mod audit;
 pub mod backup;
+mod bulk;
 mod codec;
 pub mod keys;
 mod products;
@@ -170,11 +171,14 @@ impl Store {
     }
 
     pub fn meta_get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+        match self.meta.get(key)? {
+            Some(v) => Ok(Some(codec::check_version(&v)?.to_vec())),
+            None => Ok(None),
+        }
     }
 
     pub fn meta_set(&self, key: &str, value: &[u8]) -> StoreResult<()> {
-        self.meta.insert(key, value)?;
+        self.meta.insert(key, codec::raw(value))?;
         Ok(())
     }
 
@@ -185,12 +189,16 @@ impl Store {
         make: impl FnOnce() -> Vec<u8>,
     ) -> StoreResult<Vec<u8>> {
         let candidate = make();
+        let stored = codec::raw(&candidate);
         match self
             .meta
-            .compare_and_swap(key, None as Option<&[u8]>, Some(candidate.as_slice()))?
+            .compare_and_swap(key, None as Option<&[u8]>, Some(stored.as_slice()))?
         {
             Ok(()) => Ok(candidate),
-            Err(cas) => Ok(cas.current.map(|v| v.to_vec()).unwrap_or(candidate)),
+            Err(cas) => match cas.current {
+                Some(v) => Ok(codec::check_version(&v)?.to_vec()),
+                None => Ok(candidate),
+            },
         }
     }
 
@@ -205,22 +213,40 @@ impl Store {
             .transpose()
     }
 
-    /// Applies the pure transition `next` atomically; returns the state before and after.
-    pub fn lockout_update<S, F>(&self, email: &str, next: F) -> StoreResult<(S, S)>
+    /// Applies the pure transition `next` to an email's lockout state in one transaction. When
+    /// `next` answers `true` (the email just locked) and `user` is given, the user's token
+    /// version is bumped in the same transaction, so no crash can leave a locked account with
+    /// live sessions. Returns the state before and after, and whether it locked.
+    pub fn lockout_transition<S, F>(
+        &self,
+        email: &str,
+        user: Option<crate::domain::UserId>,
+        next: F,
+    ) -> StoreResult<(S, S, bool)>
     where
         S: serde::Serialize + serde::de::DeserializeOwned + Default,
-        F: Fn(&S) -> S,
+        F: Fn(&S) -> (S, bool),
     {
-        let decode_or_default = |v: Option<&[u8]>| {
-            v.and_then(|b| codec::decode::<S>(b).ok())
-                .unwrap_or_default()
-        };
-        let old = self.lockout.fetch_and_update(email.as_bytes(), |v| {
-            Some(codec::encode(&next(&decode_or_default(v))))
-        })?;
-        let old = decode_or_default(old.as_deref());
-        let new = next(&old);
-        Ok((old, new))
+        use sled::Transactional;
+        (&self.lockout, &self.users)
+            .transaction(|(lockout, users)| {
+                let old: S = lockout
+                    .get(email.as_bytes())?
+                    .and_then(|v| codec::decode(&v).ok())
+                    .unwrap_or_default();
+                let (new, locks) = next(&old);
+                lockout.insert(email.as_bytes(), codec::encode(&new))?;
+                if locks
+                    && let Some(uid) = user
+                    && let Some(bytes) = users.get(uid.as_bytes())?
+                {
+                    let mut u: UserRecord = codec::decode(&bytes).or_else(abort)?;
+                    u.token_version = u.token_version.wrapping_add(1);
+                    users.insert(uid.as_bytes(), codec::encode(&u))?;
+                }
+                Ok((old, new, locks))
+            })
+            .map_err(from_tx)
     }
 
     pub fn lockout_clear(&self, email: &str) -> StoreResult<bool> {
@@ -241,17 +267,8 @@ impl Store {
     /// half-written.
     pub fn verify_all(&self) -> StoreResult<usize> {
         let mut count = 0;
-        for tree in [
-            &self.tenants,
-            &self.users,
-            &self.api_keys,
-            &self.sessions,
-            &self.refresh_tokens,
-            &self.lockout,
-            &self.audit,
-            &self.products,
-        ] {
-            for item in tree.iter() {
+        for name in TREES {
+            for item in self.db.open_tree(name)?.iter() {
                 let (_, value) = item?;
                 codec::check_version(&value)?;
                 count += 1;

@@ -44,18 +44,21 @@ type Tx<T> = Result<T, UnabortableTransactionError>;
 
 impl Trees<'_> {
     fn index_owner(&self, tree: &TransactionalTree, key: &[u8]) -> Tx<Option<ProductId>> {
-        Ok(tree.get(key)?.and_then(|v| ProductId::from_slice(&v)))
+        Ok(tree
+            .get(key)?
+            .and_then(|v| codec::unraw(&v).and_then(ProductId::from_slice)))
     }
 
     fn add_indexes(&self, ns: Namespace, p: &ProductRecord) -> Tx<()> {
         self.by_ean
-            .insert(keys::ns_str(ns, &p.ean), p.id.as_bytes())?;
+            .insert(keys::ns_str(ns, &p.ean), codec::raw(p.id.as_bytes()))?;
         if let Some(r) = &p.reference {
-            self.by_ref.insert(keys::ns_str(ns, r), p.id.as_bytes())?;
+            self.by_ref
+                .insert(keys::ns_str(ns, r), codec::raw(p.id.as_bytes()))?;
         }
         self.by_updated.insert(
             &keys::ns_updated(ns, p.updated_at.unix_timestamp_nanos(), p.id.as_bytes())[..],
-            &[][..],
+            codec::raw(&[]),
         )?;
         Ok(())
     }
@@ -91,9 +94,10 @@ impl Trees<'_> {
 
     fn bump_count(&self, ns: Namespace, delta: i64) -> Tx<()> {
         let key = keys::namespace(ns);
-        let current = self.counters.get(key)?.map(|v| read_u64(&v)).unwrap_or(0);
+        let current = self.counters.get(key)?.map_or(0, |v| read_count(&v));
         let next = current.saturating_add_signed(delta);
-        self.counters.insert(&key[..], &next.to_be_bytes()[..])?;
+        self.counters
+            .insert(&key[..], codec::raw(&next.to_be_bytes()))?;
         Ok(())
     }
 
@@ -105,8 +109,11 @@ impl Trees<'_> {
     }
 }
 
-fn read_u64(v: &[u8]) -> u64 {
-    v.try_into().map(u64::from_be_bytes).unwrap_or(0)
+/// A product counter value (version byte + u64 BE); 0 when absent or unreadable.
+pub(super) fn read_count(v: &[u8]) -> u64 {
+    codec::unraw(v)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 impl Store {
@@ -192,7 +199,7 @@ impl Store {
         match self
             .product_by_ean
             .get(keys::ns_str(ns, ean))?
-            .and_then(|v| ProductId::from_slice(&v))
+            .and_then(|v| codec::unraw(&v).and_then(ProductId::from_slice))
         {
             Some(id) => self.product(ns, id),
             None => Ok(None),
@@ -203,7 +210,7 @@ impl Store {
         Ok(self
             .counters
             .get(keys::namespace(ns))?
-            .map(|v| read_u64(&v))
+            .map(|v| read_count(&v))
             .unwrap_or(0))
     }
 

@@ -3,6 +3,7 @@
 //! Spending a refresh token and issuing its successor happen in one transaction; sled runs
 //! transactions one at a time, so two concurrent refreshes with one token see the token unspent
 //! at most once.
+use super::UserRecord;
 use super::{Store, StoreError, StoreResult, abort, codec, from_tx, keys};
 use crate::domain::{SessionId, UserId};
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,10 @@ pub struct SessionRecord {
     pub revoked_at: Option<OffsetDateTime>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The user's token version this session belongs to: a password change or lock bumps the
+    /// user's version, and every session still on the old one is dead (the password changer's
+    /// own session moves along in the same transaction).
+    pub user_version: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,18 +47,36 @@ pub enum SpendOutcome {
 }
 
 impl Store {
+    /// Creates a session, but only if the user's password hash is still `password_hash` and
+    /// their token version still `session.user_version`: a login whose password check raced a
+    /// password change or a lock gets `Conflict` instead of a session.
     pub fn create_session(
         &self,
         session: &SessionRecord,
+        password_hash: &str,
         refresh_digest: &Digest,
         refresh: &RefreshRecord,
     ) -> StoreResult<()> {
-        (&self.sessions, &self.sessions_by_user, &self.refresh_tokens)
-            .transaction(|(sessions, by_user, tokens)| {
+        (
+            &self.users,
+            &self.sessions,
+            &self.sessions_by_user,
+            &self.refresh_tokens,
+        )
+            .transaction(|(users, sessions, by_user, tokens)| {
+                let current = match users.get(session.user.as_bytes())? {
+                    Some(bytes) => codec::decode::<UserRecord>(&bytes).or_else(abort)?,
+                    None => return abort(StoreError::NotFound),
+                };
+                if current.token_version != session.user_version
+                    || current.password_hash != password_hash
+                {
+                    return abort(StoreError::Conflict("the credentials changed during login"));
+                }
                 sessions.insert(session.id.as_bytes(), codec::encode(session))?;
                 by_user.insert(
                     &keys::pair(session.user.as_bytes(), session.id.as_bytes())[..],
-                    &[][..],
+                    codec::raw(&[]),
                 )?;
                 tokens.insert(&refresh_digest[..], codec::encode(refresh))?;
                 Ok(())

@@ -20,7 +20,7 @@ impl Store {
                 if by_name.get(name_key.as_bytes())?.is_some() {
                     return abort(StoreError::Duplicate("a tenant with this name"));
                 }
-                by_name.insert(name_key.as_bytes(), tenant.id.as_bytes())?;
+                by_name.insert(name_key.as_bytes(), codec::raw(tenant.id.as_bytes()))?;
                 tenants.insert(tenant.id.as_bytes(), codec::encode(tenant))?;
                 Ok(())
             })
@@ -36,7 +36,7 @@ impl Store {
 
     pub fn tenant_by_name(&self, name: &str) -> StoreResult<Option<TenantRecord>> {
         match self.tenant_by_name.get(name.to_lowercase().as_bytes())? {
-            Some(id) => match TenantId::from_slice(&id) {
+            Some(id) => match codec::unraw(&id).and_then(TenantId::from_slice) {
                 Some(id) => self.tenant(id),
                 None => Err(StoreError::Corrupt("tenant index".into())),
             },

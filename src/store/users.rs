@@ -51,12 +51,12 @@ impl Store {
                 if by_email.get(user.email.as_bytes())?.is_some() {
                     return abort(StoreError::Duplicate("a user with this email"));
                 }
-                by_email.insert(user.email.as_bytes(), user.id.as_bytes())?;
+                by_email.insert(user.email.as_bytes(), codec::raw(user.id.as_bytes()))?;
                 users.insert(user.id.as_bytes(), codec::encode(user))?;
                 for m in &user.memberships {
                     members.insert(
                         &keys::pair(m.tenant.as_bytes(), user.id.as_bytes()),
-                        m.role.as_str(),
+                        codec::raw(m.role.as_str().as_bytes()),
                     )?;
                 }
                 Ok(())
@@ -73,7 +73,7 @@ impl Store {
 
     pub fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
         match self.user_by_email.get(email.as_bytes())? {
-            Some(id) => match UserId::from_slice(&id) {
+            Some(id) => match codec::unraw(&id).and_then(UserId::from_slice) {
                 Some(id) => self.user(id),
                 None => Err(StoreError::Corrupt("email index".into())),
             },
@@ -102,10 +102,47 @@ impl Store {
                 for m in &user.memberships {
                     members.insert(
                         &keys::pair(m.tenant.as_bytes(), id.as_bytes()),
-                        m.role.as_str(),
+                        codec::raw(m.role.as_str().as_bytes()),
                     )?;
                 }
                 users.insert(id.as_bytes(), codec::encode(&user))?;
+                Ok(user)
+            })
+            .map_err(from_tx)
+    }
+
+    /// Bumps the user's token version (and sets a new password hash when given) in one
+    /// transaction with moving `keep` (the caller's session) to the new version. Every other
+    /// session and every access token issued before is dead from this write on.
+    pub fn change_credentials(
+        &self,
+        id: UserId,
+        new_hash: Option<&str>,
+        keep: Option<crate::domain::SessionId>,
+        now: OffsetDateTime,
+    ) -> StoreResult<UserRecord> {
+        (&self.users, &self.sessions)
+            .transaction(|(users, sessions)| {
+                let Some(bytes) = users.get(id.as_bytes())? else {
+                    return abort(StoreError::NotFound);
+                };
+                let mut user: UserRecord = codec::decode(&bytes).or_else(abort)?;
+                user.token_version = user.token_version.wrapping_add(1);
+                if let Some(hash) = new_hash {
+                    user.password_hash = hash.to_owned();
+                }
+                user.updated_at = now;
+                users.insert(id.as_bytes(), codec::encode(&user))?;
+                if let Some(sid) = keep
+                    && let Some(sbytes) = sessions.get(sid.as_bytes())?
+                {
+                    let mut session: super::SessionRecord =
+                        codec::decode(&sbytes).or_else(abort)?;
+                    if session.user == id {
+                        session.user_version = user.token_version;
+                        sessions.insert(sid.as_bytes(), codec::encode(&session))?;
+                    }
+                }
                 Ok(user)
             })
             .map_err(from_tx)

@@ -477,3 +477,93 @@ async fn concurrent_rotations_leave_exactly_one_working_secret() {
     }
     assert_eq!(working, 1);
 }
+
+#[actix_web::test]
+async fn a_secret_kept_alive_by_a_grace_period_cannot_rotate_the_key() {
+    let app = spawn_app().await;
+    let (admin, key) = app.admin_and_key(&["products:read"]).await;
+    let res = app
+        .req(Method::POST, &format!("/api/v1/api-keys/{}/rotate", key.id))
+        .bearer_auth(&admin.token)
+        .json(&json!({"grace_seconds": 3600}))
+        .send()
+        .await
+        .unwrap();
+    let current = res.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let takeover = app.rotate(&key.id, Cred::Key(&key.raw)).await;
+    assert_problem(takeover, 409, "CONFLICT").await;
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/products", &current)
+            .await,
+        StatusCode::OK,
+        "the owner keeps the key"
+    );
+    assert_eq!(
+        app.rotate(&key.id, Cred::Key(&current)).await.status(),
+        StatusCode::OK,
+        "the current secret may rotate"
+    );
+}
+
+#[actix_web::test]
+async fn expiry_is_answered_in_utc_and_creation_is_audited_with_the_address() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let res = app
+        .create_key_raw(&admin.token, json!({"name": "tz", "scopes": ["products:read"], "expires_at": "2027-02-01T12:00:00+02:00"}))
+        .await;
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["expires_at"], "2027-02-01T10:00:00Z");
+    let audit: Value = app
+        .with_token(Method::GET, "/api/v1/audit-events", &admin.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let created = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "api_key.created")
+        .unwrap()
+        .clone();
+    assert_eq!(created["ip"], "127.0.0.1");
+    assert!(
+        !audit.to_string().contains(body["key"].as_str().unwrap()),
+        "no secret in the audit log"
+    );
+}
+
+#[actix_web::test]
+async fn a_request_refused_for_its_tenant_still_counts_against_the_key() {
+    let app = crate::helpers::spawn_app_with(pixee_pim::config::ServeArgs {
+        key_reads_per_minute: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let (_, key) = app.admin_and_key(&["products:read"]).await;
+    let other = uuid::Uuid::now_v7().to_string();
+    let res = app
+        .with_key(Method::GET, "/api/v1/products", &key.raw)
+        .header("X-Tenant-ID", &other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-ratelimit-remaining"], "1");
+    assert_problem(res, 403, "PERMISSION_DENIED").await;
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/products", &key.raw)
+            .await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/products", &key.raw)
+            .await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}

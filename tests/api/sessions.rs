@@ -481,3 +481,59 @@ async fn forged_tokens_are_refused() {
         .unwrap();
     assert_problem(basic, 401, "INVALID_TOKEN").await;
 }
+
+#[actix_web::test]
+async fn a_login_whose_password_check_raced_a_password_change_gets_no_session() {
+    let app = spawn_app().await;
+    let store = &app.app_auth.store;
+    let user = store.user_by_email(&app.admin_email).unwrap().unwrap();
+    // The login read the user (version, hash), then the password changed before it stored a
+    // session: the store refuses the stale session.
+    let now = app.app_auth.now();
+    store
+        .change_credentials(
+            user.id,
+            Some("$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"),
+            None,
+            now,
+        )
+        .unwrap();
+    let session = pixee_pim::store::SessionRecord {
+        id: pixee_pim::domain::SessionId::generate(),
+        user: user.id,
+        created_at: now,
+        last_seen_at: now,
+        expires_at: now + time::Duration::days(30),
+        revoked_at: None,
+        ip: None,
+        user_agent: None,
+        user_version: user.token_version,
+    };
+    let refresh = pixee_pim::store::RefreshRecord {
+        session: session.id,
+        parent: None,
+        issued_at: now,
+        spent_at: None,
+    };
+    let result = store.create_session(&session, &user.password_hash, &[7u8; 32], &refresh);
+    assert!(
+        matches!(result, Err(pixee_pim::store::StoreError::Conflict(_))),
+        "{result:?}"
+    );
+    assert!(
+        store.session(session.id).unwrap().is_none(),
+        "nothing half-written"
+    );
+}
+
+#[actix_web::test]
+async fn missing_credentials_are_401_even_with_a_malformed_tenant_header() {
+    let app = spawn_app().await;
+    let res = app
+        .req(Method::GET, "/api/v1/products")
+        .header("X-Tenant-ID", "nonsense")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 401, "AUTHENTICATION_REQUIRED").await;
+}
