@@ -119,6 +119,10 @@ fn benches(c: &mut Criterion) {
             done.principal.require(Scope::ProductsRead).expect("scope");
         })
     });
+    let now = f.auth.now();
+    g.bench_function("jwt_signature_and_claims_only", |b| {
+        b.iter(|| f.auth.jwt.verify(black_box(&f.token), now).expect("valid"))
+    });
     g.bench_function("jwt_verify_with_session_check", |b| {
         b.iter(|| {
             let creds = Credentials {

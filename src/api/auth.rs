@@ -82,7 +82,7 @@ struct SessionOut {
 
 pub(crate) fn client_info(req: &HttpRequest, auth: &Auth) -> ClientInfo {
     ClientInfo {
-        ip: client_ip(req, auth.policy.trust_forwarded_for),
+        ip: client_ip(req, auth.policy.trust_forwarded_for).map(|ip| ip.to_string()),
         user_agent: req
             .headers()
             .get(header::USER_AGENT)
@@ -182,7 +182,7 @@ async fn logout_all(principal: Principal, auth: web::Data<Auth>) -> Result<HttpR
 async fn me(principal: Principal, auth: web::Data<Auth>) -> Result<HttpResponse, Error> {
     let tenant = auth
         .store
-        .tenant(principal.tenant)?
+        .tenant_cached(principal.tenant)?
         .ok_or_else(|| Error::not_found("tenant"))?;
     let (user, key, kind) = match &principal.subject {
         Subject::User { id, email, .. } => (
@@ -207,7 +207,7 @@ async fn me(principal: Principal, auth: web::Data<Auth>) -> Result<HttpResponse,
         user,
         tenant: IdName {
             id: tenant.id.to_string(),
-            name: tenant.name,
+            name: tenant.name.clone(),
         },
         role: principal.role.map(|r| r.as_str()),
         scopes: principal.scopes.names(),

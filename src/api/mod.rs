@@ -11,7 +11,6 @@ use actix_web::web;
 use serde::{Deserialize, Serialize};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    meta::configure(cfg);
     cfg.service(
         web::scope("/api/v1")
             .configure(auth::configure)
@@ -20,6 +19,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(products::configure)
             .configure(meta::configure_api),
     );
+    // After the API: the page's `/settings/{name}` pattern is then never tried for API paths.
+    meta::configure(cfg);
     cfg.default_service(web::to(crate::web::not_found));
 }
 

@@ -170,8 +170,8 @@ pub(super) fn verify(auth: &Auth, raw: &str) -> Result<Principal, Error> {
         role: None,
         subject: Subject::ApiKey {
             id: record.id,
-            name: record.name,
-            hint: record.hint,
+            name: record.name.clone(),
+            hint: record.hint.clone(),
             digest,
         },
     })

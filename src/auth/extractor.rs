@@ -1,6 +1,7 @@
 //! The actix extractor that turns request headers into a [`Principal`]. Runs on every protected
 //! request: header reads, a format check, one digest lookup (keys) or one HMAC plus two record
-//! reads (sessions). The result is cached in the request so wrapper extractors reuse it.
+//! reads (sessions), mostly from the store's coherent record cache. A handler takes at most one
+//! `Principal`, so a request is authenticated (and counted against its key's limit) once.
 use super::rate_limit::Decision;
 use super::{Auth, Credentials, Principal};
 use crate::domain::KeyId;
@@ -9,12 +10,13 @@ use actix_web::dev::Payload;
 use actix_web::http::Method;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use std::future::{Ready, ready};
+use std::net::IpAddr;
 
 /// Left in the request for the response middleware: rate-limit headers and key usage.
 #[derive(Debug, Clone)]
 pub struct KeyRequest {
     pub key: Option<KeyId>,
-    pub ip: Option<String>,
+    pub ip: Option<IpAddr>,
     pub rate: Decision,
 }
 
@@ -31,26 +33,22 @@ fn header<'a>(
 
 /// The client address: the peer, or with `--trust-forwarded-for` the last X-Forwarded-For hop
 /// (the one our own reverse proxy added).
-pub fn client_ip(req: &HttpRequest, trust_forwarded_for: bool) -> Option<String> {
+pub fn client_ip(req: &HttpRequest, trust_forwarded_for: bool) -> Option<IpAddr> {
     if trust_forwarded_for {
         let forwarded = req
             .headers()
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
-            .map(|ip| ip.trim().to_owned())
-            .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+            .and_then(|ip| ip.trim().parse::<IpAddr>().ok());
         if forwarded.is_some() {
             return forwarded;
         }
     }
-    req.peer_addr().map(|a| a.ip().to_string())
+    req.peer_addr().map(|a| a.ip())
 }
 
 fn extract(req: &HttpRequest) -> Result<Principal, Error> {
-    if let Some(p) = req.extensions().get::<Principal>() {
-        return Ok(p.clone());
-    }
     let auth = req
         .app_data::<web::Data<Auth>>()
         .ok_or_else(|| Error::new(ErrorKind::Internal, "BUG: Auth is not registered"))?;
@@ -80,7 +78,6 @@ fn extract(req: &HttpRequest) -> Result<Principal, Error> {
                     rate,
                 });
             }
-            req.extensions_mut().insert(done.principal.clone());
             Ok(done.principal)
         }
         Err((e, rate)) => {

@@ -88,13 +88,13 @@ impl JwtKeys {
 
     /// Checks algorithm, type, signature, issuer, audience and lifetime.
     pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Claims, Error> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| invalid("the access token is malformed"))?;
-        if header.alg != Algorithm::HS256 || header.typ.as_deref() != Some(TOKEN_TYPE) {
-            return Err(invalid("the access token has the wrong type or algorithm"));
-        }
+        // One decode: it checks the signature with HS256 only and hands back the header, whose
+        // type we then require (so `alg: none`, other algorithms and foreign types all fail).
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|_| invalid("the access token is invalid"))?;
+        if data.header.alg != Algorithm::HS256 || data.header.typ.as_deref() != Some(TOKEN_TYPE) {
+            return Err(invalid("the access token has the wrong type or algorithm"));
+        }
         let claims = data.claims;
         let now = now.unix_timestamp();
         if now >= claims.exp + LEEWAY_SECONDS {

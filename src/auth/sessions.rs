@@ -403,20 +403,20 @@ pub(super) fn verify_access_token(
     let claims = auth.jwt.verify(token, now)?;
     let session = auth
         .store
-        .session(claims.sid)?
+        .session_cached(claims.sid)?
         .filter(|s| s.user == claims.sub && s.user_version == claims.ver);
     if !session.is_some_and(|s| auth.session_alive(&s, now)) {
         return Err(invalid_token("the session of this access token has ended"));
     }
     let user = auth
         .store
-        .user(claims.sub)?
+        .user_cached(claims.sub)?
         .filter(|u| u.token_version == claims.ver)
         .ok_or_else(|| invalid_token("this access token was revoked; refresh or log in again"))?;
     let tenant = super::parse_tenant(tenant)?.unwrap_or(claims.tid);
     let role = user
         .role_in(tenant)
-        .filter(|_| !user.superadmin || auth.store.tenant(tenant).ok().flatten().is_some())
+        .filter(|_| !user.superadmin || auth.store.tenant_cached(tenant).ok().flatten().is_some())
         .ok_or_else(|| Error::forbidden("you are not a member of this tenant"))?;
     Ok(Principal {
         tenant,
@@ -425,7 +425,7 @@ pub(super) fn verify_access_token(
         role: Some(role),
         subject: Subject::User {
             id: user.id,
-            email: user.email,
+            email: user.email.clone(),
             session: claims.sid,
             superadmin: user.superadmin,
         },

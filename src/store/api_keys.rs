@@ -7,6 +7,7 @@ use super::{Store, StoreError, StoreResult, abort, codec, from_tx, keys};
 use crate::domain::{Environment, KeyId, ScopeSet, TenantId};
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
+use std::sync::Arc;
 use time::OffsetDateTime;
 
 pub type Digest = [u8; 32];
@@ -52,7 +53,7 @@ pub struct KeyUsage {
 
 impl Store {
     pub fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
-        (
+        let result = (
             &self.api_keys,
             &self.api_key_by_digest,
             &self.api_keys_by_tenant,
@@ -66,7 +67,9 @@ impl Store {
                 records.insert(key.id.as_bytes(), codec::encode(key))?;
                 Ok(())
             })
-            .map_err(from_tx)
+            .map_err(from_tx);
+        self.caches.keys.invalidate(&key.digest);
+        result
     }
 
     pub fn api_key(&self, id: KeyId) -> StoreResult<Option<ApiKeyRecord>> {
@@ -76,16 +79,32 @@ impl Store {
             .transpose()
     }
 
-    /// The key record a digest points at, if any (the caller still checks `accepts`).
-    pub fn api_key_by_digest(&self, digest: &Digest) -> StoreResult<Option<ApiKeyRecord>> {
+    /// The key record a digest points at, if any (the caller still checks `accepts`). This is
+    /// the per-request path: a cache hit costs no store read; a miss reads the digest index
+    /// and the record.
+    pub fn api_key_by_digest(&self, digest: &Digest) -> StoreResult<Option<Arc<ApiKeyRecord>>> {
         self.count_key_lookup();
-        let Some(id) = self.api_key_by_digest.get(digest)? else {
-            return Ok(None);
-        };
-        let id = codec::unraw(&id)
-            .and_then(KeyId::from_slice)
-            .ok_or(StoreError::Corrupt("key digest index".into()))?;
-        self.api_key(id)
+        self.caches.keys.get_or_load(*digest, || {
+            let Some(id) = self.api_key_by_digest.get(digest)? else {
+                return Ok(None);
+            };
+            let id = codec::unraw(&id)
+                .and_then(KeyId::from_slice)
+                .ok_or(StoreError::Corrupt("key digest index".into()))?;
+            self.api_key(id)
+        })
+    }
+
+    /// After a revocation or rotation commits: drop the cached digests of the old record.
+    fn forget_digests(
+        &self,
+        result: StoreResult<(ApiKeyRecord, Vec<Digest>)>,
+    ) -> StoreResult<ApiKeyRecord> {
+        let (key, dropped) = result?;
+        for d in &dropped {
+            self.caches.keys.invalidate(d);
+        }
+        Ok(key)
     }
 
     pub fn list_api_keys(&self, tenant: TenantId) -> StoreResult<Vec<ApiKeyRecord>> {
@@ -109,23 +128,26 @@ impl Store {
         id: KeyId,
         now: OffsetDateTime,
     ) -> StoreResult<ApiKeyRecord> {
-        (&self.api_keys, &self.api_key_by_digest)
+        let result = (&self.api_keys, &self.api_key_by_digest)
             .transaction(|(records, by_digest)| {
                 let mut key = match load_key(records, tenant, id)? {
                     Ok(k) => k,
                     Err(e) => return abort(e),
                 };
+                let mut dropped = vec![key.digest];
                 if key.revoked_at.is_none() {
                     by_digest.remove(&key.digest[..])?;
                     if let Some((old, _)) = key.previous.take() {
                         by_digest.remove(&old[..])?;
+                        dropped.push(old);
                     }
                     key.revoked_at = Some(now);
                     records.insert(id.as_bytes(), codec::encode(&key))?;
                 }
-                Ok(key)
+                Ok((key, dropped))
             })
-            .map_err(from_tx)
+            .map_err(from_tx);
+        self.forget_digests(result)
     }
 
     /// Replaces the key's secret. With `grace_until`, the replaced secret keeps working until
@@ -142,7 +164,7 @@ impl Store {
         grace_until: Option<OffsetDateTime>,
         now: OffsetDateTime,
     ) -> StoreResult<ApiKeyRecord> {
-        (&self.api_keys, &self.api_key_by_digest)
+        let result = (&self.api_keys, &self.api_key_by_digest)
             .transaction(|(records, by_digest)| {
                 let mut key = match load_key(records, tenant, id)? {
                     Ok(k) => k,
@@ -158,8 +180,11 @@ impl Store {
                         "only the key's current secret can rotate it; this one was already replaced",
                     ));
                 }
+                // Every digest that pointed at the old record leaves the cache after the commit.
+                let mut dropped = vec![key.digest];
                 if let Some((older, _)) = key.previous.take() {
                     by_digest.remove(&older[..])?;
+                    dropped.push(older);
                 }
                 match grace_until {
                     Some(until) if until > now => key.previous = Some((key.digest, until)),
@@ -172,9 +197,10 @@ impl Store {
                 key.hint = new_hint.to_owned();
                 key.rotated_at = Some(now);
                 records.insert(id.as_bytes(), codec::encode(&key))?;
-                Ok(key)
+                Ok((key, dropped))
             })
-            .map_err(from_tx)
+            .map_err(from_tx);
+        self.forget_digests(result)
     }
 
     pub fn key_usage(&self, id: KeyId) -> StoreResult<Option<KeyUsage>> {

@@ -10,6 +10,7 @@ mod api_keys;
 mod audit;
 pub mod backup;
 mod bulk;
+mod cache;
 mod codec;
 pub mod keys;
 mod products;
@@ -76,12 +77,34 @@ pub const TREES: &[&str] = &[
     "counters",
 ];
 
+/// The record caches of the auth path, each bounded.
+pub(crate) struct Caches {
+    /// Keyed by the SHA-256 of a key's secret.
+    pub(crate) keys: cache::RecordCache<[u8; 32], ApiKeyRecord>,
+    pub(crate) users: cache::RecordCache<crate::domain::UserId, UserRecord>,
+    pub(crate) sessions: cache::RecordCache<crate::domain::SessionId, SessionRecord>,
+    pub(crate) tenants: cache::RecordCache<TenantId, TenantRecord>,
+}
+
+impl Caches {
+    fn new() -> Self {
+        Caches {
+            keys: cache::RecordCache::new(100_000),
+            users: cache::RecordCache::new(50_000),
+            sessions: cache::RecordCache::new(100_000),
+            tenants: cache::RecordCache::new(10_000),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     /// How many API-key digest lookups reached the store (lets tests prove that malformed keys
     /// never do, and is the seed of a future metrics endpoint).
     key_lookups: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Records the per-request auth path reads; see `cache.rs` for the coherence rule.
+    caches: std::sync::Arc<Caches>,
     path: PathBuf,
     pub(crate) meta: sled::Tree,
     pub(crate) tenants: sled::Tree,
@@ -137,6 +160,7 @@ impl Store {
             products_by_updated: tree("products_by_updated")?,
             counters: tree("counters")?,
             key_lookups: Default::default(),
+            caches: std::sync::Arc::new(Caches::new()),
             path,
             db,
         })
@@ -228,7 +252,7 @@ impl Store {
         F: Fn(&S) -> (S, bool),
     {
         use sled::Transactional;
-        (&self.lockout, &self.users)
+        let result = (&self.lockout, &self.users)
             .transaction(|(lockout, users)| {
                 let old: S = lockout
                     .get(email.as_bytes())?
@@ -246,7 +270,11 @@ impl Store {
                 }
                 Ok((old, new, locks))
             })
-            .map_err(from_tx)
+            .map_err(from_tx);
+        if let (Ok((_, _, true)), Some(uid)) = (&result, user) {
+            self.caches.users.invalidate(&uid);
+        }
+        result
     }
 
     pub fn lockout_clear(&self, email: &str) -> StoreResult<bool> {

@@ -57,7 +57,7 @@ impl Store {
         refresh_digest: &Digest,
         refresh: &RefreshRecord,
     ) -> StoreResult<()> {
-        (
+        let result = (
             &self.users,
             &self.sessions,
             &self.sessions_by_user,
@@ -81,7 +81,9 @@ impl Store {
                 tokens.insert(&refresh_digest[..], codec::encode(refresh))?;
                 Ok(())
             })
-            .map_err(from_tx)
+            .map_err(from_tx);
+        self.caches.sessions.invalidate(&session.id);
+        result
     }
 
     pub fn session(&self, id: SessionId) -> StoreResult<Option<SessionRecord>> {
@@ -89,6 +91,14 @@ impl Store {
             .get(id.as_bytes())?
             .map(|v| codec::decode(&v))
             .transpose()
+    }
+
+    /// `session`, through the coherent cache (the per-request path).
+    pub fn session_cached(
+        &self,
+        id: SessionId,
+    ) -> StoreResult<Option<std::sync::Arc<SessionRecord>>> {
+        self.caches.sessions.get_or_load(id, || self.session(id))
     }
 
     pub fn refresh_record(&self, digest: &Digest) -> StoreResult<Option<RefreshRecord>> {
@@ -105,7 +115,7 @@ impl Store {
         next_digest: &Digest,
         now: OffsetDateTime,
     ) -> StoreResult<SpendOutcome> {
-        (&self.refresh_tokens, &self.sessions)
+        let result = (&self.refresh_tokens, &self.sessions)
             .transaction(|(tokens, sessions)| {
                 let Some(bytes) = tokens.get(&digest[..])? else {
                     return Ok(SpendOutcome::Invalid);
@@ -134,7 +144,11 @@ impl Store {
                 sessions.insert(session.id.as_bytes(), codec::encode(&session))?;
                 Ok(SpendOutcome::Spent(session))
             })
-            .map_err(from_tx)
+            .map_err(from_tx);
+        if let Ok(SpendOutcome::Spent(session)) = &result {
+            self.caches.sessions.invalidate(&session.id);
+        }
+        result
     }
 
     /// Ends one session; its refresh tokens and access tokens die with it.
@@ -161,6 +175,7 @@ impl Store {
             }
             ended = Some(s);
         }
+        self.caches.sessions.invalidate(&id);
         Ok(ended)
     }
 

@@ -15,7 +15,7 @@ pub struct TenantRecord {
 impl Store {
     pub fn insert_tenant(&self, tenant: &TenantRecord) -> StoreResult<()> {
         let name_key = tenant.name.to_lowercase();
-        (&self.tenants, &self.tenant_by_name)
+        let result = (&self.tenants, &self.tenant_by_name)
             .transaction(|(tenants, by_name)| {
                 if by_name.get(name_key.as_bytes())?.is_some() {
                     return abort(StoreError::Duplicate("a tenant with this name"));
@@ -24,7 +24,9 @@ impl Store {
                 tenants.insert(tenant.id.as_bytes(), codec::encode(tenant))?;
                 Ok(())
             })
-            .map_err(from_tx)
+            .map_err(from_tx);
+        self.caches.tenants.invalidate(&tenant.id);
+        result
     }
 
     pub fn tenant(&self, id: TenantId) -> StoreResult<Option<TenantRecord>> {
@@ -32,6 +34,11 @@ impl Store {
             .get(id.as_bytes())?
             .map(|v| codec::decode(&v))
             .transpose()
+    }
+
+    /// `tenant`, through the coherent cache (the per-request path).
+    pub fn tenant_cached(&self, id: TenantId) -> StoreResult<Option<std::sync::Arc<TenantRecord>>> {
+        self.caches.tenants.get_or_load(id, || self.tenant(id))
     }
 
     pub fn tenant_by_name(&self, name: &str) -> StoreResult<Option<TenantRecord>> {

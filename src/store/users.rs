@@ -46,7 +46,7 @@ impl UserRecord {
 impl Store {
     /// Inserts a new user; the email must be free.
     pub fn insert_user(&self, user: &UserRecord) -> StoreResult<()> {
-        (&self.users, &self.user_by_email, &self.tenant_members)
+        let result = (&self.users, &self.user_by_email, &self.tenant_members)
             .transaction(|(users, by_email, members)| {
                 if by_email.get(user.email.as_bytes())?.is_some() {
                     return abort(StoreError::Duplicate("a user with this email"));
@@ -61,7 +61,9 @@ impl Store {
                 }
                 Ok(())
             })
-            .map_err(from_tx)
+            .map_err(from_tx);
+        self.caches.users.invalidate(&user.id);
+        result
     }
 
     pub fn user(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
@@ -69,6 +71,11 @@ impl Store {
             .get(id.as_bytes())?
             .map(|v| codec::decode(&v))
             .transpose()
+    }
+
+    /// `user`, through the coherent cache (the per-request path).
+    pub fn user_cached(&self, id: UserId) -> StoreResult<Option<std::sync::Arc<UserRecord>>> {
+        self.caches.users.get_or_load(id, || self.user(id))
     }
 
     pub fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
@@ -87,7 +94,7 @@ impl Store {
     where
         F: Fn(&mut UserRecord) -> Result<(), StoreError>,
     {
-        (&self.users, &self.tenant_members)
+        let result = (&self.users, &self.tenant_members)
             .transaction(|(users, members)| {
                 let Some(bytes) = users.get(id.as_bytes())? else {
                     return abort(StoreError::NotFound);
@@ -108,7 +115,9 @@ impl Store {
                 users.insert(id.as_bytes(), codec::encode(&user))?;
                 Ok(user)
             })
-            .map_err(from_tx)
+            .map_err(from_tx);
+        self.caches.users.invalidate(&id);
+        result
     }
 
     /// Bumps the user's token version (and sets a new password hash when given) in one
@@ -121,7 +130,7 @@ impl Store {
         keep: Option<crate::domain::SessionId>,
         now: OffsetDateTime,
     ) -> StoreResult<UserRecord> {
-        (&self.users, &self.sessions)
+        let result = (&self.users, &self.sessions)
             .transaction(|(users, sessions)| {
                 let Some(bytes) = users.get(id.as_bytes())? else {
                     return abort(StoreError::NotFound);
@@ -145,7 +154,12 @@ impl Store {
                 }
                 Ok(user)
             })
-            .map_err(from_tx)
+            .map_err(from_tx);
+        self.caches.users.invalidate(&id);
+        if let Some(sid) = keep {
+            self.caches.sessions.invalidate(&sid);
+        };
+        result
     }
 
     /// Members of a tenant, in user-id (creation) order.
