@@ -357,6 +357,12 @@ async fn seed(
 
 fn run_backup(data_dir: &Path, out: &Path) -> Result<(), StartError> {
     let dir = DataDir::open(data_dir, 16)?;
+    dir.store.verify_all().map_err(|e| {
+        fail(format!(
+            "the store in {} is damaged: {e}",
+            data_dir.display()
+        ))
+    })?;
     let tmp = out.with_extension("partial");
     let mut file = std::io::BufWriter::new(
         std::fs::File::options()

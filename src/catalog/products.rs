@@ -341,14 +341,13 @@ impl Catalog {
             // Keys are time-ordered ids: the page is a range walk, the total a counter.
             let items = self
                 .store
-                .products_in_order(ns, q.descending)
-                .skip(q.offset)
+                .products_in_order(ns, q.descending, q.offset)
                 .take(q.limit)
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok((items, self.store.product_count(ns)?));
         }
         let mut all = Vec::new();
-        for p in self.store.products_in_order(ns, false) {
+        for p in self.store.products_in_order(ns, false, 0) {
             let p = p?;
             if q.matches(&p) {
                 all.push(p);

@@ -291,11 +291,28 @@ impl Store {
         Ok(true)
     }
 
-    /// Decodes every value of every tree; used by `check` paths and tests to prove no record is
-    /// half-written.
+    /// Checks the version byte of every value of every tree (a damaged store is refused
+    /// before a backup copies it; tests use it to prove nothing is half-written).
     pub fn verify_all(&self) -> StoreResult<usize> {
+        self.verify_trees(TREES)
+    }
+
+    /// The quick check made at every open: the small trees every request depends on. The large
+    /// ones (keys, products, sessions) are checked in full by `verify_all`, which `backup` runs.
+    pub fn verify_core(&self) -> StoreResult<usize> {
+        self.verify_trees(&[
+            "meta",
+            "tenants",
+            "tenant_by_name",
+            "users",
+            "user_by_email",
+            "tenant_members",
+        ])
+    }
+
+    fn verify_trees(&self, names: &[&str]) -> StoreResult<usize> {
         let mut count = 0;
-        for name in TREES {
+        for name in names {
             for item in self.db.open_tree(name)?.iter() {
                 let (_, value) = item?;
                 codec::check_version(&value)?;

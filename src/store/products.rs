@@ -215,10 +215,13 @@ impl Store {
     }
 
     /// Products of the namespace in creation order (newest first when `newest_first`).
+    /// Skips `skip` products before decoding any, so a deep page costs a key walk, not a decode
+    /// of every record before it.
     pub fn products_in_order(
         &self,
         ns: Namespace,
         newest_first: bool,
+        skip: usize,
     ) -> Box<dyn Iterator<Item = StoreResult<ProductRecord>> + '_> {
         let iter = self.products.scan_prefix(keys::namespace(ns));
         let decode = |item: sled::Result<(sled::IVec, sled::IVec)>| -> StoreResult<ProductRecord> {
@@ -226,9 +229,9 @@ impl Store {
             codec::decode(&v)
         };
         if newest_first {
-            Box::new(iter.rev().map(decode))
+            Box::new(iter.rev().skip(skip).map(decode))
         } else {
-            Box::new(iter.map(decode))
+            Box::new(iter.skip(skip).map(decode))
         }
     }
 }
