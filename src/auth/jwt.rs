@@ -4,8 +4,10 @@
 //! and the user, so logout, password change and lock cut tokens off before they expire.
 use crate::domain::{SessionId, TenantId, UserId};
 use crate::error::{Error, ErrorKind};
+use crate::store::cache::RecordCache;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -33,6 +35,10 @@ pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// Tokens that passed the full check, by the SHA-256 of the whole token: a token seen again
+    /// skips the HMAC and the JSON passes. Expiry is still checked on every use, and the
+    /// session and user checks that make tokens revocable run on every request regardless.
+    verified: Arc<RecordCache<[u8; 32], Claims>>,
     pub ttl_seconds: i64,
 }
 
@@ -56,6 +62,7 @@ impl JwtKeys {
             encoding: EncodingKey::from_secret(secret).map_err(internal)?,
             decoding: DecodingKey::from_secret(secret).map_err(internal)?,
             validation,
+            verified: Arc::new(RecordCache::new(100_000)),
             ttl_seconds,
         })
     }
@@ -86,8 +93,9 @@ impl JwtKeys {
             .map_err(|e| Error::new(ErrorKind::Internal, "token signing failed").with_cause(e))
     }
 
-    /// Checks algorithm, type, signature, issuer, audience and lifetime.
-    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Claims, Error> {
+    /// Checks signature, algorithm, type, issuer and audience (everything that does not depend
+    /// on the time) with jsonwebtoken.
+    fn check_signature_and_claims(&self, token: &str) -> Result<Claims, Error> {
         // One decode: it checks the signature with HS256 only and hands back the header, whose
         // type we then require (so `alg: none`, other algorithms and foreign types all fail).
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
@@ -95,7 +103,16 @@ impl JwtKeys {
         if data.header.alg != Algorithm::HS256 || data.header.typ.as_deref() != Some(TOKEN_TYPE) {
             return Err(invalid("the access token has the wrong type or algorithm"));
         }
-        let claims = data.claims;
+        Ok(data.claims)
+    }
+
+    /// Checks algorithm, type, signature, issuer, audience and lifetime.
+    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Arc<Claims>, Error> {
+        let digest = crate::auth::secret::sha256(token.as_bytes());
+        let claims = self
+            .verified
+            .get_or_load(digest, || self.check_signature_and_claims(token).map(Some))?
+            .ok_or_else(|| invalid("the access token is invalid"))?;
         let now = now.unix_timestamp();
         if now >= claims.exp + LEEWAY_SECONDS {
             return Err(invalid("the access token has expired"));
@@ -172,6 +189,43 @@ mod tests {
                 .verify(&t, now() - time::Duration::seconds(61))
                 .is_err(),
             "issued in the future"
+        );
+    }
+
+    #[test]
+    fn a_cached_token_still_expires_and_its_signature_cannot_be_reused() {
+        let k = keys();
+        let t = k
+            .issue(
+                UserId::generate(),
+                TenantId::generate(),
+                SessionId::generate(),
+                0,
+                now(),
+            )
+            .unwrap();
+        assert!(k.verify(&t, now()).is_ok());
+        assert!(
+            k.verify(&t, now()).is_ok(),
+            "the second check comes from the cache"
+        );
+        let parts: Vec<&str> = t.split('.').collect();
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
+        claims["ver"] = 7.into();
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            B64.encode(claims.to_string()),
+            parts[2]
+        );
+        assert!(
+            k.verify(&forged, now()).is_err(),
+            "a cached token's signature does not carry over"
+        );
+        assert!(
+            k.verify(&t, now() + time::Duration::seconds(960)).is_err(),
+            "expiry is checked on every use"
         );
     }
 

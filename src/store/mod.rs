@@ -10,7 +10,7 @@ mod api_keys;
 mod audit;
 pub mod backup;
 mod bulk;
-mod cache;
+pub(crate) mod cache;
 mod codec;
 pub mod keys;
 mod products;
