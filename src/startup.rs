@@ -158,12 +158,14 @@ impl Application {
             .map_err(|e| other(format!("first start failed: {}", e.detail)))?;
         let catalog = web::Data::new(Catalog::new(store, clock));
         let limit = JsonLimit(settings.json_limit_bytes);
+        let tls_enabled = settings.tls.is_some();
         let app_auth = auth.clone();
         let http = HttpServer::new(move || {
             App::new()
                 .app_data(app_auth.clone())
                 .app_data(catalog.clone())
                 .app_data(limit)
+                .app_data(crate::web::Tls(tls_enabled))
                 .app_data(crate::api::query_config())
                 .app_data(crate::api::path_config())
                 .wrap(from_fn(crate::web::request_middleware))

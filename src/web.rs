@@ -214,7 +214,9 @@ fn after_key_request<B>(res: &mut ServiceResponse<B>) {
 
 fn set_security_headers<B>(res: &mut ServiceResponse<B>, request_id: &str) {
     let is_page = res.request().path().starts_with("/settings");
-    let secure = res.request().connection_info().scheme() == "https";
+    // The scheme is known when the server starts; asking the connection info would parse
+    // Forwarded/Host headers on every response.
+    let secure = res.request().app_data::<Tls>().is_some_and(|t| t.0);
     let headers = res.headers_mut();
     if let Ok(v) = HeaderValue::from_str(request_id) {
         headers.insert(HeaderName::from_static("x-request-id"), v);
@@ -244,6 +246,10 @@ fn set_security_headers<B>(res: &mut ServiceResponse<B>, request_id: &str) {
         );
     }
 }
+
+/// Whether this server speaks HTTPS (then responses carry HSTS).
+#[derive(Debug, Clone, Copy)]
+pub struct Tls(pub bool);
 
 /// Largest JSON body accepted (SPEC §3: 1 MiB unless configured).
 #[derive(Debug, Clone, Copy)]

@@ -35,7 +35,7 @@ struct PasswordRequest {
 
 #[derive(Serialize)]
 struct IdName {
-    id: String,
+    id: uuid::Uuid,
     name: String,
 }
 
@@ -47,7 +47,7 @@ struct UserRef {
 
 #[derive(Serialize)]
 struct KeyRef {
-    id: String,
+    id: uuid::Uuid,
     name: String,
     environment: &'static str,
 }
@@ -196,7 +196,7 @@ async fn me(principal: Principal, auth: web::Data<Auth>) -> Result<HttpResponse,
         Subject::ApiKey { id, name, .. } => (
             None,
             Some(KeyRef {
-                id: id.to_string(),
+                id: id.0,
                 name: name.clone(),
                 environment: principal.environment.as_str(),
             }),
@@ -206,7 +206,7 @@ async fn me(principal: Principal, auth: web::Data<Auth>) -> Result<HttpResponse,
     Ok(HttpResponse::Ok().json(MeResponse {
         user,
         tenant: IdName {
-            id: tenant.id.to_string(),
+            id: tenant.id.0,
             name: tenant.name.clone(),
         },
         role: principal.role.map(|r| r.as_str()),
