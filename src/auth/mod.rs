@@ -6,6 +6,7 @@ pub mod extractor;
 pub mod jwt;
 pub mod key_format;
 pub mod lockout;
+mod login;
 pub mod passwords;
 pub mod principal;
 pub mod rate_limit;

@@ -1,14 +1,14 @@
-//! Sessions: login, refresh with rotation and reuse detection, logout, password change, and the
-//! per-request check of access tokens.
-use super::lockout::{FailureOutcome, LockoutState};
+//! Sessions: refresh with rotation and reuse detection, logout, password change, and the
+//! per-request check of access tokens. Logging in is in `login.rs`.
+use super::lockout::LockoutState;
 use super::secret::{random_base62, sha256};
 use super::{Auth, Principal, SessionUser, Subject};
-use crate::domain::{Email, Environment, Invalid, SessionId, TenantId};
+use crate::domain::{Environment, Invalid, SessionId, TenantId};
 use crate::error::{Error, ErrorKind};
-use crate::store::{RefreshRecord, SessionRecord, SpendOutcome, UserRecord};
+use crate::store::{SessionRecord, SpendOutcome, UserRecord};
 use time::OffsetDateTime;
 
-const REFRESH_LEN: usize = 43; // 43 base62 characters ≈ 256 bits
+pub(super) const REFRESH_LEN: usize = 43; // 43 base62 characters ≈ 256 bits
 
 /// What a successful login or refresh hands back.
 pub struct Tokens {
@@ -30,11 +30,11 @@ fn invalid_token(detail: &str) -> Error {
     Error::new(ErrorKind::InvalidToken, detail)
 }
 
-fn invalid_credentials() -> Error {
+pub(super) fn invalid_credentials() -> Error {
     Error::new(ErrorKind::InvalidCredentials, "invalid email or password")
 }
 
-fn locked(seconds: u64) -> Error {
+pub(super) fn locked(seconds: u64) -> Error {
     Error::new(
         ErrorKind::AccountLocked,
         "too many failed logins: this account is locked for a while; retry later or ask an admin to unlock it",
@@ -47,88 +47,6 @@ impl Auth {
         s.revoked_at.is_none()
             && now < s.expires_at
             && now - s.last_seen_at < self.policy.session_idle
-    }
-
-    pub async fn login(
-        &self,
-        email: &str,
-        password: String,
-        client: &ClientInfo,
-    ) -> Result<Tokens, Error> {
-        let ip = client.ip.as_deref();
-        self.check_login_rate(ip.unwrap_or("unknown"))?;
-        let email = Email::normalize(email);
-        if email.is_empty() || email.len() > crate::domain::MAX_EMAIL_LEN {
-            return Err(Invalid::new("email", "must be an email address").into());
-        }
-        let state: LockoutState = self.store.lockout_get(&email)?.unwrap_or_default();
-        if let Some(left) = state.locked_for(self.now()) {
-            return Err(locked(left));
-        }
-        let user = self.store.user_by_email(&email)?;
-        let tenant = user.as_ref().and_then(UserRecord::default_tenant);
-        let ok = self
-            .passwords
-            .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
-            .await?;
-        match (ok, user) {
-            (true, Some(user)) => self.finish_login(&email, user, client).await,
-            (_, user) => {
-                let outcome = self.record_login_failure(
-                    &email,
-                    user.as_ref(),
-                    tenant,
-                    ip,
-                    "wrong email or password",
-                )?;
-                self.store.flush().await?;
-                match outcome {
-                    FailureOutcome::WhileLocked => Err(locked(self.lock_seconds_left(&email)?)),
-                    _ => Err(invalid_credentials()),
-                }
-            }
-        }
-    }
-
-    fn lock_seconds_left(&self, email: &str) -> Result<u64, Error> {
-        let state: LockoutState = self.store.lockout_get(email)?.unwrap_or_default();
-        Ok(state.locked_for(self.now()).unwrap_or(1))
-    }
-
-    /// Counts a failure for `email`. The failure that locks also bumps the user's token
-    /// version in the same transaction: every session and access token of theirs dies with it.
-    fn record_login_failure(
-        &self,
-        email: &str,
-        user: Option<&UserRecord>,
-        tenant: Option<TenantId>,
-        ip: Option<&str>,
-        why: &str,
-    ) -> Result<FailureOutcome, Error> {
-        let now = self.now();
-        let policy = self.policy.lockout;
-        let (old, _, locked_now) =
-            self.store
-                .lockout_transition(email, user.map(|u| u.id), |s: &LockoutState| {
-                    let (next, outcome) = s.record_failure(now, &policy);
-                    (next, outcome == FailureOutcome::JustLocked)
-                })?;
-        let (_, outcome) = old.record_failure(now, &policy);
-        self.audit(tenant, "login.failure", email, ip, why.to_owned());
-        if locked_now {
-            if let Some(user) = user {
-                // Already dead through the version bump; this only tidies the session list.
-                self.store.revoke_user_sessions(user.id, None, now)?;
-            }
-            self.audit(
-                tenant,
-                "account.locked",
-                email,
-                ip,
-                format!("locked for {} min", policy.lock_for.whole_minutes()),
-            );
-        }
-        Ok(outcome)
     }
 
     /// Changes the user's credentials (a new password hash, or none to only cut off) and ends
@@ -147,75 +65,7 @@ impl Auth {
         Ok(updated)
     }
 
-    async fn finish_login(
-        &self,
-        email: &str,
-        user: UserRecord,
-        client: &ClientInfo,
-    ) -> Result<Tokens, Error> {
-        let now = self.now();
-        let tenant = user
-            .default_tenant()
-            .ok_or_else(|| Error::forbidden("this user is not a member of any tenant"))?;
-        let session = SessionRecord {
-            id: SessionId::generate(),
-            user: user.id,
-            created_at: now,
-            last_seen_at: now,
-            expires_at: now + self.policy.session_max,
-            revoked_at: None,
-            ip: client.ip.clone(),
-            user_agent: client
-                .user_agent
-                .as_ref()
-                .map(|ua| ua.chars().take(200).collect()),
-            user_version: user.token_version,
-        };
-        let refresh = random_base62(REFRESH_LEN)?;
-        let record = RefreshRecord {
-            session: session.id,
-            parent: None,
-            issued_at: now,
-            spent_at: None,
-        };
-        // Refused if a password change or a lock happened while the hash ran.
-        match self.store.create_session(
-            &session,
-            &user.password_hash,
-            &sha256(refresh.as_bytes()),
-            &record,
-        ) {
-            Ok(()) => {}
-            Err(crate::store::StoreError::Conflict(_)) => {
-                return match self
-                    .store
-                    .lockout_get::<LockoutState>(email)?
-                    .and_then(|s| s.locked_for(now))
-                {
-                    Some(left) => Err(locked(left)),
-                    None => Err(invalid_credentials()),
-                };
-            }
-            Err(e) => return Err(e.into()),
-        }
-        // A success resets the failure count, but never lifts a lock set meanwhile.
-        self.store
-            .lockout_transition(email, None, |s: &LockoutState| match s.locked_for(now) {
-                Some(_) => (s.clone(), false),
-                None => (LockoutState::default(), false),
-            })?;
-        self.audit(
-            Some(tenant),
-            "login.success",
-            &format!("user:{email}"),
-            client.ip.as_deref(),
-            format!("session {}", session.id),
-        );
-        self.store.flush().await?;
-        self.tokens(&user, tenant, &session, refresh, now)
-    }
-
-    fn tokens(
+    pub(super) fn tokens(
         &self,
         user: &UserRecord,
         tenant: TenantId,
