@@ -1,5 +1,5 @@
 //! Tenants, users and roles: isolation by construction, X-Tenant-ID, and environments.
-use crate::helpers::{assert_problem, spawn_app};
+use crate::helpers::{Fetch, assert_problem, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -31,22 +31,14 @@ async fn a_superadmin_creates_a_tenant_and_becomes_its_admin() {
     assert_problem(dup, 409, "CONFLICT").await;
     let tenants: Value = app
         .with_token(Method::GET, "/api/v1/tenants", &admin.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert_eq!(tenants["total"], 2);
     let me: Value = app
         .with_token(Method::GET, "/api/v1/auth/me", &admin.token)
         .header("X-Tenant-ID", &acme)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert_eq!(me["tenant"]["name"], "acme");
 }
 
@@ -142,24 +134,16 @@ async fn a_key_never_leaves_its_tenant() {
         .await;
     let list: Value = app
         .with_key(Method::GET, "/api/v1/products", &default_key.raw)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert_eq!(
         list["total"], 0,
         "the default tenant does not see acme's product"
     );
     let keys: Value = app
         .with_token(Method::GET, "/api/v1/api-keys", &admin.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert_eq!(keys["total"], 1, "acme's key is not listed in default");
 }
 
@@ -190,34 +174,22 @@ async fn test_keys_and_live_keys_see_separate_catalogs() {
     for (key, name) in [(&live.raw, "Live pen"), (&test.raw, "Test pen")] {
         let list: Value = app
             .with_key(Method::GET, "/api/v1/products", key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .json_value()
+            .await;
         assert_eq!(list["total"], 1);
         assert_eq!(list["items"][0]["name"], name);
     }
     let me: Value = app
         .with_key(Method::GET, "/api/v1/auth/me", &test.raw)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert_eq!(me["environment"], "test");
     assert_eq!(me["auth"], "api_key");
     assert_eq!(me["key"]["environment"], "test");
     let session_view: Value = app
         .with_token(Method::GET, "/api/v1/products", &admin.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert_eq!(
         session_view["items"][0]["name"], "Live pen",
         "sessions see live data"
@@ -248,10 +220,8 @@ async fn roles_grant_their_scopes_and_only_admins_manage_keys_and_users() {
     );
     assert_eq!(
         app.with_token(Method::GET, "/api/v1/products", &viewer.token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+            .status_code()
+            .await,
         StatusCode::OK
     );
     for path in ["/api/v1/api-keys", "/api/v1/users", "/api/v1/audit-events"] {
@@ -306,22 +276,14 @@ async fn users_are_created_once_and_added_to_other_tenants() {
     let pat = app.login("pat@example.com", "a fine password 1").await;
     let tenants: Value = app
         .with_token(Method::GET, "/api/v1/tenants", &pat.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert_eq!(tenants["total"], 2);
     let me: Value = app
         .with_token(Method::GET, "/api/v1/auth/me", &pat.token)
         .header("X-Tenant-ID", &acme)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert_eq!(me["role"], "editor");
     let not_admin = app
         .with_token(

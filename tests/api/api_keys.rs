@@ -1,5 +1,5 @@
 //! API keys: format, storage, listing, rotation and revocation that bite on the next request.
-use crate::helpers::{Cred, assert_problem, spawn_app};
+use crate::helpers::{Cred, Fetch, assert_problem, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -218,12 +218,8 @@ async fn a_revoked_key_is_refused_at_once_stays_listed_and_cannot_be_rotated() {
             &format!("/api/v1/api-keys/{}", key.id),
             &admin.token,
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert!(one["revoked_at"].is_string());
     let rotate = app.rotate(&key.id, Cred::Token(&admin.token)).await;
     assert_problem(rotate, 409, "CONFLICT").await;
@@ -421,12 +417,8 @@ async fn last_used_is_recorded_but_not_for_refused_requests() {
             &format!("/api/v1/api-keys/{}", key.id),
             &admin.token,
         )
-        .send()
+        .json_value()
         .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()
     };
     assert_eq!(
         app.status_with_key(Method::POST, "/api/v1/products", &key.raw)
@@ -519,12 +511,8 @@ async fn expiry_is_answered_in_utc_and_creation_is_audited_with_the_address() {
     assert_eq!(body["expires_at"], "2027-02-01T10:00:00Z");
     let audit: Value = app
         .with_token(Method::GET, "/api/v1/audit-events", &admin.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     let created = audit["items"]
         .as_array()
         .unwrap()

@@ -1,6 +1,6 @@
 //! Bad input gets a clear 4xx in the SPEC §3 shape, never a 5xx; every protected route asks
 //! for credentials and for its scope.
-use crate::helpers::{assert_problem, spawn_app, spawn_app_with};
+use crate::helpers::{Fetch, assert_problem, spawn_app, spawn_app_with};
 use pixee_pim::config::ServeArgs;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -221,12 +221,8 @@ async fn oversized_bodies_are_413_and_nothing_is_written() {
     assert_problem(res, 413, "PAYLOAD_TOO_LARGE").await;
     let list: serde_json::Value = app
         .with_key(Method::GET, "/api/v1/products", &key.raw)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert_eq!(list["total"], 0);
 }
 

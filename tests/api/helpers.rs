@@ -245,6 +245,27 @@ impl TestApp {
     }
 }
 
+/// Sends a request and reads what the tests look at, panicking on transport errors.
+pub trait Fetch {
+    async fn json_value(self) -> Value;
+    async fn status_code(self) -> StatusCode;
+}
+
+impl Fetch for RequestBuilder {
+    async fn json_value(self) -> Value {
+        self.send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json body")
+    }
+
+    async fn status_code(self) -> StatusCode {
+        self.send().await.expect("request").status()
+    }
+}
+
 /// Which credential a request carries.
 #[derive(Debug, Clone, Copy)]
 pub enum Cred<'a> {

@@ -1,6 +1,6 @@
 //! Failed logins and lockout: no user enumeration, 423 with Retry-After, survives a restart,
 //! admins unlock, and a per-IP limit.
-use crate::helpers::{assert_problem, spawn_app, spawn_app_with};
+use crate::helpers::{Fetch, assert_problem, spawn_app, spawn_app_with};
 use pixee_pim::config::ServeArgs;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -104,10 +104,8 @@ async fn locking_cuts_off_the_users_sessions_at_once() {
     }
     assert_eq!(
         app.with_token(Method::GET, "/api/v1/auth/me", &s.token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+            .status_code()
+            .await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
@@ -149,12 +147,8 @@ async fn an_admin_unlocks_a_locked_member_and_it_is_audited() {
     );
     let users: Value = app
         .with_token(Method::GET, "/api/v1/users", &admin.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     let listed = users["items"]
         .as_array()
         .unwrap()
@@ -185,12 +179,8 @@ async fn an_admin_unlocks_a_locked_member_and_it_is_audited() {
             "/api/v1/audit-events?per_page=100",
             &admin.token,
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     let kinds: Vec<&str> = audit["items"]
         .as_array()
         .unwrap()

@@ -1,5 +1,5 @@
 //! The product catalog behind the keys: CRUD, EAN rules, listing, bulk delete.
-use crate::helpers::{assert_problem, spawn_app};
+use crate::helpers::{Fetch, assert_problem, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -23,23 +23,15 @@ async fn a_product_is_created_read_patched_replaced_and_deleted() {
     let path = format!("/api/v1/products/{id}");
     let got: Value = app
         .with_key(Method::GET, &path, &key.raw)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert_eq!(got, created);
 
     let patched: Value = app
         .with_key(Method::PATCH, &path, &key.raw)
         .json(&json!({"price": 2.25, "sku": null}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert_eq!(patched["price"], 2.25);
     assert!(patched["sku"].is_null());
     assert_eq!(patched["name"], "Pen", "untouched fields stay");
@@ -48,12 +40,8 @@ async fn a_product_is_created_read_patched_replaced_and_deleted() {
     let replaced: Value = app
         .with_key(Method::PUT, &path, &key.raw)
         .json(&json!({"ean": "96385074", "name": "Pencil"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert_eq!(replaced["ean"], "96385074");
     assert!(
         replaced["price"].is_null() && replaced["reference"].is_null(),
@@ -150,12 +138,8 @@ async fn concurrent_creations_of_one_ean_give_exactly_one_201() {
     );
     let list: Value = app
         .with_key(Method::GET, "/api/v1/products", &key.raw)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert_eq!(list["total"], 1);
 }
 
@@ -183,12 +167,8 @@ async fn lists_page_filter_search_and_sort() {
     let (app, key) = (&app, &key);
     let get = |q: &'static str| async move {
         app.with_key(Method::GET, &format!("/api/v1/products?{q}"), &key.raw)
-            .send()
+            .json_value()
             .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
     };
     let page2 = get("per_page=2&page=2").await;
     assert_eq!(

@@ -1,6 +1,6 @@
 //! Sessions: login, the refresh cookie, rotation with reuse detection, and everything that
 //! cuts access tokens off at once.
-use crate::helpers::{assert_problem, refresh_cookie, spawn_app};
+use crate::helpers::{Fetch, assert_problem, refresh_cookie, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -27,12 +27,8 @@ async fn login_returns_a_bearer_token_and_a_strict_refresh_cookie() {
     let token = body["access_token"].as_str().unwrap();
     let me: Value = app
         .with_token(Method::GET, "/api/v1/auth/me", token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert_eq!(me["auth"], "jwt");
     assert_eq!(me["user"]["email"], app.admin_email.as_str());
     assert_eq!(me["tenant"]["name"], "default");
@@ -66,10 +62,8 @@ async fn refresh_needs_only_the_cookie_and_rotates_it() {
         .to_owned();
     assert_eq!(
         app.with_token(Method::GET, "/api/v1/auth/me", &token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+            .status_code()
+            .await,
         StatusCode::OK
     );
     assert_eq!(
@@ -168,12 +162,8 @@ async fn reusing_a_spent_refresh_token_ends_the_whole_session() {
     let admin = app.admin().await;
     let audit: Value = app
         .with_token(Method::GET, "/api/v1/audit-events", &admin.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert!(
         audit["items"]
             .as_array()
@@ -199,10 +189,8 @@ async fn logout_ends_the_session_and_its_access_token_at_once() {
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
     assert_eq!(
         app.with_token(Method::GET, "/api/v1/auth/me", &session.token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+            .status_code()
+            .await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
@@ -211,10 +199,8 @@ async fn logout_ends_the_session_and_its_access_token_at_once() {
     );
     assert_eq!(
         app.with_token(Method::GET, "/api/v1/auth/me", &other.token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+            .status_code()
+            .await,
         StatusCode::OK,
         "other sessions live on"
     );
@@ -234,10 +220,8 @@ async fn logout_all_ends_every_session_of_the_user() {
     for s in [&a, &b] {
         assert_eq!(
             app.with_token(Method::GET, "/api/v1/auth/me", &s.token)
-                .send()
-                .await
-                .unwrap()
-                .status(),
+                .status_code()
+                .await,
             StatusCode::UNAUTHORIZED
         );
         assert_eq!(
@@ -266,19 +250,15 @@ async fn a_password_change_cuts_off_every_earlier_token_but_keeps_the_callers_se
         .to_owned();
     assert_eq!(
         app.with_token(Method::GET, "/api/v1/auth/me", &mine.token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+            .status_code()
+            .await,
         StatusCode::UNAUTHORIZED,
         "the caller's old token"
     );
     assert_eq!(
         app.with_token(Method::GET, "/api/v1/auth/me", &other.token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+            .status_code()
+            .await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
@@ -288,10 +268,8 @@ async fn a_password_change_cuts_off_every_earlier_token_but_keeps_the_callers_se
     );
     assert_eq!(
         app.with_token(Method::GET, "/api/v1/auth/me", &fresh)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+            .status_code()
+            .await,
         StatusCode::OK
     );
     assert_eq!(
@@ -343,10 +321,8 @@ async fn access_tokens_expire_after_fifteen_minutes_plus_skew() {
     app.clock.advance(time::Duration::seconds(900 + 59));
     assert_eq!(
         app.with_token(Method::GET, "/api/v1/auth/me", &s.token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+            .status_code()
+            .await,
         StatusCode::OK
     );
     app.clock.advance(time::Duration::seconds(2));
@@ -399,12 +375,8 @@ async fn sessions_can_be_listed_and_ended_one_by_one() {
     let other = app.admin().await;
     let list: Value = app
         .with_token(Method::GET, "/api/v1/auth/sessions", &mine.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert_eq!(list["total"], 2);
     let items = list["items"].as_array().unwrap();
     assert_eq!(items.iter().filter(|s| s["current"] == true).count(), 1);
@@ -426,10 +398,8 @@ async fn sessions_can_be_listed_and_ended_one_by_one() {
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     assert_eq!(
         app.with_token(Method::GET, "/api/v1/auth/me", &other.token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+            .status_code()
+            .await,
         StatusCode::UNAUTHORIZED
     );
     let again = app
