@@ -274,15 +274,8 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, Error>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req.app_data::<JsonLimit>().map_or(1 << 20, |l| l.0);
-        let is_json = req.mime_type().ok().flatten().is_some_and(|m| {
-            m.essence_str() == "application/json" || m.suffix().is_some_and(|s| s == "json")
-        });
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
+        let (limit, declared) = body_limits(req);
+        let is_json = is_json(req);
         let mut payload = payload.take();
         Box::pin(async move {
             let bytes = read_limited(&mut payload, limit, declared).await?;
@@ -297,7 +290,39 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     }
 }
 
-pub(crate) async fn read_limited<S>(
+/// Whether the request declares a JSON body (`application/json` or a `+json` type).
+pub fn is_json(req: &HttpRequest) -> bool {
+    req.mime_type().ok().flatten().is_some_and(|m| {
+        m.essence_str() == "application/json" || m.suffix().is_some_and(|s| s == "json")
+    })
+}
+
+/// The configured JSON limit and the declared Content-Length, if any.
+fn body_limits(req: &HttpRequest) -> (usize, Option<usize>) {
+    let limit = req.app_data::<JsonLimit>().map_or(1 << 20, |l| l.0);
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    (limit, declared)
+}
+
+/// A body that may be absent: empty (or only whitespace) means `T::default()`, anything else
+/// must be JSON of `T`. Same size limit and error shapes as [`JsonBody`].
+pub async fn read_optional_json<T: DeserializeOwned + Default>(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<T, Error> {
+    let (limit, declared) = body_limits(req);
+    let bytes = read_limited(&mut payload, limit, declared).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse_json(&bytes)
+}
+
+async fn read_limited<S>(
     payload: &mut S,
     limit: usize,
     declared: Option<usize>,

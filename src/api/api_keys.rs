@@ -170,7 +170,7 @@ async fn rotate_key(
             None
         }
     };
-    let body = read_optional_json::<RotateKey>(&req, body).await?;
+    let body = crate::web::read_optional_json::<RotateKey>(&req, body).await?;
     if body.grace_seconds > MAX_GRACE_SECONDS {
         return Err(Invalid::new("grace_seconds", "must be between 0 and 86400").into());
     }
@@ -189,21 +189,6 @@ async fn rotate_key(
         actix_web::http::StatusCode::OK,
         key_out(&auth, issued.record, Some(issued.raw)),
     ))
-}
-
-/// A body that may be absent: empty means defaults; otherwise it must be JSON.
-async fn read_optional_json<T: serde::de::DeserializeOwned + Default>(
-    req: &HttpRequest,
-    mut body: web::Payload,
-) -> Result<T, Error> {
-    let limit = req
-        .app_data::<crate::web::JsonLimit>()
-        .map_or(1 << 20, |l| l.0);
-    let bytes = crate::web::read_limited(&mut body, limit, None).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    crate::web::parse_json(&bytes)
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

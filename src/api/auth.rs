@@ -4,10 +4,10 @@ use crate::auth::sessions::{ClientInfo, Tokens};
 use crate::auth::{Auth, Principal, Subject};
 use crate::domain::SessionId;
 use crate::error::{Error, ErrorKind};
-use crate::web::{JsonBody, JsonLimit, read_limited};
+use crate::web::{JsonBody, is_json, read_optional_json};
 use actix_web::cookie::{Cookie, SameSite, time::Duration as CookieDuration};
 use actix_web::http::header;
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -132,25 +132,16 @@ async fn login(
 /// cannot send it; the body may be empty or `{}`.
 async fn refresh(
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     auth: web::Data<Auth>,
 ) -> Result<HttpResponse, Error> {
-    let is_json = req
-        .mime_type()
-        .ok()
-        .flatten()
-        .is_some_and(|m| m.essence_str() == "application/json");
-    if !is_json {
+    if !is_json(&req) {
         return Err(Error::new(
             ErrorKind::UnsupportedMediaType,
             "refresh needs Content-Type: application/json",
         ));
     }
-    let limit = req.app_data::<JsonLimit>().map_or(1 << 20, |l| l.0);
-    let body = read_limited(&mut payload, limit, None).await?;
-    if !body.iter().all(u8::is_ascii_whitespace) {
-        crate::web::parse_json::<serde_json::Map<String, serde_json::Value>>(&body)?;
-    }
+    read_optional_json::<serde_json::Map<String, serde_json::Value>>(&req, payload).await?;
     let cookie = req
         .cookie(REFRESH_COOKIE)
         .ok_or_else(|| Error::new(ErrorKind::InvalidToken, "no refresh token cookie was sent"))?;

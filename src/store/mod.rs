@@ -18,11 +18,10 @@ mod sessions;
 mod tenants;
 mod users;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use api_keys::{ApiKeyRecord, KeyUsage};
 pub use audit::AuditEvent;
-pub use codec::{decode, encode};
 pub use products::ProductRecord;
 pub use sessions::{RefreshRecord, SessionRecord, SpendOutcome};
 pub use tenants::TenantRecord;
@@ -105,7 +104,6 @@ pub struct Store {
     key_lookups: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Records the per-request auth path reads; see `cache.rs` for the coherence rule.
     caches: std::sync::Arc<Caches>,
-    path: PathBuf,
     pub(crate) meta: sled::Tree,
     pub(crate) tenants: sled::Tree,
     pub(crate) tenant_by_name: sled::Tree,
@@ -161,7 +159,6 @@ impl Store {
             counters: tree("counters")?,
             key_lookups: Default::default(),
             caches: std::sync::Arc::new(Caches::new()),
-            path,
             db,
         })
     }
@@ -173,10 +170,6 @@ impl Store {
     pub(crate) fn count_key_lookup(&self) {
         self.key_lookups
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     pub(crate) fn db(&self) -> &sled::Db {

@@ -104,6 +104,19 @@ fn insecure_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Creates a products:read key with an admin token; returns the 201 body (with `key`).
+async fn create_key(base: &str, token: &str, name: &str) -> Value {
+    let res = insecure_client()
+        .post(format!("{base}/api/v1/api-keys"))
+        .bearer_auth(token)
+        .json(&json!({"name": name, "scopes": ["products:read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    res.json().await.unwrap()
+}
+
 async fn login(base: &str, email: &str, password: &str) -> String {
     let res = insecure_client()
         .post(format!("{base}/api/v1/auth/login"))
@@ -157,16 +170,7 @@ async fn logs_name_the_request_but_never_a_secret() {
     .await;
     let token = login(&server.base, "admin@localhost", "log test password 9").await;
     let client = insecure_client();
-    let key: Value = client
-        .post(format!("{}/api/v1/api-keys", server.base))
-        .bearer_auth(&token)
-        .json(&json!({"name": "k", "scopes": ["products:read"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let key: Value = create_key(&server.base, &token, "k").await;
     let raw = key["key"].as_str().unwrap();
     client
         .get(format!("{}/api/v1/products?x={raw}", server.base))
@@ -319,26 +323,8 @@ async fn confirmed_key_writes_survive_kill_9() {
 
     let mut server = serve(dir.path(), &[], &envs).await;
     let token = login(&server.base, "admin@localhost", "durability pass 1").await;
-    let created: Value = client
-        .post(format!("{}/api/v1/api-keys", server.base))
-        .bearer_auth(&token)
-        .json(&json!({"name": "durable", "scopes": ["products:read"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let victim: Value = client
-        .post(format!("{}/api/v1/api-keys", server.base))
-        .bearer_auth(&token)
-        .json(&json!({"name": "victim", "scopes": ["products:read"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created: Value = create_key(&server.base, &token, "durable").await;
+    let victim: Value = create_key(&server.base, &token, "victim").await;
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 

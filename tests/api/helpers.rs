@@ -154,6 +154,13 @@ impl TestApp {
         }
     }
 
+    /// Sends `n` logins with a wrong password, whatever they answer.
+    pub async fn fail_logins(&self, email: &str, wrong_password: &str, n: usize) {
+        for _ in 0..n {
+            self.login_raw(email, wrong_password).await;
+        }
+    }
+
     pub async fn admin(&self) -> Session {
         self.login(&self.admin_email, &self.admin_password).await
     }

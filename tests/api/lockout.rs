@@ -50,9 +50,8 @@ async fn known_and_unknown_emails_get_identical_answers_through_the_lock() {
 #[actix_web::test]
 async fn a_locked_account_refuses_even_the_right_password_until_the_lock_ends() {
     let app = spawn_app().await;
-    for _ in 0..5 {
-        app.login_raw(&app.admin_email, "wrong password!").await;
-    }
+    app.fail_logins(&app.admin_email, "wrong password!", 5)
+        .await;
     let res = app.login_raw(&app.admin_email, &app.admin_password).await;
     assert_eq!(res.headers()["retry-after"], "900");
     assert_problem(res, 423, "ACCOUNT_LOCKED").await;
@@ -75,9 +74,8 @@ async fn a_locked_account_refuses_even_the_right_password_until_the_lock_ends() 
 #[actix_web::test]
 async fn a_success_resets_the_failure_count() {
     let app = spawn_app().await;
-    for _ in 0..4 {
-        app.login_raw(&app.admin_email, "wrong password!").await;
-    }
+    app.fail_logins(&app.admin_email, "wrong password!", 4)
+        .await;
     app.admin().await;
     for _ in 0..4 {
         assert_eq!(
@@ -99,9 +97,8 @@ async fn a_success_resets_the_failure_count() {
 async fn locking_cuts_off_the_users_sessions_at_once() {
     let app = spawn_app().await;
     let s = app.admin().await;
-    for _ in 0..5 {
-        app.login_raw(&app.admin_email, "wrong password!").await;
-    }
+    app.fail_logins(&app.admin_email, "wrong password!", 5)
+        .await;
     assert_eq!(
         app.with_token(Method::GET, "/api/v1/auth/me", &s.token)
             .status_code()
@@ -117,9 +114,8 @@ async fn locking_cuts_off_the_users_sessions_at_once() {
 #[actix_web::test]
 async fn a_lock_survives_a_restart() {
     let app = spawn_app().await;
-    for _ in 0..5 {
-        app.login_raw(&app.admin_email, "wrong password!").await;
-    }
+    app.fail_logins(&app.admin_email, "wrong password!", 5)
+        .await;
     let app = app.restart().await;
     assert_problem(
         app.login_raw(&app.admin_email, &app.admin_password).await,
@@ -136,9 +132,8 @@ async fn an_admin_unlocks_a_locked_member_and_it_is_audited() {
     let user = app
         .create_user(&admin.token, "ed@example.com", "editor")
         .await;
-    for _ in 0..5 {
-        app.login_raw("ed@example.com", "wrong password!").await;
-    }
+    app.fail_logins("ed@example.com", "wrong password!", 5)
+        .await;
     assert_eq!(
         app.login_raw("ed@example.com", "a fine password 1")
             .await

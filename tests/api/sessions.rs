@@ -54,6 +54,7 @@ async fn refresh_needs_only_the_cookie_and_rotates_it() {
     let session = app.admin().await;
     let res = app.refresh(&session.refresh).await;
     assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["cache-control"], "no-store");
     let next = refresh_cookie(&res).unwrap();
     assert_ne!(next, session.refresh);
     let token = res.json::<Value>().await.unwrap()["access_token"]
