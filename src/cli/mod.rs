@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod maintenance;
-use maintenance::{run_backup, run_restore, seed};
+use maintenance::{run_backup, run_check, run_restore, seed};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +48,8 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Check that every record decodes and every index agrees (the server must be stopped)
+    Check,
     /// Load a backup into an empty data dir
     Restore {
         #[arg(long)]
@@ -133,6 +135,7 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
         Command::Serve(args) => serve(cli.data_dir, args).await,
         Command::Backup { out } => run_backup(&cli.data_dir, &out),
         Command::Restore { from } => run_restore(&cli.data_dir, &from),
+        Command::Check => run_check(&cli.data_dir),
         other => admin(cli.data_dir, other).await,
     }
 }
@@ -329,7 +332,7 @@ async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
             };
             seed(&auth, &tenant, env, keys, products).await?;
         }
-        Command::Serve(_) | Command::Backup { .. } | Command::Restore { .. } => {}
+        Command::Serve(_) | Command::Backup { .. } | Command::Restore { .. } | Command::Check => {}
     }
     Ok(())
 }

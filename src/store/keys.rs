@@ -54,8 +54,13 @@ pub fn pair(a: &[u8; 16], b: &[u8; 16]) -> [u8; 32] {
 }
 
 pub fn ns_updated(ns: Namespace, updated_nanos: i128, id: &[u8; 16]) -> [u8; 49] {
+    updated_key(&namespace(ns), updated_nanos, id)
+}
+
+/// `ns_updated` from the namespace's bytes (the integrity check reads them off product keys).
+pub fn updated_key(ns: &[u8], updated_nanos: i128, id: &[u8]) -> [u8; 49] {
     let mut out = [0u8; 49];
-    out[..17].copy_from_slice(&namespace(ns));
+    out[..17].copy_from_slice(ns);
     // Flip the sign bit so negative times still sort before positive ones.
     let ordered = (updated_nanos as u128) ^ (1u128 << 127);
     out[17..33].copy_from_slice(&ordered.to_be_bytes());

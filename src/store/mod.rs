@@ -11,6 +11,7 @@ mod audit;
 pub mod backup;
 mod bulk;
 pub(crate) mod cache;
+mod check;
 mod codec;
 pub mod keys;
 mod products;
@@ -22,6 +23,7 @@ use std::path::Path;
 
 pub use api_keys::{ApiKeyRecord, KeyUsage};
 pub use audit::AuditEvent;
+pub use check::CheckReport;
 pub use products::ProductRecord;
 pub use sessions::{RefreshRecord, SessionRecord, SpendOutcome};
 pub use tenants::TenantRecord;
@@ -284,14 +286,8 @@ impl Store {
         Ok(true)
     }
 
-    /// Checks the version byte of every value of every tree (a damaged store is refused
-    /// before a backup copies it; tests use it to prove nothing is half-written).
-    pub fn verify_all(&self) -> StoreResult<usize> {
-        self.verify_trees(TREES)
-    }
-
     /// The quick check made at every open: the small trees every request depends on. The large
-    /// ones (keys, products, sessions) are checked in full by `verify_all`, which `backup` runs.
+    /// ones (keys, products, sessions) are checked in full by `check_integrity`, which `backup` and `check` run.
     pub fn verify_core(&self) -> StoreResult<usize> {
         self.verify_trees(&[
             "meta",
