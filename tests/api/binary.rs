@@ -17,10 +17,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Server {
-    child: Child,
-    pub base: String,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+    pub(crate) stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Drop for Server {
@@ -30,7 +30,7 @@ impl Drop for Server {
     }
 }
 
-fn cli(dir: &Path) -> Command {
+pub(crate) fn cli(dir: &Path) -> Command {
     let mut c = Command::new(BIN);
     c.env_remove("PIXEE_ADMIN_PASSWORD")
         .env("PIXEE_DATA_DIR", dir)
@@ -39,7 +39,7 @@ fn cli(dir: &Path) -> Command {
 }
 
 /// Starts `serve` and waits until /healthz answers.
-async fn serve(dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
+pub(crate) async fn serve(dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
     let port = free_port();
     let mut cmd = cli(dir);
     cmd.arg("serve")
@@ -97,7 +97,7 @@ async fn serve(dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
     }
 }
 
-fn insecure_client() -> reqwest::Client {
+pub(crate) fn insecure_client() -> reqwest::Client {
     reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .build()
@@ -105,7 +105,7 @@ fn insecure_client() -> reqwest::Client {
 }
 
 /// Creates a products:read key with an admin token; returns the 201 body (with `key`).
-async fn create_key(base: &str, token: &str, name: &str) -> Value {
+pub(crate) async fn create_key(base: &str, token: &str, name: &str) -> Value {
     let res = insecure_client()
         .post(format!("{base}/api/v1/api-keys"))
         .bearer_auth(token)
@@ -117,7 +117,7 @@ async fn create_key(base: &str, token: &str, name: &str) -> Value {
     res.json().await.unwrap()
 }
 
-async fn login(base: &str, email: &str, password: &str) -> String {
+pub(crate) async fn login(base: &str, email: &str, password: &str) -> String {
     let res = insecure_client()
         .post(format!("{base}/api/v1/auth/login"))
         .json(&json!({"email": email, "password": password}))

@@ -6,6 +6,7 @@ mod accounts;
 mod api_keys;
 mod binary;
 mod browser;
+mod crash;
 mod errors;
 mod lockout;
 mod openapi;
