@@ -1,5 +1,5 @@
 //! API keys: format, storage, listing, rotation and revocation that bite on the next request.
-use crate::helpers::{Cred, Fetch, assert_problem, spawn_app};
+use crate::helpers::{Cred, Fetch, TestApp, assert_problem, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -255,97 +255,109 @@ async fn an_expired_key_is_refused() {
     );
 }
 
-#[actix_web::test]
-async fn revocation_bites_while_64_concurrent_requests_use_the_key() {
-    let app = spawn_app().await;
-    let (admin, key) = app.admin_and_key(&["products:read"]).await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+/// 64 readers use `raw` in a loop while `action` runs; each request notes when it was sent.
+/// Returns (requests sent before the action's response arrived that succeeded, statuses of the
+/// requests sent after it).
+async fn hammer_while<F, Fut>(app: &TestApp, raw: &str, action: F) -> (usize, Vec<StatusCode>)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
     for _ in 0..64 {
         let (client, url, raw, stop) = (
             app.client.clone(),
             app.url("/api/v1/auth/me"),
-            key.raw.clone(),
+            raw.to_owned(),
             stop.clone(),
         );
         readers.push(actix_web::rt::spawn(async move {
-            let mut seen_ok = 0;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let s = client
-                    .get(&url)
-                    .header("X-API-Key", &raw)
-                    .send()
-                    .await
-                    .map(|r| r.status());
-                if s.is_ok_and(|s| s == StatusCode::OK) {
-                    seen_ok += 1;
-                }
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let sent = Instant::now();
+                let res = client.get(&url).header("X-API-Key", &raw).send().await;
+                seen.push((sent, res.expect("request").status()));
             }
-            seen_ok
+            seen
         }));
     }
-    actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
-    let res = app
-        .with_token(
-            Method::DELETE,
-            &format!("/api/v1/api-keys/{}", key.id),
-            &admin.token,
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    // Every request sent after the revocation was answered must be refused.
-    let mut after = Vec::new();
-    for _ in 0..64 {
-        after.push(
-            app.with_key(Method::GET, "/api/v1/auth/me", &key.raw)
-                .send(),
-        );
-    }
-    for r in futures_util::future::join_all(after).await {
-        assert_eq!(r.unwrap().status(), StatusCode::UNAUTHORIZED);
-    }
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let mut total_ok = 0;
+    actix_web::rt::time::sleep(Duration::from_millis(150)).await;
+    action().await;
+    let answered = Instant::now();
+    actix_web::rt::time::sleep(Duration::from_millis(150)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok_before, mut after) = (0, Vec::new());
     for r in readers {
-        total_ok += r.await.unwrap();
+        for (sent, status) in r.await.unwrap() {
+            if sent > answered {
+                after.push(status);
+            } else if status == StatusCode::OK {
+                ok_before += 1;
+            }
+        }
     }
+    (ok_before, after)
+}
+
+fn assert_all_refused_after(ok_before: usize, after: &[StatusCode]) {
+    assert!(ok_before > 0, "the readers were really using the key");
+    assert!(after.len() >= 64, "readers kept going: {}", after.len());
+    let wrong: Vec<_> = after
+        .iter()
+        .filter(|s| **s != StatusCode::UNAUTHORIZED)
+        .collect();
     assert!(
-        total_ok > 0,
-        "the readers were really using the key before the revocation"
+        wrong.is_empty(),
+        "{} of {} requests sent after the response were not refused: {wrong:?}",
+        wrong.len(),
+        after.len()
     );
+}
+
+#[actix_web::test]
+async fn revocation_bites_while_64_concurrent_requests_use_the_key() {
+    let app = spawn_app().await;
+    let (admin, key) = app.admin_and_key(&["products:read"]).await;
+    let (ok_before, after) = hammer_while(&app, &key.raw, || async {
+        let res = app
+            .with_token(
+                Method::DELETE,
+                &format!("/api/v1/api-keys/{}", key.id),
+                &admin.token,
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    })
+    .await;
+    assert_all_refused_after(ok_before, &after);
 }
 
 #[actix_web::test]
 async fn rotation_bites_while_64_concurrent_requests_use_the_key() {
     let app = spawn_app().await;
     let (admin, key) = app.admin_and_key(&["products:read"]).await;
-    let mut burst = Vec::new();
-    for _ in 0..64 {
-        burst.push(
-            app.with_key(Method::GET, "/api/v1/auth/me", &key.raw)
-                .send(),
-        );
-    }
-    let rotate = app.rotate(&key.id, Cred::Token(&admin.token));
-    let (burst, rotated) =
-        futures_util::future::join(futures_util::future::join_all(burst), rotate).await;
-    assert_eq!(rotated.status(), StatusCode::OK);
-    for r in burst {
-        let s = r.unwrap().status();
-        assert!(s == StatusCode::OK || s == StatusCode::UNAUTHORIZED, "{s}");
-    }
-    let mut after = Vec::new();
-    for _ in 0..64 {
-        after.push(
-            app.with_key(Method::GET, "/api/v1/auth/me", &key.raw)
-                .send(),
-        );
-    }
-    for r in futures_util::future::join_all(after).await {
-        assert_eq!(r.unwrap().status(), StatusCode::UNAUTHORIZED);
-    }
+    let new = std::cell::RefCell::new(String::new());
+    let (ok_before, after) = hammer_while(&app, &key.raw, || async {
+        let res = app.rotate(&key.id, Cred::Token(&admin.token)).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        *new.borrow_mut() = res.json::<Value>().await.unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    })
+    .await;
+    assert_all_refused_after(ok_before, &after);
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/auth/me", &new.borrow())
+            .await,
+        StatusCode::OK,
+        "the new secret works"
+    );
 }
 
 #[actix_web::test]
@@ -468,6 +480,46 @@ async fn concurrent_rotations_leave_exactly_one_working_secret() {
         }
     }
     assert_eq!(working, 1);
+}
+
+/// The key rotating itself from 8 connections at once: one wins; every loser gets a clear SPEC
+/// error (401 if the winner's commit came first, 409 if it raced the transaction itself).
+#[actix_web::test]
+async fn concurrent_self_rotations_have_one_winner_and_clear_answers_for_the_losers() {
+    let app = spawn_app().await;
+    let (_, key) = app.admin_and_key(&["products:read"]).await;
+    let rotations: Vec<_> = (0..8)
+        .map(|_| app.rotate(&key.id, Cred::Key(&key.raw)))
+        .collect();
+    let mut winners = Vec::new();
+    for r in futures_util::future::join_all(rotations).await {
+        match r.status().as_u16() {
+            200 => winners.push(
+                r.json::<Value>().await.unwrap()["key"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            ),
+            401 => {
+                assert_problem(r, 401, "INVALID_API_KEY").await;
+            }
+            409 => {
+                assert_problem(r, 409, "CONFLICT").await;
+            }
+            other => panic!("a losing rotation answered {other}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one rotation wins");
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/products", &winners[0])
+            .await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/products", &key.raw)
+            .await,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[actix_web::test]
