@@ -98,6 +98,32 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 512, failure_persistence: None, ..Default::default()
+        })]
+
+        /// Any input: no panic, and an accepted one has the published shape.
+        #[test]
+        fn parse_accepts_only_the_published_shape(raw in "(pm_(live|test)_)?.{0,50}") {
+            if let Some(env) = parse(&raw) {
+                proptest::prop_assert_eq!(raw.len(), KEY_LEN);
+                proptest::prop_assert!(raw.starts_with(prefix(env)));
+                proptest::prop_assert!(raw[8..].bytes().all(|b| b.is_ascii_alphanumeric()));
+            }
+        }
+
+        /// Any one character of a real key replaced by any other base62 character is caught.
+        #[test]
+        fn any_substitution_in_a_real_key_is_refused(i in 8..KEY_LEN, c in "[0-9A-Za-z]") {
+            let key = generate(Environment::Test).unwrap().raw;
+            let mut changed = key.clone();
+            changed.replace_range(i..=i, &c);
+            proptest::prop_assume!(changed != key);
+            proptest::prop_assert_eq!(parse(&changed), None);
+        }
+    }
+
     #[test]
     fn wrong_prefix_length_and_alphabet_are_refused() {
         let key = generate(Environment::Test).unwrap().raw;

@@ -8,6 +8,7 @@ mod binary;
 mod browser;
 mod crash;
 mod errors;
+mod hostile;
 mod lockout;
 mod openapi;
 mod products;
