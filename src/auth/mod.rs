@@ -223,7 +223,7 @@ impl Auth {
 }
 
 /// The `X-Tenant-ID` header: absent, or a tenant id; anything else is a 400.
-pub(crate) fn parse_tenant(raw: Option<&str>) -> Result<Option<TenantId>, Error> {
+pub fn parse_tenant(raw: Option<&str>) -> Result<Option<TenantId>, Error> {
     match raw {
         None => Ok(None),
         Some(raw) => TenantId::parse(raw.trim())
