@@ -28,6 +28,7 @@ pub struct ProductPatch {
     pub cost_price: Field<f64>,
     pub currency: Field<String>,
     pub weight: Field<f64>,
+    #[serde(deserialize_with = "super::field::whole_field")]
     pub stock: Field<i64>,
     pub is_active: Field<bool>,
     pub supplier_id: Field<Uuid>,
@@ -146,12 +147,13 @@ impl ProductPatch {
         match self.attributes {
             Field::Value(a)
                 if a.len() > 200
-                    || a.iter()
-                        .any(|(k, v)| k.is_empty() || k.len() > 100 || v.len() > 2000) =>
+                    || a.iter().any(|(k, v)| {
+                        k.is_empty() || k.chars().count() > 100 || v.chars().count() > 2000
+                    }) =>
             {
                 e.push(Invalid::new(
                     "attributes",
-                    "at most 200 entries; keys 1 to 100 bytes, values at most 2000",
+                    "at most 200 entries; keys 1 to 100 characters, values at most 2000",
                 ))
             }
             other => required(e, "attributes", other, &mut p.attributes),
@@ -240,7 +242,7 @@ pub fn blank(id: ProductId, now: OffsetDateTime) -> ProductRecord {
 }
 
 /// A full record built from a patch: `ean` and `name` are required.
-fn complete(patch: ProductPatch, mut base: ProductRecord) -> Result<ProductRecord, Error> {
+pub fn complete(patch: ProductPatch, mut base: ProductRecord) -> Result<ProductRecord, Error> {
     let mut missing = Vec::new();
     if patch.ean.is_absent() {
         missing.push(Invalid::new("ean", "is required"));
