@@ -13,6 +13,7 @@ mod bulk;
 pub(crate) mod cache;
 mod check;
 mod codec;
+mod group_commit;
 pub mod keys;
 mod products;
 mod sessions;
@@ -50,6 +51,8 @@ pub enum StoreError {
     NotFound,
     #[error("{0}")]
     Conflict(&'static str),
+    #[error("could not make the write durable: {0}")]
+    Flush(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -106,6 +109,7 @@ pub struct Store {
     key_lookups: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Records the per-request auth path reads; see `cache.rs` for the coherence rule.
     caches: std::sync::Arc<Caches>,
+    group_commit: std::sync::Arc<group_commit::GroupCommit>,
     pub(crate) meta: sled::Tree,
     pub(crate) tenants: sled::Tree,
     pub(crate) tenant_by_name: sled::Tree,
@@ -161,6 +165,7 @@ impl Store {
             counters: tree("counters")?,
             key_lookups: Default::default(),
             caches: std::sync::Arc::new(Caches::new()),
+            group_commit: group_commit::GroupCommit::new(),
             db,
         })
     }
@@ -179,9 +184,9 @@ impl Store {
     }
 
     /// Makes every write so far durable. Awaited before a response confirms a write.
+    /// Concurrent callers share one flush (see [`group_commit`]).
     pub async fn flush(&self) -> StoreResult<()> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.group_commit.flush(&self.db).await
     }
 
     pub fn flush_blocking(&self) -> StoreResult<()> {
