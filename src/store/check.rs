@@ -111,7 +111,7 @@ impl Store {
             user_ids.insert(k.clone());
             for m in &u.memberships {
                 expect(
-                    tenant_ids.contains(&m.tenant.as_bytes().to_vec()),
+                    tenant_ids.contains(m.tenant.as_bytes().as_slice()),
                     "users",
                     k,
                     "member of a missing tenant",
@@ -229,7 +229,7 @@ impl Store {
         let by_user = index(&self.sessions_by_user, "sessions_by_user")?;
         for (k, _) in &by_user {
             expect(
-                k.len() == 32 && session_ids.contains(&k[16..].to_vec()),
+                k.len() == 32 && session_ids.contains(&k[16..]),
                 "sessions_by_user",
                 k,
                 "names no session",
@@ -239,7 +239,7 @@ impl Store {
         let refresh = records::<RefreshRecord>(&self.refresh_tokens, "refresh_tokens")?;
         for (k, r) in &refresh {
             expect(
-                session_ids.contains(&r.session.as_bytes().to_vec()),
+                session_ids.contains(r.session.as_bytes().as_slice()),
                 "refresh_tokens",
                 k,
                 "belongs to no session",

@@ -353,7 +353,7 @@ async fn rotation_bites_while_64_concurrent_requests_use_the_key() {
     .await;
     assert_all_refused_after(ok_before, &after);
     assert_eq!(
-        app.status_with_key(Method::GET, "/api/v1/auth/me", &new.borrow())
+        app.status_with_key(Method::GET, "/api/v1/auth/me", &new.take())
             .await,
         StatusCode::OK,
         "the new secret works"

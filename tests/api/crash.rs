@@ -419,7 +419,7 @@ async fn fifty_random_writes_each_killed_0_to_5_ms_after_their_response_keep_eve
     let seed = std::env::var("PIXEE_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::random::<u64>());
+        .unwrap_or_else(rand::random::<u64>);
     eprintln!("crash run seed: {seed} (replay with PIXEE_CRASH_SEED={seed})");
     let dir = tempfile::tempdir().unwrap();
     let mut server = start(dir.path()).await;
@@ -452,10 +452,9 @@ async fn fifty_random_writes_each_killed_0_to_5_ms_after_their_response_keep_eve
     let mut done = Vec::new();
     for round in 0..ROUNDS {
         // Each kind of operation once in the first eight rounds, then at random.
-        let op = if round < OPS.len() {
-            OPS[round]
-        } else {
-            OPS[run.rng.random_range(0..OPS.len())]
+        let op = match OPS.get(round) {
+            Some(op) => *op,
+            None => OPS[run.rng.random_range(0..OPS.len())],
         };
         let performed = run.perform(op).await;
         let delay = run.rng.random_range(0..=5_000);
