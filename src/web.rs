@@ -165,8 +165,14 @@ pub async fn request_middleware(
                 res.status().as_u16() >= 400 && !res.headers().contains_key(header::CONTENT_TYPE);
             Ok::<_, actix_web::Error>(if bare_error {
                 let status = res.status();
+                // A 405 names the methods the route does accept.
+                let allow = res.headers().get(header::ALLOW).cloned();
                 let (r, _) = res.into_parts();
-                ServiceResponse::new(r, problem_for_status(status)).map_into_right_body()
+                let mut problem = problem_for_status(status);
+                if let Some(allow) = allow {
+                    problem.headers_mut().insert(header::ALLOW, allow);
+                }
+                ServiceResponse::new(r, problem).map_into_right_body()
             } else {
                 res.map_into_left_body()
             })
@@ -359,6 +365,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
             "the body is not valid JSON: {e}"
         )));
     }
+    // Every body of this API is an object; serde would also read a struct from an array of its
+    // fields in order, which no client means.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::invalid(vec![Invalid::new(
+            "body",
+            "must be a JSON object",
+        )]));
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize::<_, T>(de) {
         Ok(v) => Ok(v),
@@ -381,5 +395,27 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
                 ))),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Login {
+        email: String,
+        password: String,
+    }
+
+    #[test]
+    fn a_body_must_be_an_object_not_its_fields_in_order() {
+        assert!(parse_json::<Login>(br#" {"email": "a@b.c", "password": "p"}"#).is_ok());
+        let refused = parse_json::<Login>(br#"["a@b.c", "p"]"#).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::Validation);
+        assert_eq!(refused.errors[0].field, "body");
+        let broken = parse_json::<Login>(b"[").unwrap_err();
+        assert_eq!(broken.kind, ErrorKind::BadRequest);
     }
 }

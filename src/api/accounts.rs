@@ -259,11 +259,13 @@ async fn list_audit(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/tenants", web::get().to(list_tenants))
-        .route("/tenants", web::post().to(create_tenant))
-        .route("/tenants/{id}/members", web::post().to(add_member))
-        .route("/users", web::get().to(list_users))
-        .route("/users", web::post().to(create_user))
-        .route("/users/{id}/unlock", web::post().to(unlock_user))
-        .route("/audit-events", web::get().to(list_audit));
+    cfg.service(
+        web::resource("/tenants")
+            .get(list_tenants)
+            .post(create_tenant),
+    )
+    .service(web::resource("/tenants/{id}/members").post(add_member))
+    .service(web::resource("/users").get(list_users).post(create_user))
+    .service(web::resource("/users/{id}/unlock").post(unlock_user))
+    .service(web::resource("/audit-events").get(list_audit));
 }

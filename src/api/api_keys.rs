@@ -25,7 +25,7 @@ struct CreateKey {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RotateKey {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::catalog::field::whole")]
     grace_seconds: u32,
 }
 
@@ -192,9 +192,11 @@ async fn rotate_key(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api-keys", web::get().to(list_keys))
-        .route("/api-keys", web::post().to(create_key))
-        .route("/api-keys/{id}", web::get().to(get_key))
-        .route("/api-keys/{id}", web::delete().to(revoke_key))
-        .route("/api-keys/{id}/rotate", web::post().to(rotate_key));
+    cfg.service(web::resource("/api-keys").get(list_keys).post(create_key))
+        .service(
+            web::resource("/api-keys/{id}")
+                .get(get_key)
+                .delete(revoke_key),
+        )
+        .service(web::resource("/api-keys/{id}/rotate").post(rotate_key));
 }

@@ -269,12 +269,12 @@ async fn end_session(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/auth/login", web::post().to(login))
-        .route("/auth/refresh", web::post().to(refresh))
-        .route("/auth/logout", web::post().to(logout))
-        .route("/auth/logout-all", web::post().to(logout_all))
-        .route("/auth/me", web::get().to(me))
-        .route("/auth/password", web::post().to(change_password))
-        .route("/auth/sessions", web::get().to(list_sessions))
-        .route("/auth/sessions/{id}", web::delete().to(end_session));
+    cfg.service(web::resource("/auth/login").post(login))
+        .service(web::resource("/auth/refresh").post(refresh))
+        .service(web::resource("/auth/logout").post(logout))
+        .service(web::resource("/auth/logout-all").post(logout_all))
+        .service(web::resource("/auth/me").get(me))
+        .service(web::resource("/auth/password").post(change_password))
+        .service(web::resource("/auth/sessions").get(list_sessions))
+        .service(web::resource("/auth/sessions/{id}").delete(end_session));
 }

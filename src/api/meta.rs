@@ -61,7 +61,7 @@ async fn settings_redirect() -> HttpResponse {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
+    cfg.service(web::resource("/healthz").get(healthz))
         .route("/", web::get().to(root))
         .route("/settings", web::get().to(settings_redirect))
         .route("/settings/", web::get().to(settings_index))
@@ -69,5 +69,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 pub fn configure_api(cfg: &mut web::ServiceConfig) {
-    cfg.route("/openapi.json", web::get().to(openapi));
+    cfg.service(web::resource("/openapi.json").get(openapi));
 }

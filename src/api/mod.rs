@@ -44,6 +44,10 @@ pub struct PageParams {
 }
 
 pub const MAX_PER_PAGE: u64 = 100;
+/// Largest `page` accepted (the OpenAPI document states the same bound).
+pub const MAX_PAGE: u64 = 10_000_000;
+/// Largest legacy `skip` accepted (the OpenAPI document states the same bound).
+pub const MAX_SKIP: u64 = 1_000_000_000;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Page {
@@ -65,9 +69,11 @@ impl PageParams {
         if self.page == Some(0) {
             errors.push(crate::domain::Invalid::new("page", "starts at 1"));
         }
-        if self.page.is_some_and(|p| p > 10_000_000) || self.skip.is_some_and(|s| s > 1_000_000_000)
-        {
+        if self.page.is_some_and(|p| p > MAX_PAGE) {
             errors.push(crate::domain::Invalid::new("page", "is too large"));
+        }
+        if self.skip.is_some_and(|s| s > MAX_SKIP) {
+            errors.push(crate::domain::Invalid::new("skip", "is too large"));
         }
         if !errors.is_empty() {
             return Err(Error::invalid(errors));

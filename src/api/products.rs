@@ -228,11 +228,17 @@ async fn bulk_delete(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/products", web::get().to(list_products))
-        .route("/products", web::post().to(create_product))
-        .route("/products/bulk-delete", web::post().to(bulk_delete))
-        .route("/products/{id}", web::get().to(get_product))
-        .route("/products/{id}", web::put().to(replace_product))
-        .route("/products/{id}", web::patch().to(patch_product))
-        .route("/products/{id}", web::delete().to(delete_product));
+    cfg.service(
+        web::resource("/products")
+            .get(list_products)
+            .post(create_product),
+    )
+    .service(web::resource("/products/bulk-delete").post(bulk_delete))
+    .service(
+        web::resource("/products/{id}")
+            .get(get_product)
+            .put(replace_product)
+            .patch(patch_product)
+            .delete(delete_product),
+    );
 }
