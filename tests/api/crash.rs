@@ -74,15 +74,11 @@ struct Promises {
     serial: u64,
 }
 
-/// A valid EAN-13 for `n` (check digit computed).
+/// A valid EAN-13 for `n`.
 fn ean13(n: u64) -> String {
-    let body = format!("{:012}", 200_000_000_000 + n);
-    let sum: u32 = body
-        .bytes()
-        .enumerate()
-        .map(|(i, b)| u32::from(b - b'0') * if i % 2 == 0 { 1 } else { 3 })
-        .sum();
-    format!("{body}{}", (10 - sum % 10) % 10)
+    pixee_pim::domain::Ean::from_body(200_000_000_000 + n)
+        .as_str()
+        .to_owned()
 }
 
 fn refresh_of(res: &reqwest::Response) -> String {

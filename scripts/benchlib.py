@@ -1,0 +1,146 @@
+"""Helpers shared by the benchmark scripts (scripts/bench, scripts/login-timing, scripts/soak).
+
+They build the release binary, run the product's own CLI against a data dir, start
+`pixee-pim serve` on a free loopback port and read its CPU time and RSS from /proc, so every
+script measures the binary a self-hoster runs.
+"""
+import json, os, signal, socket, subprocess, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "pixee-pim")
+OUT_DIR = os.path.join(ROOT, "target", "bench")
+PASSWORD = "bench admin password 1"
+ADMIN_EMAIL = "admin@localhost"
+# Per-key and per-IP limits lifted, otherwise the limits are what gets measured.
+UNLIMITED = ["--key-reads-per-minute", "4000000000", "--key-writes-per-minute", "4000000000",
+             "--login-rate-per-minute", "0"]
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
+
+
+def build(*extra):
+    """`cargo build --release --locked` plus `extra` (e.g. "--example", "soak")."""
+    subprocess.run(["cargo", "build", "--release", "--locked", *extra], cwd=ROOT, check=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def cli(data, *args):
+    return sh(BIN, "--data-dir", data, *args).stdout.strip()
+
+
+class Server:
+    """`pixee-pim serve` on a free loopback port; waits until /healthz answers."""
+
+    def __init__(self, data, args=UNLIMITED, env=None, log=None, binary=None):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PIXEE_ADMIN_PASSWORD": PASSWORD, "RUST_LOG": "warn", **(env or {})}
+        out = log if log is not None else subprocess.DEVNULL
+        started = time.monotonic()
+        self.proc = subprocess.Popen([binary or BIN, "--data-dir", data, "serve", "--listen",
+                                      f"127.0.0.1:{self.port}", *args],
+                                     env=env, stdout=out, stderr=out)
+        while True:
+            try:
+                with urllib.request.urlopen(self.base + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise SystemExit("server exited during start-up")
+            time.sleep(0.005)
+        self.startup_s = time.monotonic() - started
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def cpu_seconds(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def settle(self, limit_s=90):
+        """Waits until the server is idle (background work after opening a large store, such
+        as sled's own flushing, would otherwise be measured as request cost)."""
+        started = time.monotonic()
+        last = self.cpu_seconds()
+        while time.monotonic() - started < limit_s:
+            time.sleep(1)
+            now = self.cpu_seconds()
+            if now - last < 0.02:
+                break
+            last = now
+        return time.monotonic() - started
+
+    def rss_mib(self, field="VmRSS"):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def login(self, email=ADMIN_EMAIL, password=PASSWORD):
+        req = urllib.request.Request(self.base + "/api/v1/auth/login", method="POST",
+                                     data=json.dumps({"email": email, "password": password}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req) as r:
+            return json.load(r)["access_token"]
+
+    def healthy(self, timeout=5):
+        """Whether /healthz answers within `timeout` seconds."""
+        try:
+            with urllib.request.urlopen(self.base + "/healthz", timeout=timeout) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self):
+        """SIGTERM, then SIGKILL if the server has not exited after 30 s."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+def percentile(values, p):
+    """Nearest-rank percentile, p in 0..100."""
+    values = sorted(values)
+    rank = max(1, min(len(values), -(-len(values) * p // 100)))
+    return values[int(rank) - 1]
+
+
+def print_table(rows):
+    """Rows of (name, value, note), aligned."""
+    width = max(len(r[0]) for r in rows)
+    print()
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:>10}  {note}")
+
+
+def write_figures(name, figures):
+    os.makedirs(OUT_DIR, exist_ok=True)
+    path = os.path.join(OUT_DIR, name)
+    with open(path, "w") as f:
+        json.dump(figures, f, indent=2)
+    print(f"\nfigures written to {path}")
+    return path
