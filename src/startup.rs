@@ -203,12 +203,28 @@ impl Application {
     /// Serves until SIGINT/SIGTERM (or the server handle stops); in-flight requests finish, then
     /// buffered key usage is written and the store flushed.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let sweeper = actix_web::rt::spawn(sweep_lockouts_hourly(self.auth.clone()));
         let result = self.server.await;
+        sweeper.abort();
         self.auth.usage.persist_all();
         if let Err(e) = self.auth.store.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }
         result
+    }
+}
+
+/// Once an hour, off the workers: forget lockout records that no longer matter.
+async fn sweep_lockouts_hourly(auth: web::Data<Auth>) {
+    loop {
+        actix_web::rt::time::sleep(std::time::Duration::from_secs(3600)).await;
+        let auth = auth.clone();
+        match tokio::task::spawn_blocking(move || auth.sweep_lockouts()).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "expired lockout records swept"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e.detail, "lockout sweep failed"),
+            Err(e) => tracing::warn!(error = %e, "lockout sweep did not finish"),
+        }
     }
 }
 

@@ -41,6 +41,12 @@ impl LockoutState {
         })
     }
 
+    /// Nothing left to remember at `now`: no lock in force and every failure outside the
+    /// window. Such a record can be dropped without changing any future answer.
+    pub fn is_spent(&self, now: OffsetDateTime, policy: &LockoutPolicy) -> bool {
+        self.locked_for(now).is_none() && self.recent.iter().all(|t| now - *t >= policy.window)
+    }
+
     /// A sliding window: the email locks when `threshold` consecutive failures fall within
     /// `window` of each other, however the earlier failures were spread.
     pub fn record_failure(

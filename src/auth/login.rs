@@ -55,6 +55,16 @@ impl Auth {
         Ok(state.locked_for(self.now()).unwrap_or(1))
     }
 
+    /// Drops the lockout records that no longer matter: no lock in force and every failure
+    /// outside the window. Failures for emails that do not exist would otherwise stay forever.
+    pub fn sweep_lockouts(&self) -> Result<usize, Error> {
+        let now = self.now();
+        let policy = self.policy.lockout;
+        Ok(self
+            .store
+            .sweep_lockouts(|s: &LockoutState| s.is_spent(now, &policy))?)
+    }
+
     /// Counts a failure for `email`. The failure that locks also bumps the user's token
     /// version in the same transaction: every session and access token of theirs dies with it.
     pub(super) fn record_login_failure(

@@ -277,6 +277,31 @@ impl Store {
         result
     }
 
+    /// Removes every lockout record `spent` says is spent; returns how many. Each removal is a
+    /// compare-and-swap, so a failure recorded meanwhile is never lost.
+    pub fn sweep_lockouts<S, F>(&self, spent: F) -> StoreResult<usize>
+    where
+        S: serde::de::DeserializeOwned,
+        F: Fn(&S) -> bool,
+    {
+        let mut removed = 0;
+        for item in self.lockout.iter() {
+            let (email, value) = item?;
+            let Ok(state) = codec::decode::<S>(&value) else {
+                continue;
+            };
+            if spent(&state)
+                && self
+                    .lockout
+                    .compare_and_swap(&email, Some(&value), None as Option<&[u8]>)?
+                    .is_ok()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     pub fn lockout_clear(&self, email: &str) -> StoreResult<bool> {
         Ok(self.lockout.remove(email.as_bytes())?.is_some())
     }

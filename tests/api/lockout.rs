@@ -257,3 +257,47 @@ async fn one_address_is_limited_in_login_attempts() {
     let body = assert_problem(res, 429, "RATE_LIMIT_EXCEEDED").await;
     assert!(body["retry_after_seconds"].as_u64().is_some());
 }
+
+/// Records that no longer matter are swept; a lock in force and failures inside the window stay.
+#[actix_web::test]
+async fn the_sweep_forgets_spent_lockout_records_and_keeps_live_ones() {
+    use pixee_pim::auth::lockout::LockoutState;
+    let app = spawn_app().await;
+    let store = &app.app_auth.store;
+    let state = |email: &str| store.lockout_get::<LockoutState>(email).unwrap();
+    app.fail_logins("nobody@example.com", "wrong password!", 2)
+        .await;
+    app.fail_logins(&app.admin_email, "wrong password!", 5)
+        .await;
+    app.clock.advance(time::Duration::minutes(10));
+    app.fail_logins("recent@example.com", "wrong password!", 1)
+        .await;
+    app.fail_logins("locked-later@example.com", "wrong password!", 5)
+        .await;
+    assert_eq!(
+        app.app_auth.sweep_lockouts().unwrap(),
+        0,
+        "nothing is spent yet"
+    );
+
+    // 16 minutes in: the first failures left the window and the admin's lock ran out.
+    app.clock.advance(time::Duration::minutes(6));
+    assert_eq!(app.app_auth.sweep_lockouts().unwrap(), 2);
+    assert!(state("nobody@example.com").is_none());
+    assert!(state(&app.admin_email).is_none());
+    assert_eq!(state("recent@example.com").unwrap().recent.len(), 1);
+    assert!(
+        app.login_raw("locked-later@example.com", "any password 1")
+            .await
+            .status()
+            == StatusCode::LOCKED,
+        "a lock in force survives the sweep"
+    );
+    // The admin logs in again: the sweep changed no answer.
+    assert_eq!(
+        app.login_raw(&app.admin_email, &app.admin_password)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
