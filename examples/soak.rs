@@ -481,6 +481,22 @@ impl World {
         self.send(kind, req, expect).await
     }
 
+    /// `call` with one of the rotating API keys, held (so no rotation swaps it) only while the
+    /// request is in flight.
+    async fn call_with_key(
+        &self,
+        rng: &mut Rng,
+        kind: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        expect: &[u16],
+    ) -> Option<Reply> {
+        let key = self.slot(rng).read().await;
+        self.call(kind, method, path, Cred::Key(&key.raw), body, expect)
+            .await
+    }
+
     /// Sends, times and counts one request. `None` on a transport error.
     async fn send(&self, kind: &'static str, req: RequestBuilder, expect: &[u16]) -> Option<Reply> {
         let started = Instant::now();
@@ -604,16 +620,8 @@ impl World {
             Op::ProductGet => self.product_get(rng).await,
             Op::ProductList => self.product_list(rng).await,
             Op::MeKey => {
-                let key = self.slot(rng).read().await;
-                self.call(
-                    "me.key",
-                    Method::GET,
-                    "/api/v1/auth/me",
-                    Cred::Key(&key.raw),
-                    None,
-                    &[200],
-                )
-                .await;
+                self.call_with_key(rng, "me.key", Method::GET, "/api/v1/auth/me", None, &[200])
+                    .await;
             }
             Op::MeBearer => {
                 let token = self.viewer.token();
@@ -662,19 +670,10 @@ impl World {
         let Some(p) = self.checkout(rng) else {
             return self.product_list(rng).await;
         };
-        let key = self.slot(rng).read().await;
         let path = format!("/api/v1/products/{}", p.id);
         let reply = self
-            .call(
-                "product.get",
-                Method::GET,
-                &path,
-                Cred::Key(&key.raw),
-                None,
-                &[200],
-            )
+            .call_with_key(rng, "product.get", Method::GET, &path, None, &[200])
             .await;
-        drop(key);
         if let Some(r) = reply {
             let stale = r.status == 404 || (r.status == 200 && r.body["stock"] != json!(p.stock));
             if stale {
@@ -691,17 +690,9 @@ impl World {
     }
 
     async fn product_list(&self, rng: &mut Rng) {
-        let key = self.slot(rng).read().await;
         let path = format!("/api/v1/products?per_page=20&page={}", 1 + rng.below(5));
-        self.call(
-            "product.list",
-            Method::GET,
-            &path,
-            Cred::Key(&key.raw),
-            None,
-            &[200],
-        )
-        .await;
+        self.call_with_key(rng, "product.list", Method::GET, &path, None, &[200])
+            .await;
     }
 
     async fn create(&self, rng: &mut Rng) {
@@ -717,18 +708,16 @@ impl World {
             "stock": stock,
             "attributes": {"run": "soak"},
         });
-        let key = self.slot(rng).read().await;
         let reply = self
-            .call(
+            .call_with_key(
+                rng,
                 "product.create",
                 Method::POST,
                 "/api/v1/products",
-                Cred::Key(&key.raw),
                 Some(&body),
                 &[201],
             )
             .await;
-        drop(key);
         match reply {
             Some(r) if r.status == 201 => match r.body["id"].as_str() {
                 Some(id) => {
@@ -751,19 +740,17 @@ impl World {
         };
         let stock = rng.below(100_000) as i64;
         let body = json!({"stock": stock, "price": (rng.below(10_000) as f64) / 100.0});
-        let key = self.slot(rng).read().await;
         let path = format!("/api/v1/products/{}", p.id);
         let reply = self
-            .call(
+            .call_with_key(
+                rng,
                 "product.update",
                 Method::PATCH,
                 &path,
-                Cred::Key(&key.raw),
                 Some(&body),
                 &[200],
             )
             .await;
-        drop(key);
         match reply {
             Some(r) if r.status == 200 => {
                 p.stock = stock;
@@ -788,19 +775,10 @@ impl World {
         let Some(p) = self.checkout(rng) else {
             return self.create(rng).await;
         };
-        let key = self.slot(rng).read().await;
         let path = format!("/api/v1/products/{}", p.id);
         let reply = self
-            .call(
-                "product.delete",
-                Method::DELETE,
-                &path,
-                Cred::Key(&key.raw),
-                None,
-                &[204],
-            )
+            .call_with_key(rng, "product.delete", Method::DELETE, &path, None, &[204])
             .await;
-        drop(key);
         match reply {
             Some(r) if r.status == 204 => {
                 self.deleted.lock().expect("deleted lock").push(p.id);

@@ -6,7 +6,7 @@
 //! a few seconds.
 use super::{
     ApiKeyRecord, AuditEvent, KeyUsage, ProductRecord, RefreshRecord, SessionRecord, Store,
-    StoreError, StoreResult, TenantRecord, UserRecord, codec, keys,
+    StoreError, StoreResult, TenantRecord, UserRecord, codec, keys, products::read_count,
 };
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
@@ -42,297 +42,216 @@ fn records<T: DeserializeOwned>(tree: &sled::Tree, name: &str) -> StoreResult<Ve
     Ok(out)
 }
 
-/// Every (key, raw payload) of one index tree.
-fn index(tree: &sled::Tree, name: &str) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut out = Vec::new();
+/// An index tree must hold exactly `expected` (key → raw payload), built from the records:
+/// no entry that points nowhere or at the wrong record, and no record without its entry.
+/// Returns the number of entries.
+fn agrees(
+    tree: &sled::Tree,
+    name: &str,
+    expected: &HashMap<Vec<u8>, Vec<u8>>,
+) -> StoreResult<usize> {
+    let mut n = 0;
     for item in tree.iter() {
         let (k, v) = item?;
         let payload = codec::unraw(&v).ok_or_else(|| corrupt(name, &k, "bad version byte"))?;
-        out.push((k.to_vec(), payload.to_vec()));
+        if expected.get(k.as_ref()).map(Vec::as_slice) != Some(payload) {
+            return Err(corrupt(name, &k, "matches no record"));
+        }
+        n += 1;
     }
-    Ok(out)
+    if n != expected.len() {
+        return Err(corrupt(name, b"", "a record has no entry"));
+    }
+    Ok(n)
 }
 
-fn expect(ok: bool, tree: &str, key: &[u8], what: &str) -> StoreResult<()> {
-    if ok {
-        Ok(())
-    } else {
-        Err(corrupt(tree, key, what))
+/// Every record's key must be the id inside it.
+fn keyed_by_id<T>(recs: &[(Vec<u8>, T)], name: &str, id: impl Fn(&T) -> &[u8]) -> StoreResult<()> {
+    match recs.iter().find(|(k, r)| k.as_slice() != id(r)) {
+        Some((k, _)) => Err(corrupt(name, k, "key is not the record's id")),
+        None => Ok(()),
     }
 }
 
 impl Store {
     /// Runs the full check. `L` is the lockout state type (owned by the auth layer).
     pub fn check_integrity<L: DeserializeOwned>(&self) -> StoreResult<CheckReport> {
-        let mut report = CheckReport::default();
-        let mut count = |name: &'static str, n: usize| report.trees.push((name, n));
+        let mut trees = Vec::new();
 
-        let meta = index(&self.meta, "meta")?;
-        count("meta", meta.len());
+        let mut meta = 0;
+        for item in self.meta.iter() {
+            let (k, v) = item?;
+            codec::unraw(&v).ok_or_else(|| corrupt("meta", &k, "bad version byte"))?;
+            meta += 1;
+        }
+        trees.push(("meta", meta));
 
         let tenants = records::<TenantRecord>(&self.tenants, "tenants")?;
-        for (k, t) in &tenants {
-            expect(
-                k == t.id.as_bytes(),
-                "tenants",
-                k,
-                "key is not the record's id",
-            )?;
-        }
-        let tenant_ids: HashSet<Vec<u8>> = tenants.iter().map(|(k, _)| k.clone()).collect();
-        count("tenants", tenants.len());
-        let by_name = index(&self.tenant_by_name, "tenant_by_name")?;
-        for (k, id) in &by_name {
-            expect(
-                tenant_ids.contains(id),
-                "tenant_by_name",
-                k,
-                "names no tenant",
-            )?;
-        }
-        expect(
-            by_name.len() == tenants.len(),
+        keyed_by_id(&tenants, "tenants", |t| t.id.as_bytes())?;
+        trees.push(("tenants", tenants.len()));
+        let by_name = tenants
+            .iter()
+            .map(|(k, t)| (t.name.to_lowercase().into_bytes(), k.clone()))
+            .collect();
+        trees.push((
             "tenant_by_name",
-            b"",
-            "not one entry per tenant",
-        )?;
-        count("tenant_by_name", by_name.len());
+            agrees(&self.tenant_by_name, "tenant_by_name", &by_name)?,
+        ));
 
+        let tenant_ids: HashSet<&[u8]> = tenants.iter().map(|(k, _)| k.as_slice()).collect();
         let users = records::<UserRecord>(&self.users, "users")?;
-        let mut user_ids = HashSet::new();
-        let mut memberships = HashSet::new();
+        keyed_by_id(&users, "users", |u| u.id.as_bytes())?;
+        trees.push(("users", users.len()));
+        let mut by_email = HashMap::new();
+        let mut members = HashMap::new();
         for (k, u) in &users {
-            expect(
-                k == u.id.as_bytes(),
-                "users",
-                k,
-                "key is not the record's id",
-            )?;
-            user_ids.insert(k.clone());
+            by_email.insert(u.email.as_bytes().to_vec(), k.clone());
             for m in &u.memberships {
-                expect(
-                    tenant_ids.contains(m.tenant.as_bytes().as_slice()),
-                    "users",
-                    k,
-                    "member of a missing tenant",
-                )?;
-                memberships.insert(keys::pair(m.tenant.as_bytes(), u.id.as_bytes()).to_vec());
+                if !tenant_ids.contains(m.tenant.as_bytes().as_slice()) {
+                    return Err(corrupt("users", k, "member of a missing tenant"));
+                }
+                members.insert(
+                    keys::pair(m.tenant.as_bytes(), u.id.as_bytes()).to_vec(),
+                    m.role.as_str().as_bytes().to_vec(),
+                );
             }
         }
-        count("users", users.len());
-        let emails: HashMap<&[u8], &[u8]> = users
-            .iter()
-            .map(|(k, u)| (u.email.as_bytes(), k.as_slice()))
-            .collect();
-        let by_email = index(&self.user_by_email, "user_by_email")?;
-        for (k, id) in &by_email {
-            expect(
-                emails.get(k.as_slice()) == Some(&id.as_slice()),
-                "user_by_email",
-                k,
-                "does not match the user's email",
-            )?;
-        }
-        expect(
-            by_email.len() == users.len(),
+        trees.push((
             "user_by_email",
-            b"",
-            "not one entry per user",
-        )?;
-        count("user_by_email", by_email.len());
-        let members = index(&self.tenant_members, "tenant_members")?;
-        for (k, _) in &members {
-            expect(
-                memberships.contains(k),
-                "tenant_members",
-                k,
-                "no user has this membership",
-            )?;
-        }
-        expect(
-            members.len() == memberships.len(),
+            agrees(&self.user_by_email, "user_by_email", &by_email)?,
+        ));
+        trees.push((
             "tenant_members",
-            b"",
-            "a membership has no entry",
-        )?;
-        count("tenant_members", members.len());
+            agrees(&self.tenant_members, "tenant_members", &members)?,
+        ));
 
         let api_keys = records::<ApiKeyRecord>(&self.api_keys, "api_keys")?;
+        keyed_by_id(&api_keys, "api_keys", |k| k.id.as_bytes())?;
+        trees.push(("api_keys", api_keys.len()));
         // The digests that must resolve: the current secret (and a secret kept alive by a
         // grace period) of every key not revoked. A revoked key has no digest entry at all.
-        let mut live_digests: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-        let mut by_tenant_expected = HashSet::new();
+        let mut by_digest = HashMap::new();
+        let mut by_tenant = HashMap::new();
         for (k, key) in &api_keys {
-            expect(
-                k == key.id.as_bytes(),
-                "api_keys",
-                k,
-                "key is not the record's id",
-            )?;
             if key.revoked_at.is_none() {
-                live_digests.insert(key.digest.to_vec(), k.clone());
+                by_digest.insert(key.digest.to_vec(), k.clone());
                 if let Some((previous, _)) = &key.previous {
-                    live_digests.insert(previous.to_vec(), k.clone());
+                    by_digest.insert(previous.to_vec(), k.clone());
                 }
             }
-            by_tenant_expected
-                .insert(keys::pair(key.tenant.as_bytes(), key.id.as_bytes()).to_vec());
+            by_tenant.insert(
+                keys::pair(key.tenant.as_bytes(), key.id.as_bytes()).to_vec(),
+                Vec::new(),
+            );
         }
-        count("api_keys", api_keys.len());
-        let by_digest = index(&self.api_key_by_digest, "api_key_by_digest")?;
-        for (k, id) in &by_digest {
-            expect(
-                live_digests.get(k) == Some(id),
-                "api_key_by_digest",
-                k,
-                "resolves to a key that is revoked, replaced or missing",
-            )?;
-        }
-        expect(
-            by_digest.len() == live_digests.len(),
+        trees.push((
             "api_key_by_digest",
-            b"",
-            "a live key's secret has no entry",
-        )?;
-        count("api_key_by_digest", by_digest.len());
-        let by_tenant = index(&self.api_keys_by_tenant, "api_keys_by_tenant")?;
-        for (k, _) in &by_tenant {
-            expect(
-                by_tenant_expected.contains(k),
-                "api_keys_by_tenant",
-                k,
-                "names no key",
-            )?;
-        }
-        expect(
-            by_tenant.len() == by_tenant_expected.len(),
+            agrees(&self.api_key_by_digest, "api_key_by_digest", &by_digest)?,
+        ));
+        trees.push((
             "api_keys_by_tenant",
-            b"",
-            "a key has no entry",
-        )?;
-        count("api_keys_by_tenant", by_tenant.len());
-        let usage = records::<KeyUsage>(&self.api_key_usage, "api_key_usage")?;
-        count("api_key_usage", usage.len());
+            agrees(&self.api_keys_by_tenant, "api_keys_by_tenant", &by_tenant)?,
+        ));
+        trees.push((
+            "api_key_usage",
+            records::<KeyUsage>(&self.api_key_usage, "api_key_usage")?.len(),
+        ));
 
         let sessions = records::<SessionRecord>(&self.sessions, "sessions")?;
-        let mut session_ids = HashSet::new();
-        for (k, s) in &sessions {
-            expect(
-                k == s.id.as_bytes(),
-                "sessions",
-                k,
-                "key is not the record's id",
-            )?;
-            session_ids.insert(k.clone());
-        }
-        count("sessions", sessions.len());
-        let by_user = index(&self.sessions_by_user, "sessions_by_user")?;
-        for (k, _) in &by_user {
-            expect(
-                k.len() == 32 && session_ids.contains(&k[16..]),
-                "sessions_by_user",
-                k,
-                "names no session",
-            )?;
-        }
-        count("sessions_by_user", by_user.len());
+        keyed_by_id(&sessions, "sessions", |s| s.id.as_bytes())?;
+        trees.push(("sessions", sessions.len()));
+        let by_user = sessions
+            .iter()
+            .map(|(_, s)| {
+                (
+                    keys::pair(s.user.as_bytes(), s.id.as_bytes()).to_vec(),
+                    Vec::new(),
+                )
+            })
+            .collect();
+        trees.push((
+            "sessions_by_user",
+            agrees(&self.sessions_by_user, "sessions_by_user", &by_user)?,
+        ));
+        let session_ids: HashSet<&[u8]> = sessions.iter().map(|(k, _)| k.as_slice()).collect();
         let refresh = records::<RefreshRecord>(&self.refresh_tokens, "refresh_tokens")?;
-        for (k, r) in &refresh {
-            expect(
-                session_ids.contains(r.session.as_bytes().as_slice()),
-                "refresh_tokens",
-                k,
-                "belongs to no session",
-            )?;
+        if let Some((k, _)) = refresh
+            .iter()
+            .find(|(_, r)| !session_ids.contains(r.session.as_bytes().as_slice()))
+        {
+            return Err(corrupt("refresh_tokens", k, "belongs to no session"));
         }
-        count("refresh_tokens", refresh.len());
+        trees.push(("refresh_tokens", refresh.len()));
 
-        count("lockout", records::<L>(&self.lockout, "lockout")?.len());
-        count("audit", records::<AuditEvent>(&self.audit, "audit")?.len());
+        trees.push(("lockout", records::<L>(&self.lockout, "lockout")?.len()));
+        trees.push(("audit", records::<AuditEvent>(&self.audit, "audit")?.len()));
 
         let products = records::<ProductRecord>(&self.products, "products")?;
         let mut per_ns: HashMap<Vec<u8>, u64> = HashMap::new();
-        let mut expected_ean = HashMap::new();
-        let mut expected_ref = HashMap::new();
-        let mut expected_updated = HashSet::new();
+        let (mut by_ean, mut by_ref, mut by_updated) =
+            (HashMap::new(), HashMap::new(), HashMap::new());
         for (k, p) in &products {
-            expect(
-                k.len() == 33 && &k[17..] == p.id.as_bytes(),
-                "products",
-                k,
-                "key is not namespace + the record's id",
-            )?;
+            if k.len() != 33 || &k[17..] != p.id.as_bytes() {
+                return Err(corrupt(
+                    "products",
+                    k,
+                    "key is not namespace + the record's id",
+                ));
+            }
             let ns = &k[..17];
             *per_ns.entry(ns.to_vec()).or_default() += 1;
-            let with_ns = |s: &str| [ns, s.as_bytes()].concat();
-            expected_ean.insert(with_ns(&p.ean), p.id.as_bytes().to_vec());
+            let id = p.id.as_bytes().to_vec();
+            by_ean.insert([ns, p.ean.as_bytes()].concat(), id.clone());
             if let Some(r) = &p.reference {
-                expected_ref.insert(with_ns(r), p.id.as_bytes().to_vec());
+                by_ref.insert([ns, r.as_bytes()].concat(), id.clone());
             }
-            expected_updated.insert(
-                keys::updated_key(ns, p.updated_at.unix_timestamp_nanos(), p.id.as_bytes())
-                    .to_vec(),
-            );
+            let updated = keys::updated_key(ns, p.updated_at.unix_timestamp_nanos(), &id);
+            by_updated.insert(updated.to_vec(), Vec::new());
         }
-        count("products", products.len());
-        for (name, tree, expected) in [
-            ("product_by_ean", &self.product_by_ean, &expected_ean),
-            ("product_by_ref", &self.product_by_ref, &expected_ref),
-        ] {
-            let entries = index(tree, name)?;
-            for (k, id) in &entries {
-                expect(
-                    expected.get(k) == Some(id),
-                    name,
-                    k,
-                    "does not match a product",
-                )?;
-            }
-            expect(
-                entries.len() == expected.len(),
-                name,
-                b"",
-                "a product has no entry",
-            )?;
-            count(name, entries.len());
-        }
-        let by_updated = index(&self.products_by_updated, "products_by_updated")?;
-        for (k, _) in &by_updated {
-            expect(
-                expected_updated.contains(k),
-                "products_by_updated",
-                k,
-                "does not match a product",
-            )?;
-        }
-        expect(
-            by_updated.len() == expected_updated.len(),
+        trees.push(("products", products.len()));
+        trees.push((
+            "product_by_ean",
+            agrees(&self.product_by_ean, "product_by_ean", &by_ean)?,
+        ));
+        trees.push((
+            "product_by_ref",
+            agrees(&self.product_by_ref, "product_by_ref", &by_ref)?,
+        ));
+        trees.push((
             "products_by_updated",
-            b"",
-            "a product has no entry",
-        )?;
-        count("products_by_updated", by_updated.len());
-        let counters = index(&self.counters, "counters")?;
-        for (k, v) in &counters {
-            let stored = v.as_slice().try_into().map_or(u64::MAX, u64::from_be_bytes);
-            let actual = per_ns.get(k).copied().unwrap_or(0);
-            expect(
-                stored == actual,
-                "counters",
-                k,
-                &format!("says {stored} products, the namespace holds {actual}"),
-            )?;
+            agrees(
+                &self.products_by_updated,
+                "products_by_updated",
+                &by_updated,
+            )?,
+        ));
+
+        // A namespace without products may keep a counter at 0; one with products must count
+        // them exactly.
+        let mut counters = 0;
+        for item in self.counters.iter() {
+            let (k, v) = item?;
+            codec::unraw(&v).ok_or_else(|| corrupt("counters", &k, "bad version byte"))?;
+            let stored = read_count(&v);
+            let actual = per_ns.remove(k.as_ref()).unwrap_or(0);
+            if stored != actual {
+                return Err(corrupt(
+                    "counters",
+                    &k,
+                    format!("says {stored} products, the namespace holds {actual}"),
+                ));
+            }
+            counters += 1;
         }
-        for ns in per_ns.keys() {
-            expect(
-                counters.iter().any(|(k, _)| k == ns),
+        if let Some(ns) = per_ns.keys().next() {
+            return Err(corrupt(
                 "counters",
                 ns,
                 "a namespace with products has no counter",
-            )?;
+            ));
         }
-        count("counters", counters.len());
-        Ok(report)
+        trees.push(("counters", counters));
+        Ok(CheckReport { trees })
     }
 }
 

@@ -57,7 +57,10 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Every tree the store holds; backup and restore walk this list.
+const CORE_TREES: usize = 6;
+
+/// Every tree the store holds; backup and restore walk this list. The first `CORE_TREES` are
+/// the small ones every request depends on, checked at every open.
 pub const TREES: &[&str] = &[
     "meta",
     "tenants",
@@ -319,14 +322,7 @@ impl Store {
     /// The quick check made at every open: the small trees every request depends on. The large
     /// ones (keys, products, sessions) are checked in full by `check_integrity`, which `backup` and `check` run.
     pub fn verify_core(&self) -> StoreResult<usize> {
-        self.verify_trees(&[
-            "meta",
-            "tenants",
-            "tenant_by_name",
-            "users",
-            "user_by_email",
-            "tenant_members",
-        ])
+        self.verify_trees(&TREES[..CORE_TREES])
     }
 
     fn verify_trees(&self, names: &[&str]) -> StoreResult<usize> {

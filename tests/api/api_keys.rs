@@ -153,13 +153,7 @@ async fn a_key_can_rotate_itself_without_scopes_but_not_another_key() {
 async fn a_grace_period_keeps_the_old_key_alive_until_it_ends() {
     let app = spawn_app().await;
     let (admin, key) = app.admin_and_key(&["products:read"]).await;
-    let res = app
-        .req(Method::POST, &format!("/api/v1/api-keys/{}/rotate", key.id))
-        .bearer_auth(&admin.token)
-        .json(&json!({"grace_seconds": 60}))
-        .send()
-        .await
-        .unwrap();
+    let res = app.rotate_with_grace(&key.id, &admin.token, 60).await;
     assert_eq!(res.status(), StatusCode::OK);
     let new_raw = res.json::<Value>().await.unwrap()["key"]
         .as_str()
@@ -182,13 +176,7 @@ async fn a_grace_period_keeps_the_old_key_alive_until_it_ends() {
             .await,
         StatusCode::OK
     );
-    let too_long = app
-        .req(Method::POST, &format!("/api/v1/api-keys/{}/rotate", key.id))
-        .bearer_auth(&admin.token)
-        .json(&json!({"grace_seconds": 86_401}))
-        .send()
-        .await
-        .unwrap();
+    let too_long = app.rotate_with_grace(&key.id, &admin.token, 86_401).await;
     assert_problem(too_long, 422, "VALIDATION_ERROR").await;
 }
 
@@ -526,13 +514,7 @@ async fn concurrent_self_rotations_have_one_winner_and_clear_answers_for_the_los
 async fn a_secret_kept_alive_by_a_grace_period_cannot_rotate_the_key() {
     let app = spawn_app().await;
     let (admin, key) = app.admin_and_key(&["products:read"]).await;
-    let res = app
-        .req(Method::POST, &format!("/api/v1/api-keys/{}/rotate", key.id))
-        .bearer_auth(&admin.token)
-        .json(&json!({"grace_seconds": 3600}))
-        .send()
-        .await
-        .unwrap();
+    let res = app.rotate_with_grace(&key.id, &admin.token, 3600).await;
     let current = res.json::<Value>().await.unwrap()["key"]
         .as_str()
         .unwrap()

@@ -284,47 +284,29 @@ impl Run {
     async fn verify(&mut self) {
         let me = self.url("/auth/me");
         for (id, key) in &self.p.live_keys {
-            let res = self
-                .send(self.client.get(&me).header("X-API-Key", key))
+            let rb = self.client.get(&me).header("X-API-Key", key);
+            self.expect(rb, 200, &format!("confirmed key {id} is gone"))
                 .await;
-            assert_eq!(res.status(), StatusCode::OK, "confirmed key {id} is gone");
         }
         for key in &self.p.dead_keys {
-            let res = self
-                .send(self.client.get(&me).header("X-API-Key", key))
-                .await;
-            assert_eq!(
-                res.status(),
-                StatusCode::UNAUTHORIZED,
-                "a dead key works again"
-            );
+            let rb = self.client.get(&me).header("X-API-Key", key);
+            self.expect(rb, 401, "a dead key works again").await;
         }
         for s in &self.p.sessions {
-            let res = self.send(self.client.get(&me).bearer_auth(&s.token)).await;
-            assert_eq!(res.status(), StatusCode::OK, "a live session was lost");
+            let rb = self.client.get(&me).bearer_auth(&s.token);
+            self.expect(rb, 200, "a live session was lost").await;
         }
         for token in &self.p.dead_tokens {
-            let res = self.send(self.client.get(&me).bearer_auth(token)).await;
-            assert_eq!(
-                res.status(),
-                StatusCode::UNAUTHORIZED,
-                "an ended token works again"
-            );
+            let rb = self.client.get(&me).bearer_auth(token);
+            self.expect(rb, 401, "an ended token works again").await;
         }
         for refresh in &self.p.dead_refresh {
-            let res = self
-                .send(
-                    self.client
-                        .post(self.url("/auth/refresh"))
-                        .header("Content-Type", "application/json")
-                        .header("Cookie", format!("refresh_token={refresh}")),
-                )
-                .await;
-            assert_eq!(
-                res.status(),
-                StatusCode::UNAUTHORIZED,
-                "an ended session refreshes"
-            );
+            let rb = self
+                .client
+                .post(self.url("/auth/refresh"))
+                .header("Content-Type", "application/json")
+                .header("Cookie", format!("refresh_token={refresh}"));
+            self.expect(rb, 401, "an ended session refreshes").await;
         }
         for email in &self.p.locked {
             let res = self.login(email, LOCKED_PASSWORD).await;
@@ -351,33 +333,18 @@ impl Run {
             token: body["access_token"].as_str().unwrap().to_owned(),
             refresh,
         });
+        let product = |id: &str| {
+            self.client
+                .get(self.url(&format!("/products/{id}")))
+                .bearer_auth(&self.admin)
+        };
         for id in &self.p.products {
-            let res = self
-                .send(
-                    self.client
-                        .get(self.url(&format!("/products/{id}")))
-                        .bearer_auth(&self.admin),
-                )
+            self.expect(product(id), 200, &format!("confirmed product {id} is gone"))
                 .await;
-            assert_eq!(
-                res.status(),
-                StatusCode::OK,
-                "confirmed product {id} is gone"
-            );
         }
         for id in &self.p.deleted_products {
-            let res = self
-                .send(
-                    self.client
-                        .get(self.url(&format!("/products/{id}")))
-                        .bearer_auth(&self.admin),
-                )
+            self.expect(product(id), 404, &format!("deleted product {id} is back"))
                 .await;
-            assert_eq!(
-                res.status(),
-                StatusCode::NOT_FOUND,
-                "deleted product {id} is back"
-            );
         }
     }
 }

@@ -389,3 +389,38 @@ async fn responses_carry_a_request_id_and_security_headers() {
         "instance is the request id"
     );
 }
+
+/// A known path with a method it does not serve: 405 problem naming the methods it does.
+#[actix_web::test]
+async fn a_wrong_method_on_a_known_route_is_405_with_allow() {
+    let app = spawn_app().await;
+    let res = app
+        .req(Method::DELETE, "/api/v1/auth/me")
+        .send()
+        .await
+        .unwrap();
+    let allow = res
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert_problem(res, 405, "METHOD_NOT_ALLOWED").await;
+    assert!(allow.contains("GET"), "Allow: {allow:?}");
+}
+
+/// Every body of the API is an object; a JSON array of the fields in order is refused, never
+/// read as the struct (it used to log in with `["email", "password"]`).
+#[actix_web::test]
+async fn a_json_array_is_never_read_as_an_object_body() {
+    let app = spawn_app().await;
+    let res = app
+        .req(Method::POST, "/api/v1/auth/login")
+        .header("Content-Type", "application/json")
+        .body(serde_json::to_string(&[&app.admin_email, &app.admin_password]).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let body = assert_problem(res, 422, "VALIDATION_ERROR").await;
+    assert_eq!(body["errors"][0]["field"], "body", "{body}");
+}

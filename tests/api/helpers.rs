@@ -220,6 +220,19 @@ impl TestApp {
             .expect("rotate request")
     }
 
+    /// An admin rotation that keeps the old secret alive for `grace_seconds`.
+    pub async fn rotate_with_grace(&self, id: &str, token: &str, grace_seconds: u32) -> Response {
+        self.with_token(
+            Method::POST,
+            &format!("/api/v1/api-keys/{id}/rotate"),
+            token,
+        )
+        .json(&json!({ "grace_seconds": grace_seconds }))
+        .send()
+        .await
+        .expect("rotate request")
+    }
+
     pub async fn create_product(&self, key: &str, ean: &str, name: &str) -> Response {
         self.with_key(Method::POST, "/api/v1/products", key)
             .json(&json!({"ean": ean, "name": name}))
