@@ -201,7 +201,7 @@ fn after_key_request<B>(res: &mut ServiceResponse<B>) {
     if let (Some(key), false) = (kr.key, matches!(status, 401 | 403 | 429))
         && let Some(auth) = res.request().app_data::<web::Data<Auth>>()
     {
-        auth.usage.record(key, kr.ip, auth.now());
+        auth.usage.record(key, kr.ip, kr.at);
     }
     let headers = res.headers_mut();
     headers.insert(

@@ -161,9 +161,7 @@ async fn rotate_key(
 ) -> Result<HttpResponse, Error> {
     let id = KeyId(path_id(&id, "API key")?);
     let presented = match &principal.subject {
-        Subject::ApiKey {
-            id: own, digest, ..
-        } if *own == id => Some(*digest),
+        Subject::ApiKey { key, digest } if key.id == id => Some(*digest),
         Subject::ApiKey { .. } => return Err(Error::forbidden("a key can only rotate itself")),
         Subject::User { .. } => {
             principal.require_admin()?;

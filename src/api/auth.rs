@@ -2,7 +2,7 @@
 use crate::auth::extractor::client_ip;
 use crate::auth::sessions::{ClientInfo, Tokens};
 use crate::auth::{Auth, Principal, Subject};
-use crate::domain::SessionId;
+use crate::domain::{Scope, ScopeSet, SessionId};
 use crate::error::{Error, ErrorKind};
 use crate::web::{JsonBody, is_json, read_optional_json};
 use actix_web::cookie::{Cookie, SameSite, time::Duration as CookieDuration};
@@ -33,37 +33,47 @@ struct PasswordRequest {
     new_password: String,
 }
 
+// `/auth/me` borrows from the records the principal already holds: no copies per request.
 #[derive(Serialize)]
-struct IdName {
+struct IdName<'a> {
     id: uuid::Uuid,
-    name: String,
+    name: &'a str,
 }
 
 #[derive(Serialize)]
-struct UserRef {
+struct UserRef<'a> {
     id: String,
-    email: String,
+    email: &'a str,
 }
 
 #[derive(Serialize)]
-struct KeyRef {
+struct KeyRef<'a> {
     id: uuid::Uuid,
-    name: String,
+    name: &'a str,
     environment: &'static str,
 }
 
+/// Scope names as a JSON array, written straight from the set.
+struct ScopeNames(ScopeSet);
+
+impl Serialize for ScopeNames {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(Scope::as_str))
+    }
+}
+
 #[derive(Serialize)]
-struct MeResponse {
+struct MeResponse<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<UserRef>,
-    tenant: IdName,
+    user: Option<UserRef<'a>>,
+    tenant: IdName<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<&'static str>,
-    scopes: Vec<&'static str>,
+    scopes: ScopeNames,
     environment: &'static str,
     auth: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    key: Option<KeyRef>,
+    key: Option<KeyRef<'a>>,
 }
 
 #[derive(Serialize)]
@@ -176,19 +186,19 @@ async fn me(principal: Principal, auth: web::Data<Auth>) -> Result<HttpResponse,
         .tenant_cached(principal.tenant)?
         .ok_or_else(|| Error::not_found("tenant"))?;
     let (user, key, kind) = match &principal.subject {
-        Subject::User { id, email, .. } => (
+        Subject::User { user, .. } => (
             Some(UserRef {
-                id: id.to_string(),
-                email: email.clone(),
+                id: user.id.to_string(),
+                email: &user.email,
             }),
             None,
             "jwt",
         ),
-        Subject::ApiKey { id, name, .. } => (
+        Subject::ApiKey { key, .. } => (
             None,
             Some(KeyRef {
-                id: id.0,
-                name: name.clone(),
+                id: key.id.0,
+                name: &key.name,
                 environment: principal.environment.as_str(),
             }),
             "api_key",
@@ -198,10 +208,10 @@ async fn me(principal: Principal, auth: web::Data<Auth>) -> Result<HttpResponse,
         user,
         tenant: IdName {
             id: tenant.id.0,
-            name: tenant.name.clone(),
+            name: &tenant.name,
         },
         role: principal.role.map(|r| r.as_str()),
-        scopes: principal.scopes.names(),
+        scopes: ScopeNames(principal.scopes),
         environment: principal.environment.as_str(),
         auth: kind,
         key,

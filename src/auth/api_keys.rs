@@ -152,7 +152,7 @@ impl Auth {
 }
 
 /// Format check first (no store read for garbage), then one digest lookup.
-pub(super) fn verify(auth: &Auth, raw: &str) -> Result<Principal, Error> {
+pub(super) fn verify(auth: &Auth, raw: &str, now: OffsetDateTime) -> Result<Principal, Error> {
     let invalid = |detail: &str| Error::new(ErrorKind::InvalidApiKey, detail);
     let environment = key_format::parse(raw).ok_or_else(|| {
         invalid("the API key is malformed: expected pm_live_ or pm_test_ followed by 38 letters and digits")
@@ -161,7 +161,7 @@ pub(super) fn verify(auth: &Auth, raw: &str) -> Result<Principal, Error> {
     let record = auth
         .store
         .api_key_by_digest(&digest)?
-        .filter(|k| k.environment == environment && k.accepts(&digest, auth.now()))
+        .filter(|k| k.environment == environment && k.accepts(&digest, now))
         .ok_or_else(|| invalid("the API key is unknown, revoked or expired"))?;
     Ok(Principal {
         tenant: record.tenant,
@@ -169,9 +169,7 @@ pub(super) fn verify(auth: &Auth, raw: &str) -> Result<Principal, Error> {
         scopes: record.scopes,
         role: None,
         subject: Subject::ApiKey {
-            id: record.id,
-            name: record.name.clone(),
-            hint: record.hint.clone(),
+            key: record,
             digest,
         },
     })

@@ -8,9 +8,15 @@ use crate::domain::KeyId;
 use crate::error::{Error, ErrorKind};
 use actix_web::dev::Payload;
 use actix_web::http::Method;
+use actix_web::http::header::{self, HeaderName};
+
+// Looked up by value: a `&str` name is parsed into a `HeaderName` on every lookup.
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use std::future::{Ready, ready};
 use std::net::IpAddr;
+use time::OffsetDateTime;
 
 /// Left in the request for the response middleware: rate-limit headers and key usage.
 #[derive(Debug, Clone)]
@@ -18,11 +24,13 @@ pub struct KeyRequest {
     pub key: Option<KeyId>,
     pub ip: Option<IpAddr>,
     pub rate: Decision,
+    /// When the request was authenticated: its key's last use.
+    pub at: OffsetDateTime,
 }
 
 fn header<'a>(
     req: &'a HttpRequest,
-    name: &str,
+    name: &HeaderName,
     bad: impl FnOnce() -> Error,
 ) -> Result<Option<&'a str>, Error> {
     match req.headers().get(name) {
@@ -53,16 +61,16 @@ fn extract(req: &HttpRequest) -> Result<Principal, Error> {
         .app_data::<web::Data<Auth>>()
         .ok_or_else(|| Error::new(ErrorKind::Internal, "BUG: Auth is not registered"))?;
     let creds = Credentials {
-        api_key: header(req, "x-api-key", || {
+        api_key: header(req, &X_API_KEY, || {
             Error::new(ErrorKind::InvalidApiKey, "the API key is malformed")
         })?,
-        authorization: header(req, "authorization", || {
+        authorization: header(req, &header::AUTHORIZATION, || {
             Error::new(
                 ErrorKind::InvalidToken,
                 "the Authorization header is malformed",
             )
         })?,
-        tenant: header(req, "x-tenant-id", || {
+        tenant: header(req, &X_TENANT_ID, || {
             Error::bad_request("X-Tenant-ID must be a tenant id (a UUID)")
         })?,
         is_read: matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS),
@@ -76,6 +84,7 @@ fn extract(req: &HttpRequest) -> Result<Principal, Error> {
                     key,
                     ip: ip(),
                     rate,
+                    at: done.at,
                 });
             }
             Ok(done.principal)
@@ -86,6 +95,7 @@ fn extract(req: &HttpRequest) -> Result<Principal, Error> {
                     key: None,
                     ip: None,
                     rate,
+                    at: auth.now(),
                 });
             }
             Err(e)

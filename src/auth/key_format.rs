@@ -23,16 +23,15 @@ fn prefix(env: Environment) -> &'static str {
     }
 }
 
-fn checksum(body: &str) -> String {
-    base62_fixed(u64::from(crc32fast::hash(body.as_bytes())), CHECK_LEN)
+fn checksum(body: &str) -> [u8; CHECK_LEN] {
+    base62_fixed(u64::from(crc32fast::hash(body.as_bytes())))
 }
 
 pub fn generate(env: Environment) -> Result<NewKey, Error> {
     let mut raw = String::with_capacity(KEY_LEN);
     raw.push_str(prefix(env));
     raw.push_str(&random_base62(RANDOM_LEN)?);
-    let check = checksum(&raw);
-    raw.push_str(&check);
+    raw.extend(checksum(&raw).map(char::from));
     Ok(NewKey {
         digest: sha256(raw.as_bytes()),
         hint: hint(&raw),
@@ -55,7 +54,7 @@ pub fn parse(raw: &str) -> Option<Environment> {
         return None;
     }
     let (body, check) = raw.split_at(8 + RANDOM_LEN);
-    (checksum(body) == check).then_some(env)
+    (checksum(body) == check.as_bytes()).then_some(env)
 }
 
 /// What lists show: the first 12 and the last 4 characters.

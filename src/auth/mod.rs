@@ -62,6 +62,8 @@ pub struct Credentials<'a> {
 pub struct Authenticated {
     pub principal: Principal,
     pub rate: Option<Decision>,
+    /// The clock reading every check of this request used (read once per request).
+    pub at: time::OffsetDateTime,
 }
 
 impl Auth {
@@ -96,17 +98,19 @@ impl Auth {
     ) -> Result<Authenticated, (Error, Option<Decision>)> {
         // Credentials are judged first (401), the tenant header after (400/403).
         let tenant = creds.tenant;
+        let now = self.now();
         match (creds.api_key, creds.authorization) {
             (Some(_), Some(_)) => Err((
                 Error::bad_request("send either X-API-Key or Authorization, not both"),
                 None,
             )),
-            (Some(key), None) => self.authenticate_key(key, tenant, creds.is_read),
+            (Some(key), None) => self.authenticate_key(key, tenant, creds.is_read, now),
             (None, Some(header)) => self
-                .authenticate_bearer(header, tenant)
+                .authenticate_bearer(header, tenant, now)
                 .map(|principal| Authenticated {
                     principal,
                     rate: None,
+                    at: now,
                 })
                 .map_err(|e| (e, None)),
             (None, None) => Err((
@@ -124,8 +128,9 @@ impl Auth {
         raw: &str,
         tenant: Option<&str>,
         is_read: bool,
+        now: time::OffsetDateTime,
     ) -> Result<Authenticated, (Error, Option<Decision>)> {
-        let principal = api_keys::verify(self, raw.trim()).map_err(|e| (e, None))?;
+        let principal = api_keys::verify(self, raw.trim(), now).map_err(|e| (e, None))?;
         let key_id = principal.key_id().ok_or_else(|| {
             (
                 Error::new(ErrorKind::Internal, "BUG: key principal without key"),
@@ -138,7 +143,7 @@ impl Auth {
         } else {
             self.policy.key_writes_per_minute
         };
-        let decision = self.key_windows.hit(&(key_id, is_read), limit, self.now());
+        let decision = self.key_windows.hit(&(key_id, is_read), limit, now);
         if !decision.allowed {
             let e = Error::new(
                 ErrorKind::RateLimited,
@@ -155,12 +160,18 @@ impl Auth {
             Ok(_) => Ok(Authenticated {
                 principal,
                 rate: Some(decision),
+                at: now,
             }),
             Err(e) => Err((e, Some(decision))),
         }
     }
 
-    fn authenticate_bearer(&self, header: &str, tenant: Option<&str>) -> Result<Principal, Error> {
+    fn authenticate_bearer(
+        &self,
+        header: &str,
+        tenant: Option<&str>,
+        now: time::OffsetDateTime,
+    ) -> Result<Principal, Error> {
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -177,7 +188,7 @@ impl Auth {
                 "API keys go in the X-API-Key header, not in Authorization: Bearer",
             ));
         }
-        sessions::verify_access_token(self, token, tenant)
+        sessions::verify_access_token(self, token, tenant, now)
     }
 
     /// Counts one login attempt for the client address; `Err` when over the limit.

@@ -2,20 +2,19 @@
 //! the extractor; handlers state what they need with `require*`.
 use crate::domain::{Environment, KeyId, Role, Scope, ScopeSet, SessionId, TenantId, UserId};
 use crate::error::{Error, ErrorKind};
-use crate::store::Namespace;
+use crate::store::{ApiKeyRecord, Namespace, UserRecord};
+use std::sync::Arc;
 
+/// The records a caller was verified against. They are shared with the store's record cache,
+/// not copied: a request builds its principal without allocating.
 #[derive(Debug, Clone)]
 pub enum Subject {
     User {
-        id: UserId,
-        email: String,
+        user: Arc<UserRecord>,
         session: SessionId,
-        superadmin: bool,
     },
     ApiKey {
-        id: KeyId,
-        name: String,
-        hint: String,
+        key: Arc<ApiKeyRecord>,
         /// SHA-256 of the secret presented (not a secret itself): self-rotation only proceeds
         /// while this is still the key's current secret.
         digest: [u8; 32],
@@ -57,15 +56,10 @@ impl Principal {
 
     pub fn require_session(&self) -> Result<SessionUser, Error> {
         match &self.subject {
-            Subject::User {
-                id,
-                session,
-                superadmin,
-                ..
-            } => Ok(SessionUser {
-                id: *id,
+            Subject::User { user, session } => Ok(SessionUser {
+                id: user.id,
                 session: *session,
-                superadmin: *superadmin,
+                superadmin: user.superadmin,
             }),
             Subject::ApiKey { .. } => Err(Error::forbidden(
                 "this route needs a user session (log in with POST /api/v1/auth/login); API keys cannot use it",
@@ -107,14 +101,14 @@ impl Principal {
     /// How the audit log names the caller (never a secret).
     pub fn actor(&self) -> String {
         match &self.subject {
-            Subject::User { email, .. } => format!("user:{email}"),
-            Subject::ApiKey { hint, .. } => format!("api_key:{hint}"),
+            Subject::User { user, .. } => format!("user:{}", user.email),
+            Subject::ApiKey { key, .. } => format!("api_key:{}", key.hint),
         }
     }
 
     pub fn key_id(&self) -> Option<KeyId> {
-        match self.subject {
-            Subject::ApiKey { id, .. } => Some(id),
+        match &self.subject {
+            Subject::ApiKey { key, .. } => Some(key.id),
             Subject::User { .. } => None,
         }
     }

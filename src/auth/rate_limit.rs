@@ -3,17 +3,19 @@
 //! The window is approximated the usual way: the previous fixed minute's count is weighted by
 //! how much of it still overlaps the sliding minute. Shards keep lock contention low when many
 //! keys are active at once. A restart starts fresh windows.
+use foldhash::fast::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash};
 use std::sync::Mutex;
 use time::OffsetDateTime;
 
 const SHARDS: usize = 16;
-const WINDOW_NANOS: i128 = 60_000_000_000;
+const WINDOW_MS: i64 = 60_000;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Window {
-    start: i128,
+    /// Unix milliseconds at which this fixed window began.
+    start: i64,
     current: u32,
     previous: u32,
 }
@@ -30,15 +32,17 @@ pub struct Decision {
 }
 
 pub struct SlidingWindow<K> {
-    shards: Vec<Mutex<HashMap<K, Window>>>,
+    shards: Vec<Mutex<HashMap<K, Window, RandomState>>>,
     hasher: RandomState,
 }
 
 impl<K: Hash + Eq + Clone> Default for SlidingWindow<K> {
     fn default() -> Self {
         SlidingWindow {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+            hasher: RandomState::default(),
         }
     }
 }
@@ -46,19 +50,20 @@ impl<K: Hash + Eq + Clone> Default for SlidingWindow<K> {
 impl<K: Hash + Eq + Clone> SlidingWindow<K> {
     /// Counts one hit for `key` against `limit` per minute.
     pub fn hit(&self, key: &K, limit: u32, now: OffsetDateTime) -> Decision {
-        let now_n = now.unix_timestamp_nanos();
-        let start = now_n - now_n.rem_euclid(WINDOW_NANOS);
+        // Milliseconds in 64 bits: nanoseconds would need 128-bit division on every request.
+        let now_ms = now.unix_timestamp() * 1000 + i64::from(now.millisecond());
+        let start = now_ms - now_ms.rem_euclid(WINDOW_MS);
         let shard = (self.hasher.hash_one(key) as usize) % SHARDS;
         let mut map = match self.shards[shard].lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
         if map.len() > 100_000 {
-            map.retain(|_, w| w.start >= start - WINDOW_NANOS);
+            map.retain(|_, w| w.start >= start - WINDOW_MS);
         }
         let w = map.entry(key.clone()).or_default();
         if w.start != start {
-            w.previous = if w.start == start - WINDOW_NANOS {
+            w.previous = if w.start == start - WINDOW_MS {
                 w.current
             } else {
                 0
@@ -66,9 +71,9 @@ impl<K: Hash + Eq + Clone> SlidingWindow<K> {
             w.current = 0;
             w.start = start;
         }
-        let elapsed = (now_n - start) as f64 / WINDOW_NANOS as f64;
+        let elapsed = (now_ms - start) as f64 / WINDOW_MS as f64;
         let weighted = |current: u32| f64::from(w.previous) * (1.0 - elapsed) + f64::from(current);
-        let reset_at = i64::try_from((start + WINDOW_NANOS) / 1_000_000_000).unwrap_or(i64::MAX);
+        let reset_at = (start + WINDOW_MS) / 1000;
         let allowed = weighted(w.current + 1) <= f64::from(limit);
         if allowed {
             w.current += 1;
@@ -108,7 +113,7 @@ fn seconds_until_allowed(previous: u32, current: u32, limit: u32, elapsed: f64) 
             0.0
         }
     };
-    let wait = ((at - elapsed).max(0.0) * (WINDOW_NANOS as f64 / 1e9)).ceil() as u64;
+    let wait = ((at - elapsed).max(0.0) * (WINDOW_MS as f64 / 1e3)).ceil() as u64;
     wait.max(1)
 }
 

@@ -28,14 +28,15 @@ pub fn random_base62(len: usize) -> Result<String, Error> {
     Ok(out)
 }
 
-/// Fixed-width base62 rendering of a number, most significant digit first.
-pub fn base62_fixed(mut n: u64, width: usize) -> String {
-    let mut digits = vec![b'0'; width];
+/// Fixed-width base62 rendering of a number, most significant digit first (ASCII, no
+/// allocation: key checks render a checksum on every request).
+pub fn base62_fixed<const WIDTH: usize>(mut n: u64) -> [u8; WIDTH] {
+    let mut digits = [b'0'; WIDTH];
     for slot in digits.iter_mut().rev() {
         *slot = BASE62[(n % 62) as usize];
         n /= 62;
     }
-    digits.into_iter().map(char::from).collect()
+    digits
 }
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {
@@ -56,9 +57,10 @@ mod tests {
 
     #[test]
     fn base62_fixed_pads_and_encodes() {
-        assert_eq!(base62_fixed(0, 6), "000000");
-        assert_eq!(base62_fixed(61, 3), "00z");
-        assert_eq!(base62_fixed(62, 3), "010");
-        assert_eq!(base62_fixed(u64::from(u32::MAX), 6).len(), 6);
+        assert_eq!(&base62_fixed::<6>(0), b"000000");
+        assert_eq!(&base62_fixed::<3>(61), b"00z");
+        assert_eq!(&base62_fixed::<3>(62), b"010");
+        // u32::MAX = 4 * 62^5 + ...: the widest checksum still fits six digits.
+        assert_eq!(&base62_fixed::<6>(u64::from(u32::MAX)), b"4gfFC3");
     }
 }

@@ -248,8 +248,8 @@ pub(super) fn verify_access_token(
     auth: &Auth,
     token: &str,
     tenant: Option<&str>,
+    now: OffsetDateTime,
 ) -> Result<Principal, Error> {
-    let now = auth.now();
     let claims = auth.jwt.verify(token, now)?;
     let session = auth
         .store
@@ -274,10 +274,8 @@ pub(super) fn verify_access_token(
         scopes: role.scopes(),
         role: Some(role),
         subject: Subject::User {
-            id: user.id,
-            email: user.email.clone(),
+            user,
             session: claims.sid,
-            superadmin: user.superadmin,
         },
     })
 }

@@ -1,16 +1,20 @@
 //! `last_used_at` / `last_used_ip` of API keys, buffered in memory and written to the store at
-//! most once a minute per key, so the read path never waits on a write. The buffer keeps the
-//! address as an `IpAddr` (no allocation per request) and shards its lock.
+//! most once a minute per key and worker thread, so the read path never waits on a write.
+//!
+//! Each worker thread records into its own map (a lock only it takes, so no lock word bounces
+//! between cores on every request); reads take the freshest entry over all threads. The store
+//! keeps the later of two writes, so threads persisting in any order never move a key's last
+//! use backwards.
 use crate::domain::KeyId;
 use crate::store::{KeyUsage, Store};
+use foldhash::fast::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
+use thread_local::ThreadLocal;
 use time::{Duration, OffsetDateTime};
 
 const PERSIST_EVERY: Duration = Duration::minutes(1);
-const SHARDS: usize = 16;
 
 #[derive(Clone, Copy)]
 struct Entry {
@@ -29,29 +33,28 @@ impl Entry {
     }
 }
 
+type Map = HashMap<KeyId, Entry, RandomState>;
+
+fn lock(m: &Mutex<Map>) -> MutexGuard<'_, Map> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub struct UsageBuffer {
     store: Store,
-    shards: Vec<Mutex<HashMap<KeyId, Entry>>>,
-    hasher: RandomState,
+    threads: ThreadLocal<Mutex<Map>>,
 }
 
 impl UsageBuffer {
     pub fn new(store: Store) -> Self {
         UsageBuffer {
             store,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            threads: ThreadLocal::new(),
         }
-    }
-
-    fn shard(&self, key: &KeyId) -> MutexGuard<'_, HashMap<KeyId, Entry>> {
-        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn record(&self, key: KeyId, ip: Option<IpAddr>, now: OffsetDateTime) {
         let to_write = {
-            let mut map = self.shard(&key);
+            let mut map = lock(self.threads.get_or_default());
             let entry = map.entry(key).or_insert(Entry {
                 at: now,
                 ip,
@@ -79,28 +82,75 @@ impl UsageBuffer {
         }
     }
 
-    /// The freshest usage known for a key: memory first, then the store.
+    /// The freshest usage known for a key: memory first (over every thread), then the store.
     pub fn get(&self, key: KeyId) -> Option<KeyUsage> {
-        if let Some(e) = self.shard(&key).get(&key) {
-            return Some(e.usage());
+        let freshest = self
+            .threads
+            .iter()
+            .filter_map(|m| lock(m).get(&key).copied())
+            .max_by_key(|e| e.at);
+        match freshest {
+            Some(e) => Some(e.usage()),
+            None => self.store.key_usage(key).ok().flatten(),
         }
-        self.store.key_usage(key).ok().flatten()
     }
 
     /// Writes every buffered value (at shutdown).
     pub fn persist_all(&self) {
-        let mut pending = Vec::new();
-        for shard in &self.shards {
-            let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
-            for (k, e) in map.iter_mut().filter(|(_, e)| e.dirty) {
+        let mut pending: HashMap<KeyId, Entry> = HashMap::new();
+        for thread in self.threads.iter() {
+            for (k, e) in lock(thread).iter_mut().filter(|(_, e)| e.dirty) {
                 e.dirty = false;
-                pending.push((*k, e.usage()));
+                let slot = pending.entry(*k).or_insert(*e);
+                if e.at > slot.at {
+                    *slot = *e;
+                }
             }
         }
-        for (key, usage) in pending {
-            if let Err(e) = self.store.set_key_usage(key, &usage) {
+        for (key, entry) in pending {
+            if let Err(e) = self.store.set_key_usage(key, &entry.usage()) {
                 tracing::warn!(error = %e, "could not record key usage");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000 + seconds).unwrap()
+    }
+
+    #[test]
+    fn threads_recording_the_same_key_never_move_its_last_use_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let buffer = std::sync::Arc::new(UsageBuffer::new(store.clone()));
+        let key = KeyId::generate();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        // A later use on this thread persists first ...
+        buffer.record(key, Some(ip), at(100));
+        // ... then another thread's first (so due) record of an earlier use arrives.
+        let other = buffer.clone();
+        std::thread::spawn(move || other.record(key, None, at(90)))
+            .join()
+            .unwrap();
+        let stored = store.key_usage(key).unwrap().unwrap();
+        assert_eq!(stored.at, at(100), "the store kept the later use");
+        assert_eq!(stored.ip.as_deref(), Some("192.0.2.7"));
+        assert_eq!(
+            buffer.get(key).unwrap().at,
+            at(100),
+            "memory answers the freshest"
+        );
+
+        // Within the minute nothing is written; the buffer still knows, and shutdown persists it.
+        buffer.record(key, None, at(130));
+        assert_eq!(store.key_usage(key).unwrap().unwrap().at, at(100));
+        assert_eq!(buffer.get(key).unwrap().at, at(130));
+        buffer.persist_all();
+        assert_eq!(store.key_usage(key).unwrap().unwrap().at, at(130));
     }
 }

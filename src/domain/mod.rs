@@ -1,9 +1,11 @@
 //! Validated domain types: parse once at the edge, then trust the type.
+mod digest;
 mod ean;
 mod email;
 mod ids;
 mod scope;
 
+pub use digest::{Digest, digests_equal};
 pub use ean::Ean;
 pub use email::{Email, MAX_EMAIL_LEN};
 pub use ids::{KeyId, ProductId, SessionId, TenantId, UserId};

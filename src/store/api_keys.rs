@@ -4,13 +4,13 @@
 //! the previous digest with its deadline. Revocation removes every digest index entry in the
 //! same transaction that marks the record, so no later lookup can find the key.
 use super::{Store, StoreError, StoreResult, abort, codec, from_tx, keys};
-use crate::domain::{Environment, KeyId, ScopeSet, TenantId};
+use crate::domain::{Environment, KeyId, ScopeSet, TenantId, digests_equal};
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use std::sync::Arc;
 use time::OffsetDateTime;
 
-pub type Digest = [u8; 32];
+pub use crate::domain::Digest;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
@@ -36,12 +36,11 @@ impl ApiKeyRecord {
         if self.revoked_at.is_some() || self.expires_at.is_some_and(|e| now >= e) {
             return false;
         }
-        if bool::from(subtle::ConstantTimeEq::ct_eq(&self.digest[..], &digest[..])) {
+        if digests_equal(&self.digest, digest) {
             return true;
         }
-        self.previous.is_some_and(|(old, until)| {
-            now < until && bool::from(subtle::ConstantTimeEq::ct_eq(&old[..], &digest[..]))
-        })
+        self.previous
+            .is_some_and(|(old, until)| now < until && digests_equal(&old, digest))
     }
 }
 
@@ -210,10 +209,19 @@ impl Store {
             .transpose()
     }
 
-    /// Usage lives in its own tree so that recording it can never race a revocation.
+    /// Usage lives in its own tree so that recording it can never race a revocation. The later
+    /// of the stored and the new use wins, whatever order writers arrive in.
     pub fn set_key_usage(&self, id: KeyId, usage: &KeyUsage) -> StoreResult<()> {
-        self.api_key_usage
-            .insert(id.as_bytes(), codec::encode(usage))?;
+        let new = codec::encode(usage);
+        self.api_key_usage.fetch_and_update(id.as_bytes(), |old| {
+            let stored_is_later = old
+                .and_then(|b| codec::decode::<KeyUsage>(b).ok())
+                .is_some_and(|stored| stored.at > usage.at);
+            match (stored_is_later, old) {
+                (true, Some(old)) => Some(old.to_vec()),
+                _ => Some(new.clone()),
+            }
+        })?;
         Ok(())
     }
 }

@@ -1,83 +1,97 @@
 //! A read-through cache of records for the per-request auth path (keys, sessions, users,
 //! tenants), kept coherent with the trees by explicit invalidation.
 //!
+//! Each worker thread keeps its own map, so a hit touches no lock and no shared reference
+//! count: with one map behind a lock, two workers serving the same key kept bouncing the lock
+//! word and the record's `Arc` count between their cores. What the threads share is a table of
+//! epochs, one per slot of the key space, which only writes change.
+//!
 //! Coherence rule: every store method that changes a cached record calls `invalidate` after its
-//! write commits and before it returns (so before any response confirms the write). A reader
-//! that misses notes the shard's epoch, reads sled, and only fills the cache if no invalidation
-//! happened in between; a fill that raced a write is therefore either never stored or removed
-//! by that write's invalidation. The cache can never serve a record older than the last
-//! confirmed write.
+//! write commits and before it returns (so before any response confirms the write).
+//! `invalidate` advances the epoch of the record's slot; every entry is stamped with the epoch
+//! its slot had *before* its record was read, and is served only while that is still the
+//! slot's epoch. A read that raced a write is therefore stamped with an epoch the write has
+//! already moved past, and no thread serves it again: the cache can never serve a record older
+//! than the last confirmed write.
+use foldhash::fast::RandomState;
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, RandomState};
-use std::sync::{Arc, RwLock};
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use thread_local::ThreadLocal;
 
-const SHARDS: usize = 16;
+/// Slots of the key space with their own epoch: an invalidation makes every thread reload
+/// about 1/1024 of what it holds.
+const SLOTS: usize = 1024;
 
-struct Shard<K, V> {
-    map: HashMap<K, Arc<V>>,
+struct Entry<V> {
     epoch: u64,
+    value: Arc<V>,
 }
 
-pub struct RecordCache<K, V> {
-    shards: Vec<RwLock<Shard<K, V>>>,
+pub struct RecordCache<K: Send, V: Send + Sync> {
+    epochs: Box<[AtomicU64]>,
+    local: ThreadLocal<RefCell<HashMap<K, Entry<V>, RandomState>>>,
     hasher: RandomState,
-    per_shard: usize,
+    per_thread: usize,
 }
 
-impl<K: Hash + Eq + Copy, V> RecordCache<K, V> {
+impl<K: Hash + Eq + Copy + Send, V: Send + Sync> RecordCache<K, V> {
+    /// `capacity` bounds each thread's map.
     pub fn new(capacity: usize) -> Self {
         RecordCache {
-            shards: (0..SHARDS)
-                .map(|_| {
-                    RwLock::new(Shard {
-                        map: HashMap::new(),
-                        epoch: 0,
-                    })
-                })
-                .collect(),
-            hasher: RandomState::new(),
-            per_shard: (capacity / SHARDS).max(16),
+            epochs: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            local: ThreadLocal::new(),
+            hasher: RandomState::default(),
+            per_thread: capacity.max(16),
         }
     }
 
-    fn shard(&self, key: &K) -> &RwLock<Shard<K, V>> {
-        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    fn epoch(&self, key: &K) -> &AtomicU64 {
+        &self.epochs[(self.hasher.hash_one(key) as usize) % SLOTS]
     }
 
-    /// The cached record, or `load()`'s, which is cached unless a write raced it.
+    /// The cached record, or `load()`'s, which is cached stamped with the epoch read before it.
     pub fn get_or_load<E>(
         &self,
         key: K,
         load: impl FnOnce() -> Result<Option<V>, E>,
     ) -> Result<Option<Arc<V>>, E> {
-        let shard = self.shard(&key);
-        let epoch = {
-            let s = shard.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(v) = s.map.get(&key) {
-                return Ok(Some(v.clone()));
-            }
-            s.epoch
-        };
+        // Acquire pairs with the invalidation's release: seeing its epoch means seeing its write.
+        let epoch = self.epoch(&key).load(Ordering::Acquire);
+        let local = self
+            .local
+            .get_or(|| RefCell::new(HashMap::with_hasher(RandomState::default())));
+        if let Some(e) = local.borrow().get(&key)
+            && e.epoch == epoch
+        {
+            return Ok(Some(e.value.clone()));
+        }
+        // No borrow is held while loading: `load` may use other caches.
         let Some(value) = load()? else {
             return Ok(None);
         };
         let value = Arc::new(value);
-        let mut s = shard.write().unwrap_or_else(|p| p.into_inner());
-        if s.epoch == epoch {
-            if s.map.len() >= self.per_shard {
-                // Crude but bounded: a full shard starts over.
-                s.map.clear();
-            }
-            s.map.insert(key, value.clone());
+        let mut map = local.borrow_mut();
+        if map.len() >= self.per_thread {
+            // Crude but bounded: a full map starts over.
+            map.clear();
         }
+        map.insert(
+            key,
+            Entry {
+                epoch,
+                value: value.clone(),
+            },
+        );
         Ok(Some(value))
     }
 
-    /// Forgets `key`; called after every committed write of that record.
+    /// Makes every thread's copy of `key` stale; called after every committed write of that
+    /// record.
     pub fn invalidate(&self, key: &K) {
-        let mut s = self.shard(key).write().unwrap_or_else(|p| p.into_inner());
-        s.epoch = s.epoch.wrapping_add(1);
-        s.map.remove(key);
+        self.epoch(key).fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -128,5 +142,43 @@ mod tests {
                 .unwrap(),
             2
         );
+    }
+
+    #[test]
+    fn an_invalidation_on_one_thread_reaches_every_other_threads_copy() {
+        let cache: Arc<RecordCache<u32, u32>> = Arc::new(RecordCache::new(64));
+        let (to_reader, reader_rx) = std::sync::mpsc::channel::<()>();
+        let (to_main, main_rx) = std::sync::mpsc::channel::<u32>();
+        let reader = {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                let read = |fresh: u32| {
+                    *cache
+                        .get_or_load(9, || Ok::<_, ()>(Some(fresh)))
+                        .unwrap()
+                        .unwrap()
+                };
+                to_main.send(read(1)).unwrap();
+                reader_rx.recv().unwrap();
+                to_main.send(read(2)).unwrap(); // cached: still 1
+                reader_rx.recv().unwrap();
+                to_main.send(read(3)).unwrap(); // after the invalidation: reloaded
+            })
+        };
+        assert_eq!(main_rx.recv().unwrap(), 1);
+        to_reader.send(()).unwrap();
+        assert_eq!(
+            main_rx.recv().unwrap(),
+            1,
+            "the reader's thread cached its copy"
+        );
+        cache.invalidate(&9);
+        to_reader.send(()).unwrap();
+        assert_eq!(
+            main_rx.recv().unwrap(),
+            3,
+            "the invalidation reached the other thread"
+        );
+        reader.join().unwrap();
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use time::OffsetDateTime;
 
-pub type Digest = [u8; 32];
+pub use crate::domain::Digest;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionRecord {
