@@ -203,19 +203,39 @@ fn after_key_request<B>(res: &mut ServiceResponse<B>) {
     {
         auth.usage.record(key, kr.ip, kr.at);
     }
+    let (limit, reset) = rate_header_values(&kr.rate);
     let headers = res.headers_mut();
-    headers.insert(
-        HeaderName::from_static("x-ratelimit-limit"),
-        HeaderValue::from(kr.rate.limit),
-    );
+    headers.insert(HeaderName::from_static("x-ratelimit-limit"), limit);
     headers.insert(
         HeaderName::from_static("x-ratelimit-remaining"),
         HeaderValue::from(kr.rate.remaining),
     );
-    headers.insert(
-        HeaderName::from_static("x-ratelimit-reset"),
-        HeaderValue::from(kr.rate.reset_at),
-    );
+    headers.insert(HeaderName::from_static("x-ratelimit-reset"), reset);
+}
+
+/// The limit and the window's end change rarely (per configuration, once a minute); each
+/// worker keeps their last rendering instead of formatting and allocating them per response.
+fn rate_header_values(rate: &crate::auth::rate_limit::Decision) -> (HeaderValue, HeaderValue) {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<Option<(u32, HeaderValue, i64, HeaderValue)>> =
+            const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| {
+        let (limit, limit_value, reset, reset_value) = last.get_or_insert_with(|| {
+            let (l, r) = (rate.limit, rate.reset_at);
+            (l, HeaderValue::from(l), r, HeaderValue::from(r))
+        });
+        if *limit != rate.limit {
+            *limit = rate.limit;
+            *limit_value = HeaderValue::from(rate.limit);
+        }
+        if *reset != rate.reset_at {
+            *reset = rate.reset_at;
+            *reset_value = HeaderValue::from(rate.reset_at);
+        }
+        (limit_value.clone(), reset_value.clone())
+    })
 }
 
 fn set_security_headers<B>(res: &mut ServiceResponse<B>, request_id: &str) {

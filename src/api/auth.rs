@@ -2,13 +2,17 @@
 use crate::auth::extractor::client_ip;
 use crate::auth::sessions::{ClientInfo, Tokens};
 use crate::auth::{Auth, Principal, Subject};
-use crate::domain::{Scope, ScopeSet, SessionId};
+use crate::domain::{Scope, ScopeSet, SessionId, TenantId};
 use crate::error::{Error, ErrorKind};
+use crate::store::TenantRecord;
 use crate::web::{JsonBody, is_json, read_optional_json};
 use actix_web::cookie::{Cookie, SameSite, time::Duration as CookieDuration};
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
 use time::OffsetDateTime;
 
 const REFRESH_COOKIE: &str = "refresh_token";
@@ -180,11 +184,33 @@ async fn logout_all(principal: Principal, auth: web::Data<Auth>) -> Result<HttpR
     Ok(HttpResponse::NoContent().cookie(cleared_cookie()).finish())
 }
 
-async fn me(principal: Principal, auth: web::Data<Auth>) -> Result<HttpResponse, Error> {
-    let tenant = auth
-        .store
-        .tenant_cached(principal.tenant)?
-        .ok_or_else(|| Error::not_found("tenant"))?;
+/// `/auth/me` is a pure function of the records the caller was verified against (the key, or
+/// the user with the tenant picked) and the tenant record. Cached records are immutable and
+/// replaced, never changed, when written, so each worker keeps the body it last wrote for a
+/// caller and reuses it while it still holds the very same records (`Arc::ptr_eq`); any write
+/// to the key, user or tenant makes the next request build a fresh one.
+struct MeBody {
+    subject: Subject,
+    tenant: Arc<TenantRecord>,
+    body: web::Bytes,
+}
+
+const ME_BODIES_PER_THREAD: usize = 1024;
+
+thread_local! {
+    static ME_BODIES: RefCell<HashMap<(uuid::Uuid, TenantId), MeBody, foldhash::fast::RandomState>> =
+        RefCell::new(HashMap::default());
+}
+
+fn same_records(a: &Subject, b: &Subject) -> bool {
+    match (a, b) {
+        (Subject::ApiKey { key: a, .. }, Subject::ApiKey { key: b, .. }) => Arc::ptr_eq(a, b),
+        (Subject::User { user: a, .. }, Subject::User { user: b, .. }) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+fn me_body(principal: &Principal, tenant: &TenantRecord) -> Result<Vec<u8>, Error> {
     let (user, key, kind) = match &principal.subject {
         Subject::User { user, .. } => (
             Some(UserRef {
@@ -204,7 +230,7 @@ async fn me(principal: Principal, auth: web::Data<Auth>) -> Result<HttpResponse,
             "api_key",
         ),
     };
-    Ok(HttpResponse::Ok().json(MeResponse {
+    serde_json::to_vec(&MeResponse {
         user,
         tenant: IdName {
             id: tenant.id.0,
@@ -215,7 +241,51 @@ async fn me(principal: Principal, auth: web::Data<Auth>) -> Result<HttpResponse,
         environment: principal.environment.as_str(),
         auth: kind,
         key,
-    }))
+    })
+    .map_err(|e| Error::new(ErrorKind::Internal, "could not write the response").with_cause(e))
+}
+
+async fn me(principal: Principal, auth: web::Data<Auth>) -> Result<HttpResponse, Error> {
+    let tenant = auth
+        .store
+        .tenant_cached(principal.tenant)?
+        .ok_or_else(|| Error::not_found("tenant"))?;
+    let caller = match &principal.subject {
+        Subject::ApiKey { key, .. } => key.id.0,
+        Subject::User { user, .. } => user.id.0,
+    };
+    let slot = (caller, principal.tenant);
+    let cached = ME_BODIES.with_borrow(|bodies| {
+        bodies
+            .get(&slot)
+            .filter(|m| {
+                same_records(&m.subject, &principal.subject) && Arc::ptr_eq(&m.tenant, &tenant)
+            })
+            .map(|m| m.body.clone())
+    });
+    let body = match cached {
+        Some(body) => body,
+        None => {
+            let body = web::Bytes::from(me_body(&principal, &tenant)?);
+            ME_BODIES.with_borrow_mut(|bodies| {
+                if bodies.len() >= ME_BODIES_PER_THREAD {
+                    bodies.clear();
+                }
+                bodies.insert(
+                    slot,
+                    MeBody {
+                        subject: principal.subject.clone(),
+                        tenant,
+                        body: body.clone(),
+                    },
+                )
+            });
+            body
+        }
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header(header::ContentType::json())
+        .body(body))
 }
 
 async fn change_password(

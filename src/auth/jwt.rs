@@ -2,11 +2,12 @@
 //!
 //! The signature and claims are only half of the check: the extractor also loads the session
 //! and the user, so logout, password change and lock cut tokens off before they expire.
-use crate::domain::{SessionId, TenantId, UserId};
+use crate::domain::{SessionId, TenantId, UserId, constant_time_eq};
 use crate::error::{Error, ErrorKind};
 use crate::store::cache::RecordCache;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -30,15 +31,32 @@ pub struct Claims {
     pub ver: u32,
 }
 
+/// A token that passed the full check, kept with its text: only that exact text gets its claims.
+pub struct VerifiedToken {
+    token: Box<[u8]>,
+    pub claims: Claims,
+}
+
+impl std::ops::Deref for VerifiedToken {
+    type Target = Claims;
+
+    fn deref(&self) -> &Claims {
+        &self.claims
+    }
+}
+
 #[derive(Clone)]
 pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
-    /// Tokens that passed the full check, by the SHA-256 of the whole token: a token seen again
-    /// skips the HMAC and the JSON passes. Expiry is still checked on every use, and the
-    /// session and user checks that make tokens revocable run on every request regardless.
-    verified: Arc<RecordCache<[u8; 32], Claims>>,
+    /// Tokens that passed the full check, found by a keyed 64-bit hash of their text and
+    /// compared with it in constant time: a token seen again skips the HMAC and the JSON passes
+    /// (and a SHA-256 of the whole token, which cost as much as the rest of the lookup). Expiry
+    /// is still checked on every use, and the session and user checks that make tokens
+    /// revocable run on every request regardless.
+    verified: Arc<RecordCache<u64, VerifiedToken>>,
+    token_ids: foldhash::quality::RandomState,
     pub ttl_seconds: i64,
 }
 
@@ -63,6 +81,7 @@ impl JwtKeys {
             decoding: DecodingKey::from_secret(secret).map_err(internal)?,
             validation,
             verified: Arc::new(RecordCache::new(100_000)),
+            token_ids: foldhash::quality::RandomState::default(),
             ttl_seconds,
         })
     }
@@ -107,12 +126,25 @@ impl JwtKeys {
     }
 
     /// Checks algorithm, type, signature, issuer, audience and lifetime.
-    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Arc<Claims>, Error> {
-        let digest = crate::auth::secret::sha256(token.as_bytes());
-        let claims = self
+    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Arc<VerifiedToken>, Error> {
+        let full_check = || {
+            self.check_signature_and_claims(token)
+                .map(|claims| VerifiedToken {
+                    token: token.as_bytes().into(),
+                    claims,
+                })
+        };
+        let id = self.token_ids.hash_one(token.as_bytes());
+        let cached = self
             .verified
-            .get_or_load(digest, || self.check_signature_and_claims(token).map(Some))?
+            .get_or_load(id, || full_check().map(Some))?
             .ok_or_else(|| invalid("the access token is invalid"))?;
+        let claims = if constant_time_eq(&cached.token, token.as_bytes()) {
+            cached
+        } else {
+            // Another token with the same 64-bit id: checked in full, not cached.
+            Arc::new(full_check()?)
+        };
         let now = now.unix_timestamp();
         if now >= claims.exp + LEEWAY_SECONDS {
             return Err(invalid("the access token has expired"));
@@ -227,6 +259,32 @@ mod tests {
             k.verify(&t, now() + time::Duration::seconds(960)).is_err(),
             "expiry is checked on every use"
         );
+    }
+
+    #[test]
+    fn a_token_that_shares_a_cached_tokens_id_is_still_checked_in_full() {
+        let k = keys();
+        let good = token();
+        let claims = k.verify(&good, now()).unwrap().claims.clone();
+        // Plant the good token's entry under the id of a forged one, as a 64-bit collision
+        // would: the forged text must not inherit the good token's claims.
+        let forged = reencode(
+            &good,
+            serde_json::json!({"alg": "HS256", "typ": "at+jwt"}),
+            None,
+        )
+        .replace(".", "..");
+        let id = k.token_ids.hash_one(forged.as_bytes());
+        k.verified
+            .get_or_load(id, || {
+                Ok::<_, ()>(Some(VerifiedToken {
+                    token: good.as_bytes().into(),
+                    claims,
+                }))
+            })
+            .unwrap();
+        assert!(k.verify(&forged, now()).is_err());
+        assert!(k.verify(&good, now()).is_ok());
     }
 
     #[test]

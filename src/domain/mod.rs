@@ -5,7 +5,7 @@ mod email;
 mod ids;
 mod scope;
 
-pub use digest::{Digest, digests_equal};
+pub use digest::{Digest, constant_time_eq, digests_equal};
 pub use ean::Ean;
 pub use email::{Email, MAX_EMAIL_LEN};
 pub use ids::{KeyId, ProductId, SessionId, TenantId, UserId};
