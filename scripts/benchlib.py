@@ -90,6 +90,12 @@ class Server:
                     return int(line.split()[1]) / 1024
         return 0.0
 
+    def reset_peak_rss(self):
+        """Restarts VmHWM from the current RSS (Linux `clear_refs` 5), so a later VmHWM is the
+        peak of what ran since, not of the start-up."""
+        with open(f"/proc/{self.proc.pid}/clear_refs", "w") as f:
+            f.write("5")
+
     def login(self, email=ADMIN_EMAIL, password=PASSWORD):
         req = urllib.request.Request(self.base + "/api/v1/auth/login", method="POST",
                                      data=json.dumps({"email": email, "password": password}).encode(),

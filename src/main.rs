@@ -4,6 +4,9 @@
 use clap::Parser;
 use pixee_pim::cli::{Cli, run};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     pixee_pim::telemetry::init();

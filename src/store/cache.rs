@@ -38,13 +38,16 @@ pub struct RecordCache<K: Send, V: Send + Sync> {
 }
 
 impl<K: Hash + Eq + Copy + Send, V: Send + Sync> RecordCache<K, V> {
-    /// `capacity` bounds each thread's map.
+    /// `capacity` is shared out among the worker threads (one per core unless configured):
+    /// each thread's map holds at most its share, so the copies together stay near
+    /// `capacity` records.
     pub fn new(capacity: usize) -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
         RecordCache {
             epochs: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             local: ThreadLocal::new(),
             hasher: RandomState::default(),
-            per_thread: capacity.max(16),
+            per_thread: (capacity / threads).max(16),
         }
     }
 
