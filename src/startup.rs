@@ -14,6 +14,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use time::Duration;
 
 /// Why the server or an admin command could not start. `exit_code` follows SPEC §1.
@@ -38,6 +39,15 @@ impl StartError {
 
 fn other(e: impl std::fmt::Display) -> StartError {
     StartError::Other(e.to_string())
+}
+
+/// Hands memory freed so far back to the operating system. The binary installs its
+/// allocator's way of doing it (`main.rs`); the library never names the allocator.
+static RELEASE_FREE_MEMORY: OnceLock<fn()> = OnceLock::new();
+
+/// Installs the hook run once a store is open; the first call wins.
+pub fn on_free_memory_release(hook: fn()) {
+    let _ = RELEASE_FREE_MEMORY.set(hook);
 }
 
 /// The exclusive hold on a data directory, for as long as this value lives.
@@ -178,6 +188,11 @@ impl Application {
             Some(tls) => http.listen_rustls_0_23(listener, tls),
         }
         .map_err(|e| other(format!("cannot listen on {}: {e}", settings.listen)))?;
+        // Opening the store (sled's recovery) and the bootstrap freed tens of MiB on a large
+        // store; hand them back before serving (docs/PERFORMANCE.md, RSS idle).
+        if let Some(release) = RELEASE_FREE_MEMORY.get() {
+            release();
+        }
         Ok(Application {
             server: http.run(),
             port,
