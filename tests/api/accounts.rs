@@ -297,3 +297,47 @@ async fn users_are_created_once_and_added_to_other_tenants() {
         .unwrap();
     assert_problem(not_admin, 403, "PERMISSION_DENIED").await;
 }
+
+#[actix_web::test]
+async fn auth_me_shows_a_role_change_on_the_very_next_request() {
+    // Workers reuse the /auth/me body they last wrote while the caller's records are unchanged;
+    // a role change replaces the user record, so no worker may answer with the old body.
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    app.create_user(&admin.token, "sam@example.com", "viewer")
+        .await;
+    let sam = app.login("sam@example.com", "a fine password 1").await;
+    let me = || async {
+        app.with_token(Method::GET, "/api/v1/auth/me", &sam.token)
+            .json_value()
+            .await
+    };
+    let before = me().await;
+    assert_eq!(before["role"], "viewer");
+    for _ in 0..16 {
+        assert_eq!(me().await, before, "reused bodies are the same body");
+    }
+    let tenant = before["tenant"]["id"].as_str().unwrap().to_owned();
+    let res = app
+        .with_token(
+            Method::POST,
+            &format!("/api/v1/tenants/{tenant}/members"),
+            &admin.token,
+        )
+        .json(&json!({"email": "sam@example.com", "role": "editor"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    for _ in 0..16 {
+        let after = me().await;
+        assert_eq!(after["role"], "editor");
+        assert!(
+            after["scopes"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("products:write")),
+            "{after}"
+        );
+    }
+}
