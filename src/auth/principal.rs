@@ -6,8 +6,9 @@ use crate::store::{ApiKeyRecord, Namespace, UserRecord};
 use std::sync::Arc;
 
 /// The records a caller was verified against. They are shared with the store's record cache,
-/// not copied: a request builds its principal without allocating.
-#[derive(Debug, Clone)]
+/// not copied: a request builds its principal without allocating. `Debug` names the caller
+/// only: the records hold a password hash and key digests.
+#[derive(Clone)]
 pub enum Subject {
     User {
         user: Arc<UserRecord>,
@@ -19,6 +20,23 @@ pub enum Subject {
         /// while this is still the key's current secret.
         digest: [u8; 32],
     },
+}
+
+impl std::fmt::Debug for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::User { user, session } => f
+                .debug_struct("User")
+                .field("id", &user.id)
+                .field("session", session)
+                .finish_non_exhaustive(),
+            Subject::ApiKey { key, .. } => f
+                .debug_struct("ApiKey")
+                .field("id", &key.id)
+                .field("hint", &key.hint)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +128,56 @@ impl Principal {
         match &self.subject {
             Subject::ApiKey { key, .. } => Some(key.id),
             Subject::User { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Environment, ScopeSet};
+    use time::OffsetDateTime;
+
+    #[test]
+    fn debug_output_names_the_caller_and_never_its_secrets() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let user = Subject::User {
+            user: Arc::new(UserRecord {
+                id: UserId::generate(),
+                email: "ada@example.com".into(),
+                password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+                memberships: Vec::new(),
+                superadmin: false,
+                token_version: 0,
+                created_at: now,
+                updated_at: now,
+            }),
+            session: SessionId::generate(),
+        };
+        let key = Subject::ApiKey {
+            key: Arc::new(ApiKeyRecord {
+                id: KeyId::generate(),
+                tenant: TenantId::generate(),
+                environment: Environment::Live,
+                name: "ci".into(),
+                scopes: ScopeSet::default(),
+                hint: "pm_live_abcd…wxyz".into(),
+                digest: [0xab; 32],
+                previous: Some(([0xcd; 32], now)),
+                created_at: now,
+                created_by: "admin".into(),
+                expires_at: None,
+                rotated_at: None,
+                revoked_at: None,
+            }),
+            digest: [0xef; 32],
+        };
+        let user = format!("{user:?}");
+        assert!(user.contains("User") && !user.contains("argon2"), "{user}");
+        let key = format!("{key:?}");
+        assert!(key.contains("pm_live_abcd"), "{key}");
+        for byte in ["171", "205", "239"] {
+            assert!(!key.contains(byte), "a digest byte ({byte}) in {key}");
         }
     }
 }

@@ -61,9 +61,12 @@ impl UsageBuffer {
                 persisted_at: None,
                 dirty: true,
             });
-            entry.at = now;
-            entry.ip = ip;
-            entry.dirty = true;
+            // A slower request finishing after a later one must not move the last use back.
+            if now >= entry.at {
+                entry.at = now;
+                entry.ip = ip;
+                entry.dirty = true;
+            }
             let due = entry
                 .persisted_at
                 .is_none_or(|at| now - at >= PERSIST_EVERY);
@@ -149,6 +152,9 @@ mod tests {
         // Within the minute nothing is written; the buffer still knows, and shutdown persists it.
         buffer.record(key, None, at(130));
         assert_eq!(store.key_usage(key).unwrap().unwrap().at, at(100));
+        assert_eq!(buffer.get(key).unwrap().at, at(130));
+        // A slower request authenticated earlier finishes last: it does not move the use back.
+        buffer.record(key, None, at(120));
         assert_eq!(buffer.get(key).unwrap().at, at(130));
         buffer.persist_all();
         assert_eq!(store.key_usage(key).unwrap().unwrap().at, at(130));

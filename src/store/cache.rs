@@ -77,7 +77,7 @@ impl<K: Hash + Eq + Copy + Send, V: Send + Sync> RecordCache<K, V> {
         };
         let value = Arc::new(value);
         let mut map = local.borrow_mut();
-        if map.len() >= self.per_thread {
+        if map.len() >= self.per_thread && !map.contains_key(&key) {
             // Crude but bounded: a full map starts over.
             map.clear();
         }

@@ -52,9 +52,19 @@ async fn start(dir: Arc<TempDir>, clock: Arc<ManualClock>, args: ServeArgs) -> T
     serve.workers = Some(2);
     let settings = Settings::resolve(dir.path().to_path_buf(), serve);
     let shared: SharedClock = clock.clone();
-    let app = Application::build(settings, shared, HashCost::FAST_FOR_TESTS)
-        .await
-        .expect("the application starts");
+    // After a restart, the old server's worker threads may still be dropping their share of
+    // the store when the new one opens it (sled's file lock): wait for them, briefly.
+    let mut attempts = 0;
+    let app = loop {
+        match Application::build(settings.clone(), shared.clone(), HashCost::FAST_FOR_TESTS).await {
+            Ok(app) => break app,
+            Err(e) if attempts < 50 && format!("{e:?}").contains("could not acquire lock") => {
+                attempts += 1;
+                actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the application starts: {e:?}"),
+        }
+    };
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
     let app_auth = app.auth();
