@@ -9,14 +9,14 @@ use crate::error::{Error, ErrorKind};
 use actix_web::dev::Payload;
 use actix_web::http::Method;
 use actix_web::http::header::{self, HeaderName};
-
-// Looked up by value: a `&str` name is parsed into a `HeaderName` on every lookup.
-static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use std::future::{Ready, ready};
 use std::net::IpAddr;
 use time::OffsetDateTime;
+
+// Header names as constants: a `&str` name is parsed into a `HeaderName` on every lookup.
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
 
 /// Left in the request for the response middleware: rate-limit headers and key usage.
 #[derive(Debug, Clone)]
