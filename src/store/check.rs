@@ -44,12 +44,12 @@ fn records<T: DeserializeOwned>(tree: &sled::Tree, name: &str) -> StoreResult<Ve
 
 /// An index tree must hold exactly `expected` (key → raw payload), built from the records:
 /// no entry that points nowhere or at the wrong record, and no record without its entry.
-/// Returns the number of entries.
+/// Returns the tree's name and number of entries, for the report.
 fn agrees(
     tree: &sled::Tree,
-    name: &str,
+    name: &'static str,
     expected: &HashMap<Vec<u8>, Vec<u8>>,
-) -> StoreResult<usize> {
+) -> StoreResult<(&'static str, usize)> {
     let mut n = 0;
     for item in tree.iter() {
         let (k, v) = item?;
@@ -62,7 +62,7 @@ fn agrees(
     if n != expected.len() {
         return Err(corrupt(name, b"", "a record has no entry"));
     }
-    Ok(n)
+    Ok((name, n))
 }
 
 /// Every record's key must be the id inside it.
@@ -93,10 +93,7 @@ impl Store {
             .iter()
             .map(|(k, t)| (t.name.to_lowercase().into_bytes(), k.clone()))
             .collect();
-        trees.push((
-            "tenant_by_name",
-            agrees(&self.tenant_by_name, "tenant_by_name", &by_name)?,
-        ));
+        trees.push(agrees(&self.tenant_by_name, "tenant_by_name", &by_name)?);
 
         let tenant_ids: HashSet<&[u8]> = tenants.iter().map(|(k, _)| k.as_slice()).collect();
         let users = records::<UserRecord>(&self.users, "users")?;
@@ -116,14 +113,8 @@ impl Store {
                 );
             }
         }
-        trees.push((
-            "user_by_email",
-            agrees(&self.user_by_email, "user_by_email", &by_email)?,
-        ));
-        trees.push((
-            "tenant_members",
-            agrees(&self.tenant_members, "tenant_members", &members)?,
-        ));
+        trees.push(agrees(&self.user_by_email, "user_by_email", &by_email)?);
+        trees.push(agrees(&self.tenant_members, "tenant_members", &members)?);
 
         let api_keys = records::<ApiKeyRecord>(&self.api_keys, "api_keys")?;
         keyed_by_id(&api_keys, "api_keys", |k| k.id.as_bytes())?;
@@ -144,14 +135,16 @@ impl Store {
                 Vec::new(),
             );
         }
-        trees.push((
+        trees.push(agrees(
+            &self.api_key_by_digest,
             "api_key_by_digest",
-            agrees(&self.api_key_by_digest, "api_key_by_digest", &by_digest)?,
-        ));
-        trees.push((
+            &by_digest,
+        )?);
+        trees.push(agrees(
+            &self.api_keys_by_tenant,
             "api_keys_by_tenant",
-            agrees(&self.api_keys_by_tenant, "api_keys_by_tenant", &by_tenant)?,
-        ));
+            &by_tenant,
+        )?);
         trees.push((
             "api_key_usage",
             records::<KeyUsage>(&self.api_key_usage, "api_key_usage")?.len(),
@@ -169,10 +162,11 @@ impl Store {
                 )
             })
             .collect();
-        trees.push((
+        trees.push(agrees(
+            &self.sessions_by_user,
             "sessions_by_user",
-            agrees(&self.sessions_by_user, "sessions_by_user", &by_user)?,
-        ));
+            &by_user,
+        )?);
         let session_ids: HashSet<&[u8]> = sessions.iter().map(|(k, _)| k.as_slice()).collect();
         let refresh = records::<RefreshRecord>(&self.refresh_tokens, "refresh_tokens")?;
         if let Some((k, _)) = refresh
@@ -209,22 +203,13 @@ impl Store {
             by_updated.insert(updated.to_vec(), Vec::new());
         }
         trees.push(("products", products.len()));
-        trees.push((
-            "product_by_ean",
-            agrees(&self.product_by_ean, "product_by_ean", &by_ean)?,
-        ));
-        trees.push((
-            "product_by_ref",
-            agrees(&self.product_by_ref, "product_by_ref", &by_ref)?,
-        ));
-        trees.push((
+        trees.push(agrees(&self.product_by_ean, "product_by_ean", &by_ean)?);
+        trees.push(agrees(&self.product_by_ref, "product_by_ref", &by_ref)?);
+        trees.push(agrees(
+            &self.products_by_updated,
             "products_by_updated",
-            agrees(
-                &self.products_by_updated,
-                "products_by_updated",
-                &by_updated,
-            )?,
-        ));
+            &by_updated,
+        )?);
 
         // A namespace without products may keep a counter at 0; one with products must count
         // them exactly.

@@ -3,6 +3,25 @@ use crate::helpers::{Fetch, assert_problem, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+/// `POST /tenants/{tenant}/members` (adds the user, or changes their role there).
+async fn add_member(
+    app: &crate::helpers::TestApp,
+    token: &str,
+    tenant: &str,
+    email: &str,
+    role: &str,
+) -> reqwest::Response {
+    app.with_token(
+        Method::POST,
+        &format!("/api/v1/tenants/{tenant}/members"),
+        token,
+    )
+    .json(&json!({"email": email, "role": role}))
+    .send()
+    .await
+    .unwrap()
+}
+
 async fn new_tenant(app: &crate::helpers::TestApp, token: &str, name: &str) -> String {
     let res = app
         .with_token(Method::POST, "/api/v1/tenants", token)
@@ -262,16 +281,7 @@ async fn users_are_created_once_and_added_to_other_tenants() {
         .unwrap();
     assert_problem(weak, 422, "VALIDATION_ERROR").await;
     let acme = new_tenant(&app, &admin.token, "acme").await;
-    let res = app
-        .with_token(
-            Method::POST,
-            &format!("/api/v1/tenants/{acme}/members"),
-            &admin.token,
-        )
-        .json(&json!({"email": "pat@example.com", "role": "editor"}))
-        .send()
-        .await
-        .unwrap();
+    let res = add_member(&app, &admin.token, &acme, "pat@example.com", "editor").await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let pat = app.login("pat@example.com", "a fine password 1").await;
     let tenants: Value = app
@@ -285,16 +295,7 @@ async fn users_are_created_once_and_added_to_other_tenants() {
         .json_value()
         .await;
     assert_eq!(me["role"], "editor");
-    let not_admin = app
-        .with_token(
-            Method::POST,
-            &format!("/api/v1/tenants/{acme}/members"),
-            &pat.token,
-        )
-        .json(&json!({"email": "pat@example.com", "role": "admin"}))
-        .send()
-        .await
-        .unwrap();
+    let not_admin = add_member(&app, &pat.token, &acme, "pat@example.com", "admin").await;
     assert_problem(not_admin, 403, "PERMISSION_DENIED").await;
 }
 
@@ -318,17 +319,12 @@ async fn auth_me_shows_a_role_change_on_the_very_next_request() {
         assert_eq!(me().await, before, "reused bodies are the same body");
     }
     let tenant = before["tenant"]["id"].as_str().unwrap().to_owned();
-    let res = app
-        .with_token(
-            Method::POST,
-            &format!("/api/v1/tenants/{tenant}/members"),
-            &admin.token,
-        )
-        .json(&json!({"email": "sam@example.com", "role": "editor"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{}", res.status());
+    let res = add_member(&app, &admin.token, &tenant, "sam@example.com", "editor").await;
+    assert_eq!(
+        res.status(),
+        StatusCode::CREATED,
+        "a role change answers like an add"
+    );
     for _ in 0..16 {
         let after = me().await;
         assert_eq!(after["role"], "editor");

@@ -1,6 +1,6 @@
 //! Bad input gets a clear 4xx in the SPEC §3 shape, never a 5xx; every protected route asks
 //! for credentials and for its scope.
-use crate::helpers::{Fetch, assert_problem, spawn_app, spawn_app_with};
+use crate::helpers::{Fetch, assert_problem, header_text, spawn_app, spawn_app_with};
 use pixee_pim::config::ServeArgs;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -399,12 +399,7 @@ async fn a_wrong_method_on_a_known_route_is_405_with_allow() {
         .send()
         .await
         .unwrap();
-    let allow = res
-        .headers()
-        .get("allow")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let allow = header_text(&res, "allow");
     assert_problem(res, 405, "METHOD_NOT_ALLOWED").await;
     assert!(allow.contains("GET"), "Allow: {allow:?}");
 }

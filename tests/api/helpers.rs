@@ -312,15 +312,19 @@ impl Cred<'_> {
     }
 }
 
+/// A response header as text, empty when absent or not text.
+pub fn header_text(res: &Response, name: &str) -> String {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
 /// Asserts the SPEC §3 problem shape and the code; returns the body.
 pub async fn assert_problem(res: Response, status: u16, code: &str) -> Value {
     assert_eq!(res.status().as_u16(), status, "status for {code}");
-    let ct = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let ct = header_text(&res, "content-type");
     assert!(
         ct.starts_with("application/problem+json"),
         "content type {ct:?}"

@@ -46,19 +46,33 @@ async fn key_responses_carry_rate_headers_and_the_limit_is_enforced() {
         "{body}"
     );
 
-    assert_eq!(
-        app.create_product(&key.raw, "4006381333931", "writes have their own budget")
-            .await
-            .status(),
-        StatusCode::CREATED
-    );
+    let write = app
+        .create_product(&key.raw, "4006381333931", "writes have their own budget")
+        .await;
+    assert_eq!(write.status(), StatusCode::CREATED);
+    // Workers reuse the rendered limit and window end while they stay the same: a write on
+    // the same connection must still show its own limit.
+    assert_eq!(write.headers()["x-ratelimit-limit"], "2");
+    let reset_of = |res: &reqwest::Response| -> i64 {
+        res.headers()["x-ratelimit-reset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let first_reset = reset_of(&write);
     app.clock.advance(time::Duration::minutes(2));
+    let later = app
+        .with_key(Method::GET, "/api/v1/products", &key.raw)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
-        app.status_with_key(Method::GET, "/api/v1/products", &key.raw)
-            .await,
-        StatusCode::OK,
-        "a new window"
+        reset_of(&later),
+        first_reset + 120,
+        "the window's end moves on with the clock"
     );
+    assert_eq!(later.status(), StatusCode::OK, "a new window");
 }
 
 #[actix_web::test]
