@@ -58,9 +58,32 @@ pub struct ServeArgs {
     /// HTTP worker threads (default: number of cores)
     #[arg(long, env = "PIXEE_WORKERS")]
     pub workers: Option<usize>,
-    /// Trust the last X-Forwarded-For hop as the client address (behind your own proxy)
+    /// Take the client address from X-Forwarded-For (only behind your own reverse proxy)
     #[arg(long, env = "PIXEE_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: Option<bool>,
+    /// With --trust-forwarded-for: how many proxies of yours append to X-Forwarded-For (the
+    /// client is that many entries from the right)
+    #[arg(long, env = "PIXEE_TRUSTED_PROXY_HOPS")]
+    pub trusted_proxy_hops: Option<u32>,
+    /// Refreshes per session per minute (0 = unlimited)
+    #[arg(long, env = "PIXEE_REFRESH_RATE_PER_MINUTE")]
+    pub refresh_rate_per_minute: Option<u32>,
+    /// Seconds during which a just-spent refresh token gets 409 instead of ending the session
+    /// (0 = off; at most 60)
+    #[arg(long, env = "PIXEE_REFRESH_REUSE_GRACE_SECONDS")]
+    pub refresh_reuse_grace_seconds: Option<u32>,
+    /// How long audit events are kept: 90d, 12h, 30m, 45s, or 0 for ever
+    #[arg(long, env = "PIXEE_AUDIT_RETENTION")]
+    pub audit_retention: Option<Span>,
+    /// How long ended sessions (and their refresh tokens) are kept; 0 for ever
+    #[arg(long, env = "PIXEE_SESSION_RETENTION")]
+    pub session_retention: Option<Span>,
+    /// How long spent refresh tokens of live sessions are kept; 0 for ever
+    #[arg(long, env = "PIXEE_SPENT_TOKEN_RETENTION")]
+    pub spent_token_retention: Option<Span>,
+    /// How often the retention sweep runs
+    #[arg(long, env = "PIXEE_SWEEP_INTERVAL")]
+    pub sweep_interval: Option<Span>,
     /// Email of the superadmin created on first start
     #[arg(long, env = "PIXEE_ADMIN_EMAIL")]
     pub admin_email: Option<String>,
@@ -69,6 +92,61 @@ pub struct ServeArgs {
     #[arg(skip)]
     #[serde(skip)]
     pub admin_password: Option<String>,
+}
+
+/// A length of time written as a whole number and a unit (`90d`, `12h`, `30m`, `45s`); `0`
+/// means "no limit" (kept for ever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub Option<u64>);
+
+impl Span {
+    pub const fn hours(n: u64) -> Span {
+        Span(Some(n * 3600))
+    }
+
+    pub const fn days(n: u64) -> Span {
+        Span(Some(n * 86_400))
+    }
+
+    /// The span as a duration; `None` for "no limit".
+    pub fn duration(self) -> Option<time::Duration> {
+        self.0
+            .map(|s| time::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX)))
+    }
+}
+
+impl std::str::FromStr for Span {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Span, String> {
+        let s = s.trim();
+        if s == "0" {
+            return Ok(Span(None));
+        }
+        let bad =
+            || format!("{s:?} is not a span: write a whole number and s, m, h or d (90d), or 0");
+        let (number, unit) = s.split_at(s.len().saturating_sub(1));
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        let per = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return Err(bad()),
+        };
+        // Ten years is longer than anyone keeps a login record; more is a typo.
+        match n.checked_mul(per) {
+            Some(secs) if secs <= 3650 * 86_400 => Ok(Span((secs > 0).then_some(secs))),
+            _ => Err(format!("{s:?} is longer than ten years")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Fully resolved settings.
@@ -89,6 +167,13 @@ pub struct Settings {
     pub json_limit_bytes: usize,
     pub workers: usize,
     pub trust_forwarded_for: bool,
+    pub trusted_proxy_hops: u32,
+    pub refresh_rate_per_minute: u32,
+    pub refresh_reuse_grace_seconds: u32,
+    pub audit_retention: Span,
+    pub session_retention: Span,
+    pub spent_token_retention: Span,
+    pub sweep_interval: Span,
     pub admin_email: String,
     pub admin_password: Option<String>,
 }
@@ -117,6 +202,16 @@ impl Settings {
             json_limit_bytes: a.json_limit_bytes.unwrap_or(1 << 20).max(1024),
             workers: a.workers.unwrap_or(workers).max(1),
             trust_forwarded_for: a.trust_forwarded_for.unwrap_or(false),
+            trusted_proxy_hops: a.trusted_proxy_hops.unwrap_or(1).clamp(1, 16),
+            refresh_rate_per_minute: a.refresh_rate_per_minute.unwrap_or(30),
+            refresh_reuse_grace_seconds: a.refresh_reuse_grace_seconds.unwrap_or(10).min(60),
+            audit_retention: a.audit_retention.unwrap_or(Span::days(90)),
+            session_retention: a.session_retention.unwrap_or(Span::days(30)),
+            spent_token_retention: a.spent_token_retention.unwrap_or(Span::days(30)),
+            sweep_interval: a
+                .sweep_interval
+                .filter(|s| s.0.is_some())
+                .unwrap_or(Span::hours(1)),
             admin_email: a.admin_email.unwrap_or_else(|| "admin@localhost".into()),
             admin_password: a.admin_password.filter(|p| !p.is_empty()),
         }
@@ -148,6 +243,13 @@ pub fn merge_config_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
         json_limit_bytes,
         workers,
         trust_forwarded_for,
+        trusted_proxy_hops,
+        refresh_rate_per_minute,
+        refresh_reuse_grace_seconds,
+        audit_retention,
+        session_retention,
+        spent_token_retention,
+        sweep_interval,
         admin_email
     );
     if args.tls_cert.is_some() != args.tls_key.is_some() {
@@ -202,6 +304,34 @@ mod tests {
         );
         assert!(with_file("lockout_treshold = 3\n").is_err());
         assert!(with_file("lockout_threshold = \"five\"\n").is_err());
+    }
+
+    #[test]
+    fn spans_take_a_unit_and_zero_means_for_ever() {
+        let parse = |s: &str| s.parse::<Span>();
+        assert_eq!(parse("90d"), Ok(Span(Some(90 * 86_400))));
+        assert_eq!(parse("12h"), Ok(Span(Some(12 * 3600))));
+        assert_eq!(parse("30m"), Ok(Span(Some(1800))));
+        assert_eq!(parse(" 45s "), Ok(Span(Some(45))));
+        assert_eq!(parse("0"), Ok(Span(None)));
+        for bad in [
+            "",
+            "d",
+            "90",
+            "9x",
+            "-1d",
+            "1.5h",
+            "99999d",
+            "18446744073709551615d",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} is refused");
+        }
+        let args = with_file("audit_retention = \"7d\"\nsweep_interval = \"30s\"\n").unwrap();
+        let s = Settings::resolve(PathBuf::from("x"), args);
+        assert_eq!(s.audit_retention, Span::days(7));
+        assert_eq!(s.sweep_interval, Span(Some(30)));
+        assert_eq!(s.session_retention, Span::days(30), "the default");
+        assert!(with_file("audit_retention = \"seven days\"\n").is_err());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Building the application: lock the data dir, open the store, bootstrap, bind, serve.
 //! Tests call [`Application::build`] with port 0 and a manual clock to run the real server.
 use crate::auth::passwords::{HashCost, Passwords};
-use crate::auth::{Auth, AuthPolicy, accounts::Bootstrap, jwt::JwtKeys, lockout::LockoutPolicy};
+use crate::auth::{
+    Auth, AuthPolicy, Retention, accounts::Bootstrap, jwt::JwtKeys, lockout::LockoutPolicy,
+};
 use crate::catalog::Catalog;
 use crate::clock::SharedClock;
 use crate::config::Settings;
@@ -129,7 +131,18 @@ pub fn build_auth(
         key_writes_per_minute: settings.key_writes_per_minute,
         session_max: Duration::days(i64::from(settings.session_max_days)),
         session_idle: Duration::days(i64::from(settings.session_idle_days)),
-        trust_forwarded_for: settings.trust_forwarded_for,
+        forwarded_hops: if settings.trust_forwarded_for {
+            settings.trusted_proxy_hops as usize
+        } else {
+            0
+        },
+        refresh_rate_per_minute: settings.refresh_rate_per_minute,
+        refresh_reuse_grace: Duration::seconds(i64::from(settings.refresh_reuse_grace_seconds)),
+        retention: Retention {
+            audit: settings.audit_retention.duration(),
+            ended_sessions: settings.session_retention.duration(),
+            spent_refresh_tokens: settings.spent_token_retention.duration(),
+        },
     };
     Ok(Auth::new(store.clone(), clock, jwt, passwords, policy))
 }
@@ -139,6 +152,7 @@ pub struct Application {
     port: u16,
     auth: web::Data<Auth>,
     pub bootstrap: Option<Bootstrap>,
+    sweep_every: std::time::Duration,
     _data_dir: DataDir,
 }
 
@@ -198,6 +212,7 @@ impl Application {
             port,
             auth,
             bootstrap,
+            sweep_every: std::time::Duration::from_secs(settings.sweep_interval.0.unwrap_or(3600)),
             _data_dir: data_dir,
         })
     }
@@ -218,7 +233,7 @@ impl Application {
     /// Serves until SIGINT/SIGTERM (or the server handle stops); in-flight requests finish, then
     /// buffered key usage is written and the store flushed.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let sweeper = actix_web::rt::spawn(sweep_lockouts_hourly(self.auth.clone()));
+        let sweeper = actix_web::rt::spawn(sweep_periodically(self.auth.clone(), self.sweep_every));
         let result = self.server.await;
         sweeper.abort();
         self.auth.usage.persist_all();
@@ -229,16 +244,22 @@ impl Application {
     }
 }
 
-/// Once an hour, off the workers: forget lockout records that no longer matter.
-async fn sweep_lockouts_hourly(auth: web::Data<Auth>) {
+/// Every `every`, off the workers: the retention sweep (`auth/retention.rs`).
+async fn sweep_periodically(auth: web::Data<Auth>, every: std::time::Duration) {
     loop {
-        actix_web::rt::time::sleep(std::time::Duration::from_secs(3600)).await;
+        actix_web::rt::time::sleep(every).await;
         let auth = auth.clone();
-        match tokio::task::spawn_blocking(move || auth.sweep_lockouts()).await {
-            Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "expired lockout records swept"),
+        match tokio::task::spawn_blocking(move || auth.sweep()).await {
+            Ok(Ok(r)) if r.total() > 0 => tracing::info!(
+                lockouts = r.lockouts,
+                audit_events = r.audit_events,
+                sessions = r.sessions,
+                refresh_tokens = r.refresh_tokens,
+                "retention sweep"
+            ),
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e.detail, "lockout sweep failed"),
-            Err(e) => tracing::warn!(error = %e, "lockout sweep did not finish"),
+            Ok(Err(e)) => tracing::warn!(error = %e.detail, "retention sweep failed"),
+            Err(e) => tracing::warn!(error = %e, "retention sweep did not finish"),
         }
     }
 }

@@ -7,8 +7,8 @@ use crate::domain::Invalid;
 use crate::error::{Error, ErrorKind};
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
-use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::StreamExt;
@@ -149,12 +149,18 @@ fn next_request_id() -> String {
 /// Outermost middleware: request id, access log, security headers, problem bodies for bare
 /// errors, and the API-key bookkeeping (rate headers, last-used) after the handler ran.
 pub async fn request_middleware(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let request_id = next_request_id();
     let started = Instant::now();
     let method = req.method().clone();
+    // HEAD is GET without the body (RFC 9110 §9.3.2): every GET route answers it with the
+    // same status and headers, counted as a read. The routes see GET; the connection's codec
+    // read HEAD off the wire and sends no body (keeping GET's Content-Length).
+    if method == Method::HEAD {
+        req.head_mut().method = Method::GET;
+    }
     let path = req.path().to_owned();
     // The routing layer turns handler and extractor errors into responses, so `Err` here is
     // rare (and still becomes a response further out).

@@ -1,9 +1,10 @@
 //! `/tenants`, `/users`, `/audit-events`.
 use super::{ListResponse, PageParams, path_id};
+use crate::auth::accounts::{AuditScope, MemberView};
 use crate::auth::{Auth, Principal};
-use crate::domain::{Role, TenantId, UserId};
+use crate::domain::{Invalid, Role, TenantId, UserId};
 use crate::error::Error;
-use crate::store::{AuditEvent, Membership, TenantRecord, UserRecord};
+use crate::store::{AuditEvent, TenantRecord};
 use crate::web::JsonBody;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,15 @@ struct UserOut {
     locked_until: Option<OffsetDateTime>,
 }
 
+/// The membership granted by `POST /tenants/{id}/members`.
+#[derive(Serialize)]
+struct MembershipOut {
+    user_id: String,
+    email: String,
+    tenant_id: String,
+    role: &'static str,
+}
+
 #[derive(Serialize)]
 struct AuditOut {
     id: String,
@@ -69,20 +79,14 @@ fn tenant_out(t: TenantRecord, role: Option<Role>) -> TenantOut {
     }
 }
 
-fn user_out(auth: &Auth, u: UserRecord, tenant: TenantId) -> UserOut {
-    let locked_until = auth
-        .store
-        .lockout_get::<crate::auth::lockout::LockoutState>(&u.email)
-        .ok()
-        .flatten()
-        .and_then(|s| s.locked_until.filter(|until| *until > auth.now()));
+fn user_out(m: MemberView) -> UserOut {
     UserOut {
-        id: u.id.to_string(),
-        role: u.role_in(tenant).map(Role::as_str),
-        email: u.email,
-        superadmin: u.superadmin,
-        created_at: u.created_at,
-        locked_until,
+        id: m.user.id.to_string(),
+        role: m.role.map(Role::as_str),
+        email: m.user.email,
+        superadmin: m.user.superadmin,
+        created_at: m.user.created_at,
+        locked_until: m.locked_until,
     }
 }
 
@@ -92,26 +96,11 @@ async fn list_tenants(
     page: web::Query<PageParams>,
 ) -> Result<HttpResponse, Error> {
     let page = page.resolve()?;
-    let tenants = match principal.key_id() {
-        Some(_) => auth
-            .store
-            .tenant(principal.tenant)?
-            .into_iter()
-            .map(|t| tenant_out(t, None))
-            .collect(),
-        None => {
-            let who = principal.require_session()?;
-            let user = auth
-                .store
-                .user(who.id)?
-                .ok_or_else(|| Error::not_found("user"))?;
-            auth.store
-                .list_tenants()?
-                .into_iter()
-                .filter_map(|t| user.role_in(t.id).map(|role| tenant_out(t, Some(role))))
-                .collect()
-        }
-    };
+    let tenants = auth
+        .tenants_of(&principal)?
+        .into_iter()
+        .map(|(t, role)| tenant_out(t, role))
+        .collect();
     Ok(HttpResponse::Ok().json(ListResponse::from_all(tenants, page)))
 }
 
@@ -120,22 +109,10 @@ async fn create_tenant(
     auth: web::Data<Auth>,
     body: JsonBody<CreateTenant>,
 ) -> Result<HttpResponse, Error> {
-    let who = principal.require_superadmin()?;
-    let tenant = auth.create_tenant(&body.parse()?.name)?;
-    let creator = auth
-        .store
-        .user(who.id)?
-        .ok_or_else(|| Error::not_found("user"))?;
-    auth.add_member(tenant.id, &creator.email, Role::Admin)
+    principal.require_superadmin()?;
+    let tenant = auth
+        .create_tenant_by(&principal, &body.parse()?.name)
         .await?;
-    auth.audit(
-        Some(tenant.id),
-        "tenant.created",
-        &principal.actor(),
-        None,
-        tenant.name.clone(),
-    );
-    auth.store.flush().await?;
     Ok(HttpResponse::Created().json(tenant_out(tenant, Some(Role::Admin))))
 }
 
@@ -146,10 +123,10 @@ async fn list_users(
 ) -> Result<HttpResponse, Error> {
     principal.require_admin()?;
     let page = page.resolve()?;
-    let users = auth.store.tenant_members(principal.tenant)?;
-    let items = users
+    let items = auth
+        .members(principal.tenant)?
         .into_iter()
-        .map(|u| user_out(&auth, u, principal.tenant))
+        .map(user_out)
         .collect();
     Ok(HttpResponse::Ok().json(ListResponse::from_all(items, page)))
 }
@@ -162,22 +139,10 @@ async fn create_user(
     principal.require_admin()?;
     let body = body.parse()?;
     let role = Role::parse(&body.role)?;
-    let membership = Membership {
-        tenant: principal.tenant,
-        role,
-    };
-    let user = auth
-        .create_user(&body.email, body.password, vec![membership], false)
+    let member = auth
+        .create_member(&principal, &body.email, body.password, role)
         .await?;
-    auth.audit(
-        Some(principal.tenant),
-        "user.created",
-        &principal.actor(),
-        None,
-        format!("{} as {}", user.email, role.as_str()),
-    );
-    auth.store.flush().await?;
-    Ok(HttpResponse::Created().json(user_out(&auth, user, principal.tenant)))
+    Ok(HttpResponse::Created().json(user_out(member)))
 }
 
 async fn add_member(
@@ -188,26 +153,18 @@ async fn add_member(
 ) -> Result<HttpResponse, Error> {
     let tenant = TenantId(path_id(&id, "tenant")?);
     // The path names the tenant: the caller must be its admin, whatever X-Tenant-ID says.
-    let who = principal.require_session()?;
-    let caller = auth
-        .store
-        .user(who.id)?
-        .ok_or_else(|| Error::not_found("user"))?;
-    if auth.store.tenant(tenant)?.is_none() || caller.role_in(tenant) != Some(Role::Admin) {
-        return Err(Error::forbidden("you are not an admin of this tenant"));
-    }
+    principal.require_session()?;
     let body = body.parse()?;
     let role = Role::parse(&body.role)?;
-    let user = auth.add_member(tenant, &body.email, role).await?;
-    auth.audit(
-        Some(tenant),
-        "member.added",
-        &principal.actor(),
-        None,
-        format!("{} as {}", user.email, role.as_str()),
-    );
-    auth.store.flush().await?;
-    Ok(HttpResponse::Created().json(user_out(&auth, user, tenant)))
+    let granted = auth
+        .grant_membership(&principal, tenant, &body.email, role)
+        .await?;
+    Ok(HttpResponse::Created().json(MembershipOut {
+        user_id: granted.user.to_string(),
+        email: granted.email,
+        tenant_id: granted.tenant.to_string(),
+        role: granted.role.as_str(),
+    }))
 }
 
 async fn unlock_user(
@@ -218,32 +175,40 @@ async fn unlock_user(
 ) -> Result<HttpResponse, Error> {
     principal.require_admin()?;
     let id = UserId(path_id(&id, "user")?);
-    let user = auth
-        .store
-        .user(id)?
-        .filter(|u| u.memberships.iter().any(|m| m.tenant == principal.tenant))
-        .ok_or_else(|| Error::not_found("user"))?;
-    let ip = super::auth::client_info(&req, &auth).ip;
-    auth.unlock(
-        &user,
-        Some(principal.tenant),
-        &principal.actor(),
-        ip.as_deref(),
-    )
-    .await?;
-    Ok(HttpResponse::Ok().json(user_out(&auth, user, principal.tenant)))
+    let ip = super::auth::client_info(&req, &auth).ip();
+    let member = auth.unlock_member(&principal, id, ip.as_deref()).await?;
+    Ok(HttpResponse::Ok().json(user_out(member)))
+}
+
+/// `?scope=tenant` (the default) or `?scope=instance`, beside the paging parameters.
+#[derive(Deserialize)]
+struct AuditScopeParam {
+    scope: Option<String>,
 }
 
 async fn list_audit(
     principal: Principal,
     auth: web::Data<Auth>,
     page: web::Query<PageParams>,
+    query: web::Query<AuditScopeParam>,
 ) -> Result<HttpResponse, Error> {
-    principal.require_admin()?;
+    let scope = match query.scope.as_deref() {
+        None | Some("tenant") => AuditScope::Tenant,
+        Some("instance") => AuditScope::Instance,
+        Some(_) => {
+            return Err(Error::invalid(vec![Invalid::new(
+                "scope",
+                "must be tenant or instance",
+            )]));
+        }
+    };
+    // Authorized before the page is judged (DECISIONS.md, order of checks).
+    match scope {
+        AuditScope::Tenant => principal.require_admin()?,
+        AuditScope::Instance => principal.require_superadmin()?,
+    };
     let page = page.resolve()?;
-    let (events, total) = auth
-        .store
-        .audit_page(principal.tenant, page.offset, page.per_page)?;
+    let (events, total) = auth.audit_events(&principal, scope, page.offset, page.per_page)?;
     let items = events
         .into_iter()
         .map(|e: AuditEvent| AuditOut {

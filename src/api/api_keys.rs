@@ -81,9 +81,11 @@ async fn list_keys(
 ) -> Result<HttpResponse, Error> {
     principal.require_admin()?;
     let page = page.resolve()?;
-    let mut keys = auth.store.list_api_keys(principal.tenant)?;
-    keys.reverse(); // newest first
-    let items = keys.into_iter().map(|k| key_out(&auth, k, None)).collect();
+    let items = auth
+        .list_keys(principal.tenant)?
+        .into_iter()
+        .map(|k| key_out(&auth, k, None))
+        .collect();
     Ok(HttpResponse::Ok().json(ListResponse::from_all(items, page)))
 }
 
@@ -117,7 +119,7 @@ async fn create_key(
             scopes,
             expires_at,
             created_by: principal.actor(),
-            ip: super::auth::client_info(&req, &auth).ip,
+            ip: super::auth::client_info(&req, &auth).ip(),
         })
         .await?;
     Ok(with_secret(
@@ -145,7 +147,7 @@ async fn revoke_key(
 ) -> Result<HttpResponse, Error> {
     principal.require_admin()?;
     let id = KeyId(path_id(&id, "API key")?);
-    let ip = super::auth::client_info(&req, &auth).ip;
+    let ip = super::auth::client_info(&req, &auth).ip();
     auth.revoke_key(principal.tenant, id, &principal.actor(), ip.as_deref())
         .await?;
     Ok(HttpResponse::NoContent().finish())
@@ -172,7 +174,7 @@ async fn rotate_key(
     if body.grace_seconds > MAX_GRACE_SECONDS {
         return Err(Invalid::new("grace_seconds", "must be between 0 and 86400").into());
     }
-    let ip = super::auth::client_info(&req, &auth).ip;
+    let ip = super::auth::client_info(&req, &auth).ip();
     let issued = auth
         .rotate_key(
             principal.tenant,

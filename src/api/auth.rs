@@ -96,7 +96,7 @@ struct SessionOut {
 
 pub(crate) fn client_info(req: &HttpRequest, auth: &Auth) -> ClientInfo {
     ClientInfo {
-        ip: client_ip(req, auth.policy.trust_forwarded_for).map(|ip| ip.to_string()),
+        addr: client_ip(req, auth.policy.forwarded_hops),
         user_agent: req
             .headers()
             .get(header::USER_AGENT)
@@ -247,7 +247,6 @@ fn me_body(principal: &Principal, tenant: &TenantRecord) -> Result<Vec<u8>, Erro
 
 async fn me(principal: Principal, auth: web::Data<Auth>) -> Result<HttpResponse, Error> {
     let tenant = auth
-        .store
         .tenant_cached(principal.tenant)?
         .ok_or_else(|| Error::not_found("tenant"))?;
     let caller = match &principal.subject {

@@ -1,22 +1,49 @@
-//! Tenants, users and memberships; first-start bootstrap; unlock.
-use super::Auth;
+//! Tenants, users and memberships; first-start bootstrap; unlock; reading the audit log.
+//!
+//! What a tenant admin learns about users of other tenants: only whether an email has an
+//! account on the instance (adding a member names an existing user; an unknown email is 404).
+//! Never their other memberships, their superadmin flag or their lock state: those show only
+//! to admins of a tenant the user belongs to.
 use super::lockout::LockoutState;
+use super::{Auth, Principal};
 use crate::domain::{Email, Invalid, Role, TenantId, UserId};
 use crate::error::Error;
-use crate::store::{Membership, StoreError, TenantRecord, UserRecord};
+use crate::store::{AuditEvent, Membership, StoreError, TenantRecord, UserRecord};
+use time::OffsetDateTime;
+
+/// A member as their tenant's admins see them.
+pub struct MemberView {
+    pub user: UserRecord,
+    pub role: Option<Role>,
+    pub locked_until: Option<OffsetDateTime>,
+}
+
+/// The membership a tenant admin granted: nothing else about the user.
+pub struct Granted {
+    pub user: UserId,
+    pub email: String,
+    pub tenant: TenantId,
+    pub role: Role,
+}
+
+/// Whose audit events to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditScope {
+    /// The caller's tenant (its admins).
+    Tenant,
+    /// Events that belong to no tenant, such as failed logins of unknown emails (superadmins).
+    Instance,
+}
+
+/// Events of no tenant are kept under the nil tenant id.
+pub(super) const INSTANCE: TenantId = TenantId(uuid::Uuid::nil());
 
 pub fn validate_tenant_name(name: &str) -> Result<String, Invalid> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(Invalid::new(
-            "name",
-            "must be 1 to 100 printable characters",
-        ));
-    }
-    if TenantId::parse(name).is_some() {
+    let name = crate::domain::display_name("name", name)?;
+    if TenantId::parse(&name).is_some() {
         return Err(Invalid::new("name", "must not look like a tenant id"));
     }
-    Ok(name.to_owned())
+    Ok(name)
 }
 
 /// What the first start created, for the one-time message.
@@ -35,6 +62,191 @@ impl Auth {
         };
         self.store.insert_tenant(&tenant)?;
         Ok(tenant)
+    }
+
+    /// The tenants the caller may act in, with the caller's role (a key: its own tenant).
+    pub fn tenants_of(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<(TenantRecord, Option<Role>)>, Error> {
+        if principal.key_id().is_some() {
+            return Ok(self
+                .store
+                .tenant(principal.tenant)?
+                .into_iter()
+                .map(|t| (t, None))
+                .collect());
+        }
+        let who = principal.require_session()?;
+        let user = self
+            .store
+            .user(who.id)?
+            .ok_or_else(|| Error::not_found("user"))?;
+        Ok(self
+            .store
+            .list_tenants()?
+            .into_iter()
+            .filter_map(|t| user.role_in(t.id).map(|role| (t, Some(role))))
+            .collect())
+    }
+
+    /// A superadmin creates a tenant and becomes its admin.
+    pub async fn create_tenant_by(
+        &self,
+        principal: &Principal,
+        name: &str,
+    ) -> Result<TenantRecord, Error> {
+        let who = principal.require_superadmin()?;
+        let tenant = self.create_tenant(name)?;
+        let now = self.now();
+        self.store.update_user(who.id, |u| {
+            u.memberships.push(Membership {
+                tenant: tenant.id,
+                role: Role::Admin,
+            });
+            u.updated_at = now;
+            Ok(())
+        })?;
+        self.audit(
+            Some(tenant.id),
+            "tenant.created",
+            &principal.actor(),
+            None,
+            tenant.name.clone(),
+        );
+        self.store.flush().await?;
+        Ok(tenant)
+    }
+
+    /// The tenant's members as its admins see them.
+    pub fn members(&self, tenant: TenantId) -> Result<Vec<MemberView>, Error> {
+        self.store
+            .tenant_members(tenant)?
+            .into_iter()
+            .map(|u| self.member_view(u, tenant))
+            .collect()
+    }
+
+    fn member_view(&self, user: UserRecord, tenant: TenantId) -> Result<MemberView, Error> {
+        let now = self.now();
+        let locked_until = self
+            .store
+            .lockout_get::<LockoutState>(&user.email)?
+            .and_then(|s| s.locked_until.filter(|until| *until > now));
+        Ok(MemberView {
+            role: user.role_in(tenant),
+            user,
+            locked_until,
+        })
+    }
+
+    /// A tenant admin creates a user who becomes a member of the caller's tenant.
+    pub async fn create_member(
+        &self,
+        principal: &Principal,
+        email: &str,
+        password: String,
+        role: Role,
+    ) -> Result<MemberView, Error> {
+        principal.require_admin()?;
+        let membership = Membership {
+            tenant: principal.tenant,
+            role,
+        };
+        let user = self
+            .create_user(email, password, vec![membership], false)
+            .await?;
+        self.audit(
+            Some(principal.tenant),
+            "user.created",
+            &principal.actor(),
+            None,
+            format!("{} as {}", user.email, role.as_str()),
+        );
+        self.store.flush().await?;
+        self.member_view(user, principal.tenant)
+    }
+
+    /// An admin of `tenant` (whatever tenant the request addresses) grants an existing user a
+    /// role there. The answer is the membership granted, nothing more about the user.
+    pub async fn grant_membership(
+        &self,
+        principal: &Principal,
+        tenant: TenantId,
+        email: &str,
+        role: Role,
+    ) -> Result<Granted, Error> {
+        let who = principal.require_session()?;
+        let caller = self
+            .store
+            .user(who.id)?
+            .ok_or_else(|| Error::not_found("user"))?;
+        if self.store.tenant(tenant)?.is_none() || caller.role_in(tenant) != Some(Role::Admin) {
+            return Err(Error::forbidden("you are not an admin of this tenant"));
+        }
+        let user = self.add_member(tenant, email, role).await?;
+        self.audit(
+            Some(tenant),
+            "member.added",
+            &principal.actor(),
+            None,
+            format!("{} as {}", user.email, role.as_str()),
+        );
+        self.store.flush().await?;
+        Ok(Granted {
+            user: user.id,
+            email: user.email,
+            tenant,
+            role,
+        })
+    }
+
+    /// A tenant admin lifts the lock of a member of the caller's tenant.
+    pub async fn unlock_member(
+        &self,
+        principal: &Principal,
+        id: UserId,
+        ip: Option<&str>,
+    ) -> Result<MemberView, Error> {
+        principal.require_admin()?;
+        let user = self
+            .store
+            .user(id)?
+            .filter(|u| u.memberships.iter().any(|m| m.tenant == principal.tenant))
+            .ok_or_else(|| Error::not_found("user"))?;
+        self.unlock(&user, Some(principal.tenant), &principal.actor(), ip)
+            .await?;
+        self.member_view(user, principal.tenant)
+    }
+
+    /// A page of audit events, newest first, and the total. The tenant's events need its
+    /// admin; the instance's (no tenant) need a superadmin.
+    pub fn audit_events(
+        &self,
+        principal: &Principal,
+        scope: AuditScope,
+        offset: usize,
+        take: usize,
+    ) -> Result<(Vec<AuditEvent>, usize), Error> {
+        let tenant = match scope {
+            AuditScope::Tenant => {
+                principal.require_admin()?;
+                principal.tenant
+            }
+            AuditScope::Instance => {
+                principal.require_superadmin()?;
+                INSTANCE
+            }
+        };
+        Ok(self.store.audit_page(tenant, offset, take)?)
+    }
+
+    /// The tenant record, from the coherent cache (per-request paths).
+    pub fn tenant_cached(
+        &self,
+        id: TenantId,
+    ) -> Result<Option<std::sync::Arc<TenantRecord>>, Error> {
+        Ok(self.store.tenant_cached(id)?)
     }
 
     /// Resolves a tenant given by id or by name (the CLI accepts both).

@@ -27,14 +27,7 @@ pub struct IssuedKey {
 }
 
 pub fn validate_name(name: &str) -> Result<String, Invalid> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(Invalid::new("name", "must be 1 to 100 characters"));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(Invalid::new("name", "must not contain control characters"));
-    }
-    Ok(name.to_owned())
+    crate::domain::display_name("name", name)
 }
 
 pub fn validate_expiry(
@@ -141,6 +134,13 @@ impl Auth {
         );
         self.store.flush().await?;
         Ok(record)
+    }
+
+    /// The tenant's keys, newest first, revoked ones included.
+    pub fn list_keys(&self, tenant: TenantId) -> Result<Vec<ApiKeyRecord>, Error> {
+        let mut keys = self.store.list_api_keys(tenant)?;
+        keys.reverse();
+        Ok(keys)
     }
 
     pub fn get_key(&self, tenant: TenantId, id: KeyId) -> Result<ApiKeyRecord, Error> {

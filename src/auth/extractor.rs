@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 // Header names as constants: a `&str` name is parsed into a `HeaderName` on every lookup.
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Left in the request for the response middleware: rate-limit headers and key usage.
 #[derive(Debug, Clone)]
@@ -55,21 +56,29 @@ fn visible_ascii(bytes: &[u8]) -> Option<&str> {
     }
 }
 
-/// The client address: the peer, or with `--trust-forwarded-for` the last X-Forwarded-For hop
-/// (the one our own reverse proxy added).
-pub fn client_ip(req: &HttpRequest, trust_forwarded_for: bool) -> Option<IpAddr> {
-    if trust_forwarded_for {
-        let forwarded = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|ip| ip.trim().parse::<IpAddr>().ok());
-        if forwarded.is_some() {
-            return forwarded;
-        }
+/// The client address: the peer, or behind `hops` trusted reverse proxies the `hops`-th
+/// X-Forwarded-For entry from the right, counted over every X-Forwarded-For line in order.
+///
+/// Proxies append: HAProxy adds a line of its own after whatever the client sent, nginx and
+/// most others extend the last line. Either way the entries a client can invent stand to the
+/// left of the ones our proxies wrote, so only counting from the right is safe. A list shorter
+/// than `hops`, or an entry that is not an address, falls back to the peer (our proxy).
+pub fn client_ip(req: &HttpRequest, hops: usize) -> Option<IpAddr> {
+    let peer = || req.peer_addr().map(|a| a.ip());
+    if hops == 0 {
+        return peer();
     }
-    req.peer_addr().map(|a| a.ip())
+    let lines = req.headers().get_all(&X_FORWARDED_FOR).collect::<Vec<_>>();
+    let entry = lines
+        .iter()
+        .rev()
+        .flat_map(|line| {
+            // A line that is not text counts as one entry that is not an address.
+            let text = line.to_str().unwrap_or("");
+            text.rsplit(',').map(str::trim)
+        })
+        .nth(hops - 1);
+    entry.and_then(|e| e.parse::<IpAddr>().ok()).or_else(peer)
 }
 
 fn extract(req: &HttpRequest) -> Result<Principal, Error> {
@@ -91,7 +100,7 @@ fn extract(req: &HttpRequest) -> Result<Principal, Error> {
         })?,
         is_read: matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS),
     };
-    let ip = || client_ip(req, auth.policy.trust_forwarded_for);
+    let ip = || client_ip(req, auth.policy.forwarded_hops);
     match auth.authenticate(creds) {
         Ok(done) => {
             if let Some(rate) = done.rate {

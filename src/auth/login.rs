@@ -15,21 +15,28 @@ impl Auth {
         password: String,
         client: &ClientInfo,
     ) -> Result<Tokens, Error> {
-        let ip = client.ip.as_deref();
-        self.check_login_rate(ip.unwrap_or("unknown"))?;
+        self.check_login_rate(client.addr)?;
+        let ip = client.ip();
+        let ip = ip.as_deref();
         let email = Email::normalize(email);
         if email.is_empty() || email.len() > crate::domain::MAX_EMAIL_LEN {
             return Err(Invalid::new("email", "must be an email address").into());
         }
-        let state: LockoutState = self.store.lockout_get(&email)?.unwrap_or_default();
-        if let Some(left) = state.locked_for(self.now()) {
-            return Err(locked(left));
-        }
+        // Refused before queueing for a hash slot, and again once the slot is ours: guesses
+        // that queued while the lock was set never run. The user is read between the two, so
+        // a lock set after the read has bumped the token version the session is created
+        // against (`create_session` checks it in its transaction): no session is ever born
+        // while a lock is in force.
+        self.refuse_if_locked(&email)?;
         let user = self.store.user_by_email(&email)?;
         let tenant = user.as_ref().and_then(UserRecord::default_tenant);
         let ok = self
             .passwords
-            .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
+            .verify_unless(
+                password,
+                user.as_ref().map(|u| u.password_hash.clone()),
+                || self.refuse_if_locked(&email),
+            )
             .await?;
         match (ok, user) {
             (true, Some(user)) => self.finish_login(&email, user, client).await,
@@ -50,19 +57,17 @@ impl Auth {
         }
     }
 
+    pub(super) fn refuse_if_locked(&self, email: &str) -> Result<(), Error> {
+        let state: LockoutState = self.store.lockout_get(email)?.unwrap_or_default();
+        match state.locked_for(self.now()) {
+            Some(left) => Err(locked(left)),
+            None => Ok(()),
+        }
+    }
+
     fn lock_seconds_left(&self, email: &str) -> Result<u64, Error> {
         let state: LockoutState = self.store.lockout_get(email)?.unwrap_or_default();
         Ok(state.locked_for(self.now()).unwrap_or(1))
-    }
-
-    /// Drops the lockout records that no longer matter: no lock in force and every failure
-    /// outside the window. Failures for emails that do not exist would otherwise stay forever.
-    pub fn sweep_lockouts(&self) -> Result<usize, Error> {
-        let now = self.now();
-        let policy = self.policy.lockout;
-        Ok(self
-            .store
-            .sweep_lockouts(|s: &LockoutState| s.is_spent(now, &policy))?)
     }
 
     /// Counts a failure for `email`. The failure that locks also bumps the user's token
@@ -118,7 +123,7 @@ impl Auth {
             last_seen_at: now,
             expires_at: now + self.policy.session_max,
             revoked_at: None,
-            ip: client.ip.clone(),
+            ip: client.ip(),
             user_agent: client
                 .user_agent
                 .as_ref()
@@ -162,7 +167,7 @@ impl Auth {
             Some(tenant),
             "login.success",
             &format!("user:{email}"),
-            client.ip.as_deref(),
+            client.ip().as_deref(),
             format!("session {}", session.id),
         );
         self.store.flush().await?;

@@ -10,6 +10,7 @@ mod login;
 pub mod passwords;
 pub mod principal;
 pub mod rate_limit;
+pub mod retention;
 pub mod secret;
 pub mod sessions;
 mod usage;
@@ -20,6 +21,7 @@ use crate::error::{Error, ErrorKind};
 use crate::store::{AuditEvent, Store};
 pub use principal::{Principal, SessionUser, Subject};
 use rate_limit::{Decision, SlidingWindow};
+use std::net::IpAddr;
 use time::Duration;
 pub use usage::UsageBuffer;
 
@@ -32,8 +34,24 @@ pub struct AuthPolicy {
     pub key_writes_per_minute: u32,
     pub session_max: Duration,
     pub session_idle: Duration,
-    /// Take the client address from the last X-Forwarded-For hop (behind a reverse proxy).
-    pub trust_forwarded_for: bool,
+    /// Reverse proxies in front whose X-Forwarded-For entries are trusted (0: use the peer).
+    pub forwarded_hops: usize,
+    /// Refreshes per session per minute (0 = off).
+    pub refresh_rate_per_minute: u32,
+    /// How long a just-spent refresh token is answered 409 instead of ending its session.
+    pub refresh_reuse_grace: Duration,
+    /// What the hourly sweep keeps (`None`: forever).
+    pub retention: Retention,
+}
+
+/// How long records that no request needs any more are kept before the sweep drops them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Retention {
+    pub audit: Option<Duration>,
+    /// Sessions that ended (logged out, revoked, expired), with all their refresh tokens.
+    pub ended_sessions: Option<Duration>,
+    /// Spent refresh tokens of sessions still alive.
+    pub spent_refresh_tokens: Option<Duration>,
 }
 
 /// Everything authentication needs, shared by all workers.
@@ -45,7 +63,8 @@ pub struct Auth {
     pub policy: AuthPolicy,
     pub usage: UsageBuffer,
     key_windows: SlidingWindow<(KeyId, bool)>,
-    login_windows: SlidingWindow<String>,
+    login_windows: SlidingWindow<IpAddr>,
+    refresh_windows: SlidingWindow<crate::domain::SessionId>,
 }
 
 /// The credentials a request carried, before any check.
@@ -83,6 +102,7 @@ impl Auth {
             policy,
             key_windows: SlidingWindow::default(),
             login_windows: SlidingWindow::default(),
+            refresh_windows: SlidingWindow::default(),
         }
     }
 
@@ -172,10 +192,11 @@ impl Auth {
         tenant: Option<&str>,
         now: time::OffsetDateTime,
     ) -> Result<Principal, Error> {
+        // RFC 9110 §11.1: the scheme is case-insensitive, one or more spaces follow it.
         let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::InvalidToken,
@@ -191,22 +212,34 @@ impl Auth {
         sessions::verify_access_token(self, token, tenant, now)
     }
 
-    /// Counts one login attempt for the client address; `Err` when over the limit.
-    pub fn check_login_rate(&self, ip: &str) -> Result<(), Error> {
-        let limit = self.policy.login_rate_per_minute;
-        if limit == 0 {
-            return Ok(());
-        }
-        let d = self.login_windows.hit(&ip.to_owned(), limit, self.now());
-        if d.allowed {
-            Ok(())
-        } else {
-            Err(Error::new(
-                ErrorKind::RateLimited,
-                "too many login attempts from this address; wait and retry",
-            )
-            .with_retry_after(d.retry_after))
-        }
+    /// Counts one login attempt for the client's address (its /64 for IPv6: one subscriber);
+    /// `Err` when over the limit.
+    pub fn check_login_rate(&self, ip: Option<IpAddr>) -> Result<(), Error> {
+        let unknown = IpAddr::from([0u8; 16]);
+        let key = rate_limit::subscriber(ip.unwrap_or(unknown));
+        let what = "too many login attempts from this address; wait and retry";
+        limit(
+            &self.login_windows,
+            &key,
+            self.policy.login_rate_per_minute,
+            self.now(),
+            what,
+        )
+    }
+
+    /// Counts one refresh of `session` (Pixee's `AUTH_REFRESH` tier); `Err` when over the limit.
+    pub(crate) fn check_refresh_rate(
+        &self,
+        session: crate::domain::SessionId,
+    ) -> Result<(), Error> {
+        let what = "too many refreshes of this session; wait and retry";
+        limit(
+            &self.refresh_windows,
+            &session,
+            self.policy.refresh_rate_per_minute,
+            self.now(),
+            what,
+        )
     }
 
     /// Appends an audit event; a failure is logged, not returned, so it never blocks a logout.
@@ -218,18 +251,38 @@ impl Auth {
         ip: Option<&str>,
         detail: String,
     ) {
+        let at = self.now();
         let event = AuditEvent {
-            id: uuid::Uuid::now_v7(),
-            at: self.now(),
+            id: self.event_id(at),
+            at,
             kind: kind.to_owned(),
             actor: actor.to_owned(),
             ip: ip.map(str::to_owned),
             detail,
         };
-        let tenant = tenant.unwrap_or(TenantId(uuid::Uuid::nil()));
+        let tenant = tenant.unwrap_or(accounts::INSTANCE);
         if let Err(e) = self.store.append_audit(tenant, &event) {
             tracing::error!(error = %e, kind, "could not write audit event");
         }
+    }
+}
+
+/// One hit against a per-minute limit (`0` = off); a refusal carries `Retry-After`.
+fn limit<K: std::hash::Hash + Eq + Clone>(
+    windows: &SlidingWindow<K>,
+    key: &K,
+    per_minute: u32,
+    now: time::OffsetDateTime,
+    what: &str,
+) -> Result<(), Error> {
+    if per_minute == 0 {
+        return Ok(());
+    }
+    let d = windows.hit(key, per_minute, now);
+    if d.allowed {
+        Ok(())
+    } else {
+        Err(Error::new(ErrorKind::RateLimited, what).with_retry_after(d.retry_after))
     }
 }
 

@@ -9,6 +9,7 @@ use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Params, Version};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Semaphore;
 
 pub const MIN_PASSWORD_BYTES: usize = 8;
@@ -42,6 +43,9 @@ impl HashCost {
 pub struct Passwords {
     argon: Arc<Argon2<'static>>,
     permits: Arc<Semaphore>,
+    parallel: usize,
+    /// Verifications run to the end, for the lockout bound (tests) and future metrics.
+    verified: Arc<AtomicU64>,
     /// Verified against when the email is unknown, so the time spent does not tell.
     dummy_hash: Arc<str>,
 }
@@ -56,6 +60,8 @@ impl Passwords {
         Ok(Passwords {
             argon: Arc::new(argon),
             permits: Arc::new(Semaphore::new(parallel.max(1))),
+            parallel: parallel.max(1),
+            verified: Arc::default(),
             dummy_hash: dummy_hash.into(),
         })
     }
@@ -69,31 +75,63 @@ impl Passwords {
     /// Verifies `password` against `phc`, or against the dummy hash when there is no user.
     /// Always costs one argon2 run.
     pub async fn verify(&self, password: String, phc: Option<String>) -> Result<bool, Error> {
+        self.verify_unless(password, phc, || Ok(())).await
+    }
+
+    /// [`verify`](Self::verify), but `gate` is asked once the hash has its slot, right before
+    /// it runs: an `Err` from it answers instead. A login checks its lock there, so a lock set
+    /// while guesses queued stops them all; at most the pool's size were already running.
+    pub async fn verify_unless(
+        &self,
+        password: String,
+        phc: Option<String>,
+        gate: impl FnOnce() -> Result<(), Error>,
+    ) -> Result<bool, Error> {
         let argon = self.argon.clone();
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy_hash.to_string());
-        let ok = self
-            .run(move || {
-                PasswordHash::new(&phc)
-                    .map(|parsed| argon.verify_password(password.as_bytes(), &parsed).is_ok())
-                    .unwrap_or(false)
-            })
-            .await?;
+        let _permit = self.permit().await?;
+        gate()?;
+        let ok = blocking(move || {
+            PasswordHash::new(&phc)
+                .map(|parsed| argon.verify_password(password.as_bytes(), &parsed).is_ok())
+                .unwrap_or(false)
+        })
+        .await?;
+        self.verified.fetch_add(1, Ordering::Relaxed);
         Ok(known && ok)
+    }
+
+    /// How many verifications have run to the end since start.
+    pub fn verifications(&self) -> u64 {
+        self.verified.load(Ordering::Relaxed)
+    }
+
+    /// How many hashes may run at once.
+    pub fn parallel(&self) -> usize {
+        self.parallel
+    }
+
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
+        self.permits
+            .acquire()
+            .await
+            .map_err(|e| Error::new(ErrorKind::Internal, "password pool closed").with_cause(e))
     }
 
     async fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Error> {
-        let _permit =
-            self.permits.acquire().await.map_err(|e| {
-                Error::new(ErrorKind::Internal, "password pool closed").with_cause(e)
-            })?;
-        tokio::task::spawn_blocking(job)
-            .await
-            .map_err(|e| Error::new(ErrorKind::Internal, "password hashing failed").with_cause(e))
+        let _permit = self.permit().await?;
+        blocking(job).await
     }
+}
+
+async fn blocking<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "password hashing failed").with_cause(e))
 }
 
 fn hash_with(argon: &Argon2<'_>, password: &str) -> Result<String, Error> {

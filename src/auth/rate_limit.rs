@@ -6,6 +6,7 @@
 use foldhash::fast::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use time::OffsetDateTime;
 
@@ -94,6 +95,19 @@ impl<K: Hash + Eq + Clone> SlidingWindow<K> {
     }
 }
 
+/// The unit an address-based limit counts: an IPv4 address, or the /64 of an IPv6 one (one
+/// subscriber line gets a whole /64 and can pick any address in it). IPv4-mapped IPv6
+/// addresses count as the IPv4 address they carry.
+pub fn subscriber(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
 /// How long until one more hit fits: later in this window once enough of the previous
 /// window's weight has slid out, or else in the next window, where this one's count becomes
 /// the weighted previous.
@@ -124,6 +138,24 @@ mod tests {
 
     fn t0() -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+
+    #[test]
+    fn ipv6_addresses_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            subscriber(ip("2001:db8:1:2:aaaa::1")),
+            subscriber(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+            "one /64 is one subscriber"
+        );
+        assert_ne!(
+            subscriber(ip("2001:db8:1:2::1")),
+            subscriber(ip("2001:db8:1:3::1")),
+            "the next /64 is someone else"
+        );
+        assert_eq!(subscriber(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(subscriber(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_ne!(subscriber(ip("192.0.2.7")), subscriber(ip("192.0.2.8")));
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! Sessions: refresh with rotation and reuse detection, logout, password change, and the
 //! per-request check of access tokens. Logging in is in `login.rs`.
-use super::lockout::LockoutState;
 use super::secret::{random_base62, sha256};
 use super::{Auth, Principal, SessionUser, Subject};
 use crate::domain::{Environment, Invalid, SessionId, TenantId};
@@ -22,8 +21,15 @@ pub struct Tokens {
 /// Where a request came from, for the audit log and the session list.
 #[derive(Debug, Clone, Default)]
 pub struct ClientInfo {
-    pub ip: Option<String>,
+    pub addr: Option<std::net::IpAddr>,
     pub user_agent: Option<String>,
+}
+
+impl ClientInfo {
+    /// The address as the audit log and the session list show it.
+    pub fn ip(&self) -> Option<String> {
+        self.addr.map(|a| a.to_string())
+    }
 }
 
 fn invalid_token(detail: &str) -> Error {
@@ -44,9 +50,20 @@ pub(super) fn locked(seconds: u64) -> Error {
 
 impl Auth {
     fn session_alive(&self, s: &SessionRecord, now: OffsetDateTime) -> bool {
-        s.revoked_at.is_none()
-            && now < s.expires_at
-            && now - s.last_seen_at < self.policy.session_idle
+        self.session_ended_at(s, now).is_none()
+    }
+
+    /// When the session ended (revoked, or out of absolute or idle time), if it has by `now`.
+    pub(super) fn session_ended_at(
+        &self,
+        s: &SessionRecord,
+        now: OffsetDateTime,
+    ) -> Option<OffsetDateTime> {
+        if s.revoked_at.is_some() {
+            return s.revoked_at;
+        }
+        let end = s.expires_at.min(s.last_seen_at + self.policy.session_idle);
+        (end <= now).then_some(end)
     }
 
     /// Changes the user's credentials (a new password hash, or none to only cut off) and ends
@@ -102,6 +119,7 @@ impl Auth {
         if record.spent_at.is_none() && !self.session_alive(&session, now) {
             return Err(invalid_token("the session has ended; log in again"));
         }
+        self.check_refresh_rate(session.id)?;
         let next = random_base62(REFRESH_LEN)?;
         match self
             .store
@@ -124,7 +142,21 @@ impl Auth {
                 self.store.flush().await?;
                 self.tokens(&user, tenant, &session, next, now)
             }
-            SpendOutcome::Reused(sid) => {
+            SpendOutcome::Reused {
+                session: sid,
+                spent_at,
+            } if now - spent_at < self.policy.refresh_reuse_grace
+                && session.revoked_at.is_none() =>
+            {
+                // Two requests raced with one cookie (two tabs, or a retry after a lost
+                // answer): the winner's successor stays good. Nothing is issued here.
+                tracing::info!(session = %sid, "refresh token presented again within the grace period");
+                Err(Error::new(
+                    ErrorKind::Conflict,
+                    "this refresh token was used a moment ago by another request; use the cookie that request received",
+                ))
+            }
+            SpendOutcome::Reused { session: sid, .. } => {
                 let ended = self.store.revoke_session(sid, now)?;
                 let user = match ended {
                     Some(s) => self.store.user(s.user)?,
@@ -138,7 +170,7 @@ impl Auth {
                     tenant,
                     "refresh_token.reused",
                     &actor,
-                    client.ip.as_deref(),
+                    client.ip().as_deref(),
                     format!("session {sid} ended"),
                 );
                 self.store.flush().await?;
@@ -195,17 +227,13 @@ impl Auth {
             .store
             .user(who.id)?
             .ok_or_else(|| invalid_token("the user no longer exists"))?;
-        if let Some(left) = self
-            .store
-            .lockout_get::<LockoutState>(&user.email)?
-            .and_then(|s| s.locked_for(self.now()))
-        {
-            return Err(locked(left));
-        }
+        self.refuse_if_locked(&user.email)?;
         super::passwords::check_policy("new_password", &new)?;
         if !self
             .passwords
-            .verify(current, Some(user.password_hash.clone()))
+            .verify_unless(current, Some(user.password_hash.clone()), || {
+                self.refuse_if_locked(&user.email)
+            })
             .await?
         {
             // Counted like a failed login, so a stolen access token cannot guess passwords.
@@ -213,7 +241,7 @@ impl Auth {
                 &user.email,
                 Some(&user),
                 Some(principal.tenant),
-                client.ip.as_deref(),
+                client.ip().as_deref(),
                 "wrong current password",
             )?;
             self.store.flush().await?;
@@ -229,7 +257,7 @@ impl Auth {
             Some(principal.tenant),
             "password.changed",
             &principal.actor(),
-            client.ip.as_deref(),
+            client.ip().as_deref(),
             String::new(),
         );
         self.store.flush().await?;

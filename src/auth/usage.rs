@@ -1,10 +1,12 @@
 //! `last_used_at` / `last_used_ip` of API keys, buffered in memory and written to the store at
-//! most once a minute per key and worker thread, so the read path never waits on a write.
+//! most once a minute per key (SPEC §2.1), so the read path never waits on a write.
 //!
 //! Each worker thread records into its own map (a lock only it takes, so no lock word bounces
-//! between cores on every request); reads take the freshest entry over all threads. The store
-//! keeps the later of two writes, so threads persisting in any order never move a key's last
-//! use backwards.
+//! between cores on every request); reads take the freshest entry over all threads. When a
+//! thread's entry falls due (once a minute), it asks one shared table when the key was last
+//! written by any thread, and writes only if that was a minute ago: the shared lock is taken
+//! once a minute per key and thread, never per request. The store keeps the later of two
+//! writes, so threads persisting in any order never move a key's last use backwards.
 use crate::domain::KeyId;
 use crate::store::{KeyUsage, Store};
 use foldhash::fast::RandomState;
@@ -42,6 +44,8 @@ fn lock(m: &Mutex<Map>) -> MutexGuard<'_, Map> {
 pub struct UsageBuffer {
     store: Store,
     threads: ThreadLocal<Mutex<Map>>,
+    /// When each key was last written to the store, by any thread.
+    written: Mutex<HashMap<KeyId, OffsetDateTime, RandomState>>,
 }
 
 impl UsageBuffer {
@@ -49,6 +53,7 @@ impl UsageBuffer {
         UsageBuffer {
             store,
             threads: ThreadLocal::new(),
+            written: Mutex::default(),
         }
     }
 
@@ -70,12 +75,17 @@ impl UsageBuffer {
             let due = entry
                 .persisted_at
                 .is_none_or(|at| now - at >= PERSIST_EVERY);
-            if due {
+            if !due {
+                None
+            } else if let Some(by_other) = self.written_within_a_minute(key, now) {
+                // Another thread wrote it lately: wait for the next due time (shutdown writes
+                // what is still dirty).
+                entry.persisted_at = Some(by_other);
+                None
+            } else {
                 entry.persisted_at = Some(now);
                 entry.dirty = false;
                 Some(entry.usage())
-            } else {
-                None
             }
         };
         if let Some(usage) = to_write
@@ -83,6 +93,22 @@ impl UsageBuffer {
         {
             tracing::warn!(error = %e, "could not record key usage");
         }
+    }
+
+    /// When another thread wrote `key` less than a minute before `now`; otherwise claims the
+    /// write for `now` and answers `None`.
+    fn written_within_a_minute(&self, key: KeyId, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = written.get(&key).copied()
+            && now - at < PERSIST_EVERY
+        {
+            return Some(at);
+        }
+        if written.len() >= 100_000 {
+            written.retain(|_, at| now - *at < PERSIST_EVERY);
+        }
+        written.insert(key, now);
+        None
     }
 
     /// The freshest usage known for a key: memory first (over every thread), then the store.
@@ -147,6 +173,17 @@ mod tests {
             buffer.get(key).unwrap().at,
             at(100),
             "memory answers the freshest"
+        );
+
+        // A third thread's first use, within the minute of the last write: no write either.
+        let third = buffer.clone();
+        std::thread::spawn(move || third.record(key, None, at(110)))
+            .join()
+            .unwrap();
+        assert_eq!(
+            store.key_usage(key).unwrap().unwrap().at,
+            at(100),
+            "at most one write a minute per key, whichever worker answers"
         );
 
         // Within the minute nothing is written; the buffer still knows, and shutdown persists it.

@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the API and the settings page
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage tenants
     #[command(subcommand)]
     Tenant(TenantCmd),
@@ -132,7 +132,7 @@ pub enum KeyCmd {
 /// Runs the command; `Err` carries the exit code and the one line for stderr.
 pub async fn run(cli: Cli) -> Result<(), StartError> {
     match cli.command {
-        Command::Serve(args) => serve(cli.data_dir, args).await,
+        Command::Serve(args) => serve(cli.data_dir, *args).await,
         Command::Backup { out } => run_backup(&cli.data_dir, &out),
         Command::Restore { from } => run_restore(&cli.data_dir, &from),
         Command::Check => run_check(&cli.data_dir),

@@ -3,12 +3,14 @@ mod digest;
 mod ean;
 mod email;
 mod ids;
+mod name;
 mod scope;
 
 pub use digest::{Digest, constant_time_eq, digests_equal};
 pub use ean::Ean;
 pub use email::{Email, MAX_EMAIL_LEN};
 pub use ids::{KeyId, ProductId, SessionId, TenantId, UserId};
+pub use name::{MAX_NAME_CHARS, display_name};
 pub use scope::{Environment, Role, Scope, ScopeSet};
 
 /// Why a value was refused; `field` names the input it came from.

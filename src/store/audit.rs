@@ -27,6 +27,26 @@ impl Store {
         Ok(())
     }
 
+    /// Removes every event older than `before`; returns how many. Event ids are UUID v7, so
+    /// the key itself carries the event's time.
+    pub fn sweep_audit(&self, before: OffsetDateTime) -> StoreResult<usize> {
+        let before = before.unix_timestamp();
+        let mut removed = 0;
+        for item in self.audit.iter() {
+            let (key, _) = item?;
+            let at = key
+                .get(16..)
+                .and_then(|id| Uuid::from_slice(id).ok())
+                .and_then(|id| id.get_timestamp())
+                .map(|t| t.to_unix().0);
+            if at.is_some_and(|secs| i64::try_from(secs).unwrap_or(i64::MAX) < before) {
+                self.audit.remove(&key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Newest first: `skip` events, then at most `take`; also returns the total.
     pub fn audit_page(
         &self,

@@ -153,8 +153,11 @@ impl Store {
         let sessions = records::<SessionRecord>(&self.sessions, "sessions")?;
         keyed_by_id(&sessions, "sessions", |s| s.id.as_bytes())?;
         trees.push(("sessions", sessions.len()));
+        // The per-user index holds exactly the sessions not yet ended by a revocation or by
+        // the sweep (which marks sessions that ran out of time as revoked).
         let by_user = sessions
             .iter()
+            .filter(|(_, s)| s.revoked_at.is_none())
             .map(|(_, s)| {
                 (
                     keys::pair(s.user.as_bytes(), s.id.as_bytes()).to_vec(),

@@ -26,7 +26,7 @@ pub use api_keys::{ApiKeyRecord, KeyUsage};
 pub use audit::AuditEvent;
 pub use check::CheckReport;
 pub use products::ProductRecord;
-pub use sessions::{RefreshRecord, SessionRecord, SpendOutcome};
+pub use sessions::{RefreshRecord, SessionRecord, SessionSweep, SpendOutcome};
 pub use tenants::TenantRecord;
 pub use users::{Membership, UserRecord};
 
@@ -145,7 +145,7 @@ impl Store {
             .mode(sled::Mode::LowSpace)
             .open()?;
         let tree = |name: &str| db.open_tree(name);
-        Ok(Store {
+        let store = Store {
             meta: tree("meta")?,
             tenants: tree("tenants")?,
             tenant_by_name: tree("tenant_by_name")?,
@@ -170,7 +170,9 @@ impl Store {
             caches: std::sync::Arc::new(Caches::new()),
             group_commit: group_commit::GroupCommit::new(),
             db,
-        })
+        };
+        store.migrate_session_index()?;
+        Ok(store)
     }
 
     pub fn key_lookups(&self) -> u64 {

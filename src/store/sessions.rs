@@ -40,8 +40,12 @@ pub struct RefreshRecord {
 pub enum SpendOutcome {
     /// The token was live; it is now spent and its successor stored.
     Spent(SessionRecord),
-    /// The token had been spent before: the caller must end the whole session.
-    Reused(SessionId),
+    /// The token had been spent before (at `spent_at`): unless that was a moment ago, the
+    /// caller must end the whole session.
+    Reused {
+        session: SessionId,
+        spent_at: OffsetDateTime,
+    },
     /// Unknown token, or its session is gone or revoked.
     Invalid,
 }
@@ -121,8 +125,11 @@ impl Store {
                     return Ok(SpendOutcome::Invalid);
                 };
                 let mut token: RefreshRecord = codec::decode(&bytes).or_else(abort)?;
-                if token.spent_at.is_some() {
-                    return Ok(SpendOutcome::Reused(token.session));
+                if let Some(spent_at) = token.spent_at {
+                    return Ok(SpendOutcome::Reused {
+                        session: token.session,
+                        spent_at,
+                    });
                 }
                 let Some(sbytes) = sessions.get(token.session.as_bytes())? else {
                     return Ok(SpendOutcome::Invalid);
@@ -151,34 +158,33 @@ impl Store {
         result
     }
 
-    /// Ends one session; its refresh tokens and access tokens die with it.
+    /// Ends one session; its refresh tokens and access tokens die with it, and it leaves its
+    /// user's index of live sessions in the same transaction.
     pub fn revoke_session(
         &self,
         id: SessionId,
         now: OffsetDateTime,
     ) -> StoreResult<Option<SessionRecord>> {
-        let mut ended = None;
-        let result = self.sessions.fetch_and_update(id.as_bytes(), |old| {
-            let old = old?;
-            match codec::decode::<SessionRecord>(old) {
-                Ok(mut s) if s.revoked_at.is_none() => {
+        let result = (&self.sessions, &self.sessions_by_user)
+            .transaction(|(sessions, by_user)| {
+                let Some(bytes) = sessions.get(id.as_bytes())? else {
+                    return Ok(None);
+                };
+                let mut s: SessionRecord = codec::decode(&bytes).or_else(abort)?;
+                if s.revoked_at.is_none() {
                     s.revoked_at = Some(now);
-                    Some(codec::encode(&s))
+                    sessions.insert(id.as_bytes(), codec::encode(&s))?;
                 }
-                _ => Some(old.to_vec()),
-            }
-        })?;
-        if let Some(old) = result {
-            let mut s: SessionRecord = codec::decode(&old)?;
-            if s.revoked_at.is_none() {
-                s.revoked_at = Some(now);
-            }
-            ended = Some(s);
-        }
+                by_user.remove(&keys::pair(s.user.as_bytes(), id.as_bytes())[..])?;
+                Ok(Some(s))
+            })
+            .map_err(from_tx);
         self.caches.sessions.invalidate(&id);
-        Ok(ended)
+        result
     }
 
+    /// The user's sessions that have not been revoked (the index holds no others); some may
+    /// have run out of time and not been swept yet.
     pub fn user_sessions(&self, user: UserId) -> StoreResult<Vec<SessionRecord>> {
         let mut out = Vec::new();
         for item in self.sessions_by_user.scan_prefix(user.as_bytes()) {
@@ -207,5 +213,100 @@ impl Store {
             }
         }
         Ok(count)
+    }
+}
+
+/// What one retention sweep of sessions removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSweep {
+    pub sessions: usize,
+    pub refresh_tokens: usize,
+}
+
+impl Store {
+    /// Drops the sessions `ended_at` says ended before `ended_before`, with every refresh token
+    /// of theirs, and the spent refresh tokens spent before `spent_before`. A session that ran
+    /// out of time is first marked revoked (so it leaves its user's live index). Tokens go before
+    /// their session, so a crash halfway never leaves a token without its session; every
+    /// removal is a compare-and-swap against what was read, so nothing written meanwhile is lost.
+    pub fn sweep_sessions(
+        &self,
+        ended_at: impl Fn(&SessionRecord) -> Option<OffsetDateTime>,
+        ended_before: Option<OffsetDateTime>,
+        spent_before: Option<OffsetDateTime>,
+    ) -> StoreResult<SessionSweep> {
+        let mut doomed = std::collections::HashMap::new();
+        for item in self.sessions.iter() {
+            let (key, value) = item?;
+            let Ok(s) = codec::decode::<SessionRecord>(&value) else {
+                continue;
+            };
+            let Some(ended) = ended_at(&s) else {
+                continue;
+            };
+            if s.revoked_at.is_none() {
+                // Ran out of time: recorded as ended then, and out of the live index.
+                self.revoke_session(s.id, ended)?;
+            }
+            if ended_before.is_some_and(|before| ended < before) {
+                doomed.insert(s.id, (key, value));
+            }
+        }
+        let mut swept = SessionSweep::default();
+        for item in self.refresh_tokens.iter() {
+            let (key, value) = item?;
+            let Ok(t) = codec::decode::<RefreshRecord>(&value) else {
+                continue;
+            };
+            let old_spent = t
+                .spent_at
+                .zip(spent_before)
+                .is_some_and(|(spent, before)| spent < before);
+            if (old_spent || doomed.contains_key(&t.session))
+                && self
+                    .refresh_tokens
+                    .compare_and_swap(&key, Some(&value), None as Option<&[u8]>)?
+                    .is_ok()
+            {
+                swept.refresh_tokens += 1;
+            }
+        }
+        for (id, (key, value)) in doomed {
+            if self
+                .sessions
+                .compare_and_swap(&key, Some(&value), None as Option<&[u8]>)?
+                .is_ok()
+            {
+                swept.sessions += 1;
+            }
+            self.caches.sessions.invalidate(&id);
+        }
+        Ok(swept)
+    }
+}
+
+impl Store {
+    /// Stores written before the per-user index held only live sessions kept every session
+    /// there; drop the entries of revoked ones, once.
+    pub(super) fn migrate_session_index(&self) -> StoreResult<()> {
+        const DONE: &str = "sessions_by_user_live_only";
+        // A new store has nothing to migrate, and stays empty (restore loads only into those).
+        if self.meta.get(DONE)?.is_some() || self.sessions_by_user.is_empty() {
+            return Ok(());
+        }
+        for item in self.sessions_by_user.iter() {
+            let (k, _) = item?;
+            let revoked = SessionId::from_slice(&k[16..])
+                .map(|id| self.session(id))
+                .transpose()?
+                .flatten()
+                .is_none_or(|s| s.revoked_at.is_some());
+            if revoked {
+                self.sessions_by_user.remove(&k)?;
+            }
+        }
+        self.meta.insert(DONE, codec::raw(b"1"))?;
+        self.db.flush()?;
+        Ok(())
     }
 }

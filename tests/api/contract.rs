@@ -572,6 +572,8 @@ async fn every_documented_status_is_reachable() {
         "30",
         "--lockout-threshold",
         "3",
+        "--refresh-rate-per-minute",
+        "3",
     ])
     .await;
     let mut t = Table {
@@ -597,11 +599,19 @@ async fn every_documented_status_is_reachable() {
     let rb = t.req("listSessions", "").bearer_auth(&admin);
     t.probe("listSessions", 200, rb).await;
     let (_, cookie) = t.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
-    let rb = t
-        .req("refreshSession", "")
-        .header("cookie", format!("refresh_token={cookie}"))
-        .json(&json!({}));
-    t.probe("refreshSession", 200, rb).await;
+    let refresh = |t: &Table, cookie: &str| {
+        t.req("refreshSession", "")
+            .header("cookie", format!("refresh_token={cookie}"))
+            .json(&json!({}))
+    };
+    let res = t.probe("refreshSession", 200, refresh(&t, &cookie)).await;
+    let next = refresh_cookie(&res).unwrap();
+    // The spent cookie again at once: within the grace period, 409 (the session goes on).
+    t.probe("refreshSession", 409, refresh(&t, &cookie)).await;
+    // The session's third refresh this minute fits its window of three; the fourth is 429.
+    let res = t.probe("refreshSession", 200, refresh(&t, &next)).await;
+    let next = refresh_cookie(&res).unwrap();
+    t.probe("refreshSession", 429, refresh(&t, &next)).await;
     let (other, _) = t.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
     let rb = t.req("logout", "").bearer_auth(&other);
     t.probe("logout", 204, rb).await;

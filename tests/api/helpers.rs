@@ -25,6 +25,7 @@ pub struct TestApp {
     handle: actix_web::dev::ServerHandle,
     task: Option<actix_web::rt::task::JoinHandle<std::io::Result<()>>>,
     args: ServeArgs,
+    cost: HashCost,
 }
 
 pub fn start_time() -> time::OffsetDateTime {
@@ -37,14 +38,25 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the server with these settings (unset ones take their defaults). The login rate
 /// limit is off unless set, so tests can log in freely.
-pub async fn spawn_app_with(mut args: ServeArgs) -> TestApp {
+pub async fn spawn_app_with(args: ServeArgs) -> TestApp {
+    spawn_app_costing(args, HashCost::FAST_FOR_TESTS).await
+}
+
+/// [`spawn_app_with`] hashing passwords at `cost`: the production cost makes logins slow
+/// enough for concurrent ones to queue for a hash slot, as they do under a real flood.
+pub async fn spawn_app_costing(mut args: ServeArgs, cost: HashCost) -> TestApp {
     args.login_rate_per_minute.get_or_insert(0);
     let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     let clock = Arc::new(ManualClock::new(start_time()));
-    start(dir, clock, args).await
+    start(dir, clock, args, cost).await
 }
 
-async fn start(dir: Arc<TempDir>, clock: Arc<ManualClock>, args: ServeArgs) -> TestApp {
+async fn start(
+    dir: Arc<TempDir>,
+    clock: Arc<ManualClock>,
+    args: ServeArgs,
+    cost: HashCost,
+) -> TestApp {
     let mut serve = args.clone();
     serve.listen = Some("127.0.0.1:0".into());
     serve.admin_email = Some(ADMIN_EMAIL.into());
@@ -56,7 +68,7 @@ async fn start(dir: Arc<TempDir>, clock: Arc<ManualClock>, args: ServeArgs) -> T
     // the store when the new one opens it (sled's file lock): wait for them, briefly.
     let mut attempts = 0;
     let app = loop {
-        match Application::build(settings.clone(), shared.clone(), HashCost::FAST_FOR_TESTS).await {
+        match Application::build(settings.clone(), shared.clone(), cost).await {
             Ok(app) => break app,
             Err(e) if attempts < 50 && format!("{e:?}").contains("could not acquire lock") => {
                 attempts += 1;
@@ -92,6 +104,7 @@ async fn start(dir: Arc<TempDir>, clock: Arc<ManualClock>, args: ServeArgs) -> T
         handle,
         task: Some(task),
         args,
+        cost,
     }
 }
 
@@ -185,6 +198,15 @@ impl TestApp {
             .expect("refresh request")
     }
 
+    /// The status of `GET /auth/me` with an access token: is this token alive?
+    pub async fn status_of_me(&self, token: &str) -> StatusCode {
+        self.with_token(Method::GET, "/api/v1/auth/me", token)
+            .send()
+            .await
+            .expect("me request")
+            .status()
+    }
+
     pub async fn create_key_raw(&self, token: &str, body: Value) -> Response {
         self.with_token(Method::POST, "/api/v1/api-keys", token)
             .json(&body)
@@ -258,9 +280,14 @@ impl TestApp {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
-        let (dir, clock, args) = (self.data_dir.clone(), self.clock.clone(), self.args.clone());
+        let (dir, clock, args, cost) = (
+            self.data_dir.clone(),
+            self.clock.clone(),
+            self.args.clone(),
+            self.cost,
+        );
         drop(self);
-        start(dir, clock, args).await
+        start(dir, clock, args, cost).await
     }
 
     pub async fn create_user(&self, admin: &str, email: &str, role: &str) -> Value {

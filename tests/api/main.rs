@@ -9,6 +9,7 @@ mod browser;
 mod contract;
 mod crash;
 mod errors;
+mod hardening;
 mod hostile;
 mod lockout;
 mod openapi;

@@ -113,27 +113,6 @@ async fn refresh_without_or_with_a_bad_cookie_is_invalid_token() {
 }
 
 #[actix_web::test]
-async fn sixteen_concurrent_refreshes_with_one_cookie_give_exactly_one_success() {
-    let app = spawn_app().await;
-    for _ in 0..5 {
-        let session = app.admin().await;
-        let attempts: Vec<_> = (0..16).map(|_| app.refresh(&session.refresh)).collect();
-        let statuses: Vec<StatusCode> = futures_util::future::join_all(attempts)
-            .await
-            .iter()
-            .map(|r| r.status())
-            .collect();
-        let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
-        assert_eq!(ok, 1, "{statuses:?}");
-        assert!(
-            statuses
-                .iter()
-                .all(|s| *s == StatusCode::OK || *s == StatusCode::UNAUTHORIZED)
-        );
-    }
-}
-
-#[actix_web::test]
 async fn reusing_a_spent_refresh_token_ends_the_whole_session() {
     let app = spawn_app().await;
     let session = app.admin().await;
@@ -144,6 +123,8 @@ async fn reusing_a_spent_refresh_token_ends_the_whole_session() {
         .unwrap()
         .to_owned();
 
+    // Past the grace period that spares a refresh race (hardening.rs pins the period itself).
+    app.clock.advance(time::Duration::seconds(11));
     let reuse = app.refresh(&session.refresh).await;
     assert_problem(reuse, 401, "INVALID_TOKEN").await;
 
