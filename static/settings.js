@@ -2,8 +2,8 @@
 //
 // Security notes: the access token lives only in the `accessToken` variable below (never in
 // localStorage or sessionStorage); a reload restores the session through the HttpOnly refresh
-// cookie. A refresh token may be presented only once (a second use revokes the whole
-// session), so every caller shares one in-flight refresh promise. All text from the server is
+// cookie. A refresh token may be presented only once (a second use a few seconds later revokes
+// the whole session), so every caller shares one in-flight refresh promise. All text from the server is
 // inserted with textContent, never as HTML. The page runs under a strict CSP: no inline code
 // or styles, visibility is toggled with the `hidden` attribute.
 'use strict';
@@ -105,11 +105,15 @@
   function refresh() {
     if (!refreshPromise) {
       refreshPromise = withRefreshLock(async () => {
-        const res = await send('/auth/refresh', {
+        const post = () => send('/auth/refresh', {
           method: 'POST',
           headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
           body: '{}',
         });
+        let res = await post();
+        // 409: another tab (without Web Locks) spent the same cookie a moment ago; the browser
+        // now holds that tab's new cookie, so one more try succeeds.
+        if (res.status === 409) res = await post();
         if (res.status === 401 || res.status === 403) { accessToken = null; return false; }
         if (!res.ok) throw await problem(res);
         takeToken(await res.json());

@@ -1,0 +1,114 @@
+//! Memory of sled under churn with a constant live set, by key layout: the experiment behind
+//! docs/PERFORMANCE.md's "flat memory under writes". Run by hand:
+//!
+//! ```sh
+//! cargo run --release --example sled_churn -- monotonic 2000000
+//! cargo run --release --example sled_churn -- recycled 2000000
+//! ```
+//!
+//! Each operation inserts one record and removes the oldest, keeping `LIVE` records, as the
+//! product churn of the soak does. `monotonic` keys grow for ever (time-ordered ids, as
+//! `products` and `products_by_updated` use); `recycled` keys come from a fixed space of
+//! `4 * LIVE` slots, so emptied pages are filled again. The store has the server's settings
+//! (low-space mode, 64 MiB cache). Prints RSS and sled's on-disk size as it goes.
+use std::collections::VecDeque;
+
+// The server's allocator, so the figures are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const LIVE: u64 = 2_000;
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let layout = args.next().unwrap_or_else(|| "monotonic".into());
+    let ops: u64 = args.next().map_or(Ok(1_000_000), |n| n.parse())?;
+    let dir = tempfile::tempdir()?;
+    let db = sled::Config::new()
+        .path(dir.path().join("db"))
+        .cache_capacity(64 << 20)
+        .mode(sled::Mode::LowSpace)
+        .open()?;
+    let tree = db.open_tree("churn")?;
+    // `indexed`: the product write's shape, one transaction over the record and two index
+    // trees (an EAN-like key and a time key), flushed every 64 operations as the group commit
+    // does under load.
+    let by_ean = db.open_tree("churn_by_ean")?;
+    let by_time = db.open_tree("churn_by_time")?;
+    let value = vec![7u8; 200];
+    let mut live: VecDeque<[u8; 16]> = VecDeque::new();
+    let key = |i: u64| -> [u8; 16] {
+        let mut k = [0u8; 16];
+        match layout.as_str() {
+            // A slot number, spread over the key space by a multiplicative hash.
+            "recycled" => {
+                let slot = (i % (4 * LIVE)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                k[..8].copy_from_slice(&slot.to_be_bytes());
+            }
+            _ => k[..8].copy_from_slice(&i.to_be_bytes()),
+        }
+        k
+    };
+    let start = rss_kib();
+    println!("layout {layout}: {ops} operations, live set {LIVE}; RSS at start {start} KiB");
+    for i in 0..ops {
+        let k = key(i);
+        if layout == "indexed" {
+            use sled::Transactional;
+            let old = (live.len() as u64 >= LIVE).then(|| live[0]);
+            (&tree, &by_ean, &by_time)
+                .transaction(|(t, e, u)| {
+                    t.insert(&k, value.as_slice())?;
+                    e.insert(&k[..8], &k[..])?;
+                    u.insert(&(i.to_be_bytes()), &k[..])?;
+                    if let Some(o) = old {
+                        t.remove(&o)?;
+                        e.remove(&o[..8])?;
+                        u.remove(&o[..8])?;
+                    }
+                    Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| format!("{e:?}"))?;
+            if old.is_some() {
+                live.pop_front();
+            }
+            live.push_back(k);
+            if i % 64 == 0 {
+                db.flush()?;
+            }
+        } else {
+            tree.insert(k, value.as_slice())?;
+            live.push_back(k);
+            if live.len() as u64 > LIVE
+                && let Some(old) = live.pop_front()
+            {
+                tree.remove(old)?;
+            }
+        }
+        if (i + 1) % (ops / 10).max(1) == 0 {
+            db.flush()?;
+            let rss = rss_kib();
+            println!(
+                "{:>9} ops  RSS {:>7} KiB  (+{:>6.1} bytes/op)  disk {:>6} KiB  records {}",
+                i + 1,
+                rss,
+                (rss.saturating_sub(start) * 1024) as f64 / (i + 1) as f64,
+                db.size_on_disk()? / 1024,
+                tree.len()
+            );
+        }
+    }
+    Ok(())
+}
