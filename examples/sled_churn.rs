@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release --example sled_churn -- monotonic 2000000
 //! cargo run --release --example sled_churn -- recycled 2000000
+//! cargo run --release --example sled_churn -- indexed 300000 1   # one flush per write
 //! ```
 //!
 //! Each operation inserts one record and removes the oldest, keeping `LIVE` records, as the
@@ -35,6 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let layout = args.next().unwrap_or_else(|| "monotonic".into());
     let ops: u64 = args.next().map_or(Ok(1_000_000), |n| n.parse())?;
+    // How many indexed operations share one flush (the group commit's batch).
+    let flush_every: u64 = args.next().map_or(Ok(64), |n| n.parse())?.max(1);
     let dir = tempfile::tempdir()?;
     let db = sled::Config::new()
         .path(dir.path().join("db"))
@@ -85,7 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 live.pop_front();
             }
             live.push_back(k);
-            if i % 64 == 0 {
+            if i % flush_every == 0 {
                 db.flush()?;
             }
         } else {

@@ -5,6 +5,9 @@
 use clap::Parser;
 use pixee_pim::cli::{Cli, run};
 
+// The `system-allocator` feature keeps the C library's malloc, so that heap profilers which
+// hook it (heaptrack) see every allocation; docs/PERFORMANCE.md says how it is used.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -13,9 +16,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// freed while opening the store stayed resident (about 22 MiB on a 100 000-product store).
 #[allow(unsafe_code)]
 fn release_free_memory() {
+    #[cfg(not(feature = "system-allocator"))]
     // SAFETY: `mi_collect` takes a flag, touches only the allocator's own state, and may be
     // called from any thread at any time.
-    unsafe { libmimalloc_sys::mi_collect(true) }
+    unsafe {
+        libmimalloc_sys::mi_collect(true)
+    }
 }
 
 fn main() {

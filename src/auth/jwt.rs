@@ -80,7 +80,10 @@ impl JwtKeys {
             encoding: EncodingKey::from_secret(secret).map_err(internal)?,
             decoding: DecodingKey::from_secret(secret).map_err(internal)?,
             validation,
-            verified: Arc::new(RecordCache::new(100_000)),
+            // An expired token is never served again: its entry goes at the next prune.
+            verified: Arc::new(RecordCache::keeping(100_000, |t: &VerifiedToken| {
+                t.claims.exp + LEEWAY_SECONDS > OffsetDateTime::now_utc().unix_timestamp()
+            })),
             token_ids: foldhash::quality::RandomState::default(),
             ttl_seconds,
         })

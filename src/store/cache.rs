@@ -30,11 +30,22 @@ struct Entry<V> {
     value: Arc<V>,
 }
 
+/// One thread's copy, and the size at which it next drops its dead entries.
+struct Local<K, V> {
+    map: HashMap<K, Entry<V>, RandomState>,
+    prune_at: usize,
+}
+
+/// A thread's map is not pruned below this many entries.
+const MIN_PRUNE: usize = 1024;
+
 pub struct RecordCache<K: Send, V: Send + Sync> {
     epochs: Box<[AtomicU64]>,
-    local: ThreadLocal<RefCell<HashMap<K, Entry<V>, RandomState>>>,
+    local: ThreadLocal<RefCell<Local<K, V>>>,
     hasher: RandomState,
     per_thread: usize,
+    /// Whether an entry is still worth its memory (besides being current).
+    useful: fn(&V) -> bool,
 }
 
 impl<K: Hash + Eq + Copy + Send, V: Send + Sync> RecordCache<K, V> {
@@ -42,12 +53,19 @@ impl<K: Hash + Eq + Copy + Send, V: Send + Sync> RecordCache<K, V> {
     /// each thread's map holds at most its share, so the copies together stay near
     /// `capacity` records.
     pub fn new(capacity: usize) -> Self {
+        Self::keeping(capacity, |_| true)
+    }
+
+    /// [`new`](Self::new), also dropping entries `useful` says are spent (an expired token)
+    /// when the thread's map prunes.
+    pub fn keeping(capacity: usize, useful: fn(&V) -> bool) -> Self {
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
         RecordCache {
             epochs: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             local: ThreadLocal::new(),
             hasher: RandomState::default(),
             per_thread: (capacity / threads).max(16),
+            useful,
         }
     }
 
@@ -63,10 +81,13 @@ impl<K: Hash + Eq + Copy + Send, V: Send + Sync> RecordCache<K, V> {
     ) -> Result<Option<Arc<V>>, E> {
         // Acquire pairs with the invalidation's release: seeing its epoch means seeing its write.
         let epoch = self.epoch(&key).load(Ordering::Acquire);
-        let local = self
-            .local
-            .get_or(|| RefCell::new(HashMap::with_hasher(RandomState::default())));
-        if let Some(e) = local.borrow().get(&key)
+        let local = self.local.get_or(|| {
+            RefCell::new(Local {
+                map: HashMap::with_hasher(RandomState::default()),
+                prune_at: MIN_PRUNE,
+            })
+        });
+        if let Some(e) = local.borrow().map.get(&key)
             && e.epoch == epoch
         {
             return Ok(Some(e.value.clone()));
@@ -76,12 +97,11 @@ impl<K: Hash + Eq + Copy + Send, V: Send + Sync> RecordCache<K, V> {
             return Ok(None);
         };
         let value = Arc::new(value);
-        let mut map = local.borrow_mut();
-        if map.len() >= self.per_thread && !map.contains_key(&key) {
-            // Crude but bounded: a full map starts over.
-            map.clear();
+        let mut local = local.borrow_mut();
+        if local.map.len() >= local.prune_at.min(self.per_thread) && !local.map.contains_key(&key) {
+            self.prune(&mut local);
         }
-        map.insert(
+        local.map.insert(
             key,
             Entry {
                 epoch,
@@ -89,6 +109,28 @@ impl<K: Hash + Eq + Copy + Send, V: Send + Sync> RecordCache<K, V> {
             },
         );
         Ok(Some(value))
+    }
+
+    /// Drops the entries no request can be served from any more (their slot moved on, or
+    /// `useful` says they are spent), then lets the map grow to twice what is left before the
+    /// next pass: the work is proportional to the inserts, and a map of records that keep
+    /// being replaced (ended sessions, rotated keys, expired tokens) stays near its live size
+    /// instead of filling up to the cap. Crude but bounded: a map still full starts over.
+    fn prune(&self, local: &mut Local<K, V>) {
+        let useful = self.useful;
+        local
+            .map
+            .retain(|k, e| e.epoch == self.epoch(k).load(Ordering::Acquire) && useful(&e.value));
+        if local.map.len() >= self.per_thread {
+            local.map.clear();
+        }
+        local.prune_at = (2 * local.map.len()).max(MIN_PRUNE);
+    }
+
+    /// How many entries this thread's map holds.
+    #[cfg(test)]
+    fn local_len(&self) -> usize {
+        self.local.get().map_or(0, |l| l.borrow().map.len())
     }
 
     /// Makes every thread's copy of `key` stale; called after every committed write of that
@@ -123,6 +165,26 @@ mod tests {
             Some(&"new"),
             "but the stale value was not cached"
         );
+    }
+
+    #[test]
+    fn dead_entries_are_dropped_long_before_the_cap() {
+        // Every key but one in eight is written again after its use (like ended sessions and
+        // rotated keys), and one in sixteen of the others is spent (like expired tokens): the
+        // map stays near the 23 438 live ones, far below the cap of 500 000 per thread.
+        let cache: RecordCache<u32, u32> = RecordCache::keeping(1_000_000, |v| v % 16 != 9);
+        let mut seen_max = 0;
+        for i in 0..200_000u32 {
+            cache.get_or_load(i, || Ok::<_, ()>(Some(i))).unwrap();
+            if i % 8 != 1 {
+                cache.invalidate(&i);
+            }
+            seen_max = seen_max.max(cache.local_len());
+        }
+        assert!(seen_max < 60_000, "the map held {seen_max} entries");
+        // What is live and useful is still served from the map.
+        let kept = cache.get_or_load(199_993, || Ok::<_, ()>(Some(0))).unwrap();
+        assert_eq!(kept.as_deref(), Some(&199_993), "kept, not reloaded");
     }
 
     #[test]
