@@ -203,12 +203,9 @@ async fn list_audit(
         }
     };
     // Authorized before the page is judged (DECISIONS.md, order of checks).
-    match scope {
-        AuditScope::Tenant => principal.require_admin()?,
-        AuditScope::Instance => principal.require_superadmin()?,
-    };
+    let log = auth.audit_log(&principal, scope)?;
     let page = page.resolve()?;
-    let (events, total) = auth.audit_events(&principal, scope, page.offset, page.per_page)?;
+    let (events, total) = auth.audit_events(&log, page.offset, page.per_page)?;
     let items = events
         .into_iter()
         .map(|e: AuditEvent| AuditOut {

@@ -35,6 +35,9 @@ pub enum AuditScope {
     Instance,
 }
 
+/// An audit log the caller was found allowed to read; only [`Auth::audit_log`] makes one.
+pub struct AuditLog(TenantId);
+
 /// Events of no tenant are kept under the nil tenant id.
 pub(super) const INSTANCE: TenantId = TenantId(uuid::Uuid::nil());
 
@@ -219,16 +222,10 @@ impl Auth {
         self.member_view(user, principal.tenant)
     }
 
-    /// A page of audit events, newest first, and the total. The tenant's events need its
-    /// admin; the instance's (no tenant) need a superadmin.
-    pub fn audit_events(
-        &self,
-        principal: &Principal,
-        scope: AuditScope,
-        offset: usize,
-        take: usize,
-    ) -> Result<(Vec<AuditEvent>, usize), Error> {
-        let tenant = match scope {
+    /// The audit log `scope` names, if the caller may read it: the tenant's needs its admin,
+    /// the instance's (no tenant) a superadmin. Checked once, before the page is judged.
+    pub fn audit_log(&self, principal: &Principal, scope: AuditScope) -> Result<AuditLog, Error> {
+        Ok(AuditLog(match scope {
             AuditScope::Tenant => {
                 principal.require_admin()?;
                 principal.tenant
@@ -237,8 +234,17 @@ impl Auth {
                 principal.require_superadmin()?;
                 INSTANCE
             }
-        };
-        Ok(self.store.audit_page(tenant, offset, take)?)
+        }))
+    }
+
+    /// A page of `log`, newest first, and the total.
+    pub fn audit_events(
+        &self,
+        log: &AuditLog,
+        offset: usize,
+        take: usize,
+    ) -> Result<(Vec<AuditEvent>, usize), Error> {
+        Ok(self.store.audit_page(log.0, offset, take)?)
     }
 
     /// The tenant record, from the coherent cache (per-request paths).

@@ -244,10 +244,17 @@ impl Store {
             let Some(ended) = ended_at(&s) else {
                 continue;
             };
-            if s.revoked_at.is_none() {
-                // Ran out of time: recorded as ended then, and out of the live index.
+            let value = if s.revoked_at.is_none() {
+                // Ran out of time: recorded as ended then, and out of the live index. What is
+                // removed below is the record as that wrote it.
                 self.revoke_session(s.id, ended)?;
-            }
+                match self.sessions.get(&key)? {
+                    Some(v) => v,
+                    None => continue,
+                }
+            } else {
+                value
+            };
             if ended_before.is_some_and(|before| ended < before) {
                 doomed.insert(s.id, (key, value));
             }

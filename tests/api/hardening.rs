@@ -629,3 +629,22 @@ async fn names_refuse_invisible_formatting_characters() {
         .await;
     assert_eq!(fine.status(), StatusCode::CREATED);
 }
+
+#[actix_web::test]
+async fn a_session_out_of_time_long_ago_goes_in_one_sweep_with_its_tokens() {
+    let app = spawn_app().await;
+    let session = app.admin().await;
+    app.refresh(&session.refresh).await;
+    let before = tree_counts(&app);
+    // Idle for 7 days it ended; 30 days after that it is past the session retention.
+    app.clock.advance(Duration::days(40));
+    let report = app.app_auth.sweep().unwrap();
+    assert_eq!(
+        (report.sessions, report.refresh_tokens),
+        (1, 2),
+        "one pass marks it ended and drops it with its tokens"
+    );
+    let after = tree_counts(&app);
+    assert_eq!(after["sessions"], before["sessions"] - 1);
+    assert_eq!(after["refresh_tokens"], before["refresh_tokens"] - 2);
+}
