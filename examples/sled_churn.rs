@@ -5,7 +5,11 @@
 //! cargo run --release --example sled_churn -- monotonic 2000000
 //! cargo run --release --example sled_churn -- recycled 2000000
 //! cargo run --release --example sled_churn -- indexed 300000 1   # one flush per write
+//! cargo run --release --example sled_churn -- indexed 300000 64 random
 //! ```
+//!
+//! `random` (indexed only) is the soak's own pattern: the removed record is any live one, not
+//! the oldest, and the EAN-like index key is spread over the key space as real EANs are.
 //!
 //! Each operation inserts one record and removes the oldest, keeping `LIVE` records, as the
 //! product churn of the soak does. `monotonic` keys grow for ever (time-ordered ids, as
@@ -38,6 +42,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ops: u64 = args.next().map_or(Ok(1_000_000), |n| n.parse())?;
     // How many indexed operations share one flush (the group commit's batch).
     let flush_every: u64 = args.next().map_or(Ok(64), |n| n.parse())?.max(1);
+    let random = args.next().is_some_and(|a| a == "random");
+    // xorshift: the same sequence every run.
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next_random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
     let dir = tempfile::tempdir()?;
     let db = sled::Config::new()
         .path(dir.path().join("db"))
@@ -70,22 +83,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let k = key(i);
         if layout == "indexed" {
             use sled::Transactional;
-            let old = (live.len() as u64 >= LIVE).then(|| live[0]);
+            let victim = if random {
+                next_random() as usize % LIVE as usize
+            } else {
+                0
+            };
+            let old = (live.len() as u64 >= LIVE).then(|| live[victim]);
+            // The EAN-like key: the id itself, or spread over the key space.
+            let ean = |k: &[u8; 16]| -> [u8; 8] {
+                let n = u64::from_be_bytes(k[..8].try_into().unwrap_or_default());
+                if random {
+                    n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes()
+                } else {
+                    n.to_be_bytes()
+                }
+            };
             (&tree, &by_ean, &by_time)
                 .transaction(|(t, e, u)| {
                     t.insert(&k, value.as_slice())?;
-                    e.insert(&k[..8], &k[..])?;
+                    e.insert(&ean(&k), &k[..])?;
                     u.insert(&(i.to_be_bytes()), &k[..])?;
                     if let Some(o) = old {
                         t.remove(&o)?;
-                        e.remove(&o[..8])?;
+                        e.remove(&ean(&o))?;
                         u.remove(&o[..8])?;
                     }
                     Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
                 })
                 .map_err(|e| format!("{e:?}"))?;
             if old.is_some() {
-                live.pop_front();
+                live.remove(victim);
             }
             live.push_back(k);
             if i % flush_every == 0 {

@@ -25,7 +25,7 @@ use reqwest::{Method, RequestBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -89,6 +89,9 @@ enum Phase {
         /// The expected state is saved here for `verify`
         #[arg(long)]
         state: PathBuf,
+        /// The server's data dir, to sample the store's size on disk
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Checks a state saved by `run` again
     Verify {
@@ -123,6 +126,7 @@ async fn main() -> Res<()> {
             sample_seconds,
             print_seconds,
             state,
+            data_dir,
         } => {
             let world = World::setup(http.clone(), &args.base, 22).await?;
             let plan = RunPlan {
@@ -131,6 +135,7 @@ async fn main() -> Res<()> {
                 server_pid,
                 sample_seconds: sample_seconds.max(1),
                 print_seconds: print_seconds.max(1),
+                data_dir,
             };
             let mut report = run(world.clone(), plan).await;
             let expected = world.expected_state();
@@ -232,6 +237,8 @@ struct KindStats {
 struct Window {
     requests: u64,
     five_xx: u64,
+    /// Answered requests that write to the store (see `writes_store`).
+    writes: u64,
     latency_us: Vec<u32>,
 }
 
@@ -259,6 +266,22 @@ impl Counters {
             self.samples.push(line);
         }
     }
+}
+
+/// Whether an answered request wrote to the store: every successful request but the reads, and
+/// every login attempt (a refused one still writes its audit event and lockout count).
+fn writes_store(kind: &str, status: u16) -> bool {
+    const READS: [&str; 5] = [
+        "product.get",
+        "product.list",
+        "product.list.bearer",
+        "me.bearer",
+        "me.key",
+    ];
+    if kind.starts_with("login.") {
+        return status < 500;
+    }
+    status < 300 && !READS.contains(&kind)
 }
 
 fn percentile_ms(values: &mut [u32], p: f64) -> f64 {
@@ -521,6 +544,9 @@ impl World {
                 stats.requests += 1;
                 stats.window.requests += 1;
                 stats.window.latency_us.push(us);
+                if writes_store(kind, status) {
+                    stats.window.writes += 1;
+                }
                 let k = stats.kinds.entry(kind).or_default();
                 *k.statuses.entry(status).or_default() += 1;
                 k.latency_us.push(us);
@@ -981,8 +1007,21 @@ impl World {
                 )
             })
             .collect();
+        // Product writes (create, update, delete) against product reads (one product, a page).
+        let pooled = |names: &[&str]| {
+            let mut all: Vec<u32> = names
+                .iter()
+                .filter_map(|n| stats.kinds.get(n))
+                .flat_map(|k| k.latency_us.iter().copied())
+                .collect();
+            percentile_ms(&mut all, 99.0)
+        };
+        let write_p99 = pooled(&["product.create", "product.update", "product.delete"]);
+        let read_p99 = pooled(&["product.get", "product.list"]);
         json!({
             "seconds": seconds,
+            "product_write_p99_ms": write_p99,
+            "product_read_p99_ms": read_p99,
             "ops": stats.ops,
             "requests": stats.requests,
             "ops_per_s": stats.ops as f64 / seconds,
@@ -1046,6 +1085,22 @@ struct RunPlan {
     server_pid: u32,
     sample_seconds: u64,
     print_seconds: u64,
+    data_dir: Option<PathBuf>,
+}
+
+/// Bytes in the files under `dir`.
+fn disk_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -1066,6 +1121,7 @@ async fn run(world: Arc<World>, plan: RunPlan) -> Value {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let started = Instant::now();
     let mut next_sample = plan.sample_seconds;
+    let mut writes: u64 = 0;
     // Seconds since a request last got an answer while some were in flight.
     let mut silent_since: Option<f64> = None;
     let mut stalled = false;
@@ -1092,9 +1148,12 @@ async fn run(world: Arc<World>, plan: RunPlan) -> Value {
         if elapsed >= next_sample as f64 {
             let window = std::mem::take(&mut world.stats.lock().expect("stats lock").window);
             let mut latency = window.latency_us;
+            writes += window.writes;
             let sample = json!({
                 "t": elapsed,
                 "rss_kib": rss_kib(plan.server_pid),
+                "disk_bytes": plan.data_dir.as_deref().map(disk_bytes),
+                "writes": writes,
                 "requests": window.requests,
                 "five_xx": window.five_xx,
                 "p50_ms": percentile_ms(&mut latency, 50.0),
@@ -1105,9 +1164,10 @@ async fn run(world: Arc<World>, plan: RunPlan) -> Value {
             });
             if next_sample.is_multiple_of(plan.print_seconds) {
                 eprintln!(
-                    "soak: t={:>4}s rss={:.1} MiB req/s={:.0} 5xx={} p50={:.2} ms p99={:.2} ms in-flight={}",
+                    "soak: t={:>4}s rss={:.1} MiB disk={:.1} MiB req/s={:.0} 5xx={} p50={:.2} ms p99={:.2} ms in-flight={}",
                     next_sample,
                     sample["rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+                    sample["disk_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
                     window.requests as f64 / plan.sample_seconds as f64,
                     window.five_xx,
                     sample["p50_ms"].as_f64().unwrap_or(0.0),
