@@ -130,6 +130,13 @@ impl From<StoreError> for Error {
                 Error::new(ErrorKind::Conflict, format!("{what} already exists"))
             }
             StoreError::Conflict(what) => Error::new(ErrorKind::Conflict, what),
+            StoreError::Missing { field, what } => {
+                Error::invalid(vec![Invalid::new(field, format!("names no {what}"))])
+            }
+            StoreError::Retry => Error::new(
+                ErrorKind::Conflict,
+                "the records changed during the write; retry",
+            ),
             other => Error::internal(other),
         }
     }

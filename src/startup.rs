@@ -4,7 +4,7 @@ use crate::auth::passwords::{HashCost, Passwords};
 use crate::auth::{
     Auth, AuthPolicy, Retention, accounts::Bootstrap, jwt::JwtKeys, lockout::LockoutPolicy,
 };
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Suppliers};
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::store::Store;
@@ -180,6 +180,7 @@ impl Application {
             .bootstrap(&settings.admin_email, settings.admin_password.clone())
             .await
             .map_err(|e| other(format!("first start failed: {}", e.detail)))?;
+        let suppliers = web::Data::new(Suppliers::new(store.clone(), clock.clone()));
         let catalog = web::Data::new(Catalog::new(store, clock));
         let limit = JsonLimit(settings.json_limit_bytes);
         let tls_enabled = settings.tls.is_some();
@@ -188,6 +189,7 @@ impl Application {
             App::new()
                 .app_data(app_auth.clone())
                 .app_data(catalog.clone())
+                .app_data(suppliers.clone())
                 .app_data(limit)
                 .app_data(crate::web::Tls(tls_enabled))
                 .app_data(crate::api::query_config())

@@ -5,6 +5,7 @@ mod api_keys;
 mod auth;
 mod meta;
 mod products;
+mod suppliers;
 
 use crate::error::{Error, ErrorKind};
 use actix_web::web;
@@ -17,6 +18,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(api_keys::configure)
             .configure(accounts::configure)
             .configure(products::configure)
+            .configure(suppliers::configure)
             .configure(meta::configure_api),
     );
     // After the API: the page's `/settings/{name}` pattern is then never tried for API paths.
@@ -35,6 +37,11 @@ pub fn path_config() -> web::PathConfig {
 }
 
 /// `page`/`per_page`, or the legacy `skip`/`limit`.
+///
+/// `per_page` (1 to 100, default 20) and `limit` (1 to 500, default 50) each keep their own
+/// bounds; `per_page` wins when both are given. The offset is `page`'s when given, else
+/// `skip`'s. A request that uses only the legacy pair gets the legacy page size and the old
+/// `meta` object in its answer, so clients written against the older docs keep paging.
 #[derive(Debug, Default, Deserialize)]
 pub struct PageParams {
     pub page: Option<u64>,
@@ -44,6 +51,9 @@ pub struct PageParams {
 }
 
 pub const MAX_PER_PAGE: u64 = 100;
+/// Largest legacy `limit`, and its default.
+pub const MAX_LIMIT: u64 = 500;
+pub const DEFAULT_LIMIT: u64 = 50;
 /// Largest `page` accepted (the OpenAPI document states the same bound).
 pub const MAX_PAGE: u64 = 10_000_000;
 /// Largest legacy `skip` accepted (the OpenAPI document states the same bound).
@@ -54,16 +64,29 @@ pub struct Page {
     pub offset: usize,
     pub per_page: usize,
     pub page: u64,
+    /// Only `skip`/`limit` were given: the answer carries the legacy `meta`.
+    pub legacy: bool,
 }
 
 impl PageParams {
     pub fn resolve(&self) -> Result<Page, Error> {
-        let per_page = self.per_page.or(self.limit).unwrap_or(20);
+        let legacy = self.page.is_none()
+            && self.per_page.is_none()
+            && (self.skip.is_some() || self.limit.is_some());
         let mut errors = Vec::new();
-        if !(1..=MAX_PER_PAGE).contains(&per_page) {
+        if self
+            .per_page
+            .is_some_and(|n| !(1..=MAX_PER_PAGE).contains(&n))
+        {
             errors.push(crate::domain::Invalid::new(
                 "per_page",
                 "must be between 1 and 100",
+            ));
+        }
+        if self.limit.is_some_and(|n| !(1..=MAX_LIMIT).contains(&n)) {
+            errors.push(crate::domain::Invalid::new(
+                "limit",
+                "must be between 1 and 500",
             ));
         }
         if self.page == Some(0) {
@@ -78,6 +101,8 @@ impl PageParams {
         if !errors.is_empty() {
             return Err(Error::invalid(errors));
         }
+        let default = if legacy { DEFAULT_LIMIT } else { 20 };
+        let per_page = self.per_page.or(self.limit).unwrap_or(default);
         let offset = match (self.page, self.skip) {
             (Some(page), _) => (page - 1) * per_page,
             (None, Some(skip)) => skip,
@@ -87,6 +112,7 @@ impl PageParams {
             offset: usize::try_from(offset).unwrap_or(usize::MAX),
             per_page: usize::try_from(per_page).unwrap_or(20),
             page: offset / per_page + 1,
+            legacy,
         })
     }
 }
@@ -98,17 +124,40 @@ pub struct ListResponse<T> {
     pub page: u64,
     pub per_page: u64,
     pub pages: u64,
+    /// The older docs' paging object, answered to `skip`/`limit` requests only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<LegacyMeta>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LegacyMeta {
+    pub total: u64,
+    pub page: u64,
+    pub per_page: u64,
+    pub total_pages: u64,
+    pub has_next: bool,
+    pub has_previous: bool,
 }
 
 impl<T> ListResponse<T> {
     pub fn new(items: Vec<T>, total: u64, page: Page) -> Self {
         let per_page = page.per_page as u64;
+        let pages = total.div_ceil(per_page);
+        let meta = page.legacy.then(|| LegacyMeta {
+            total,
+            page: page.page,
+            per_page,
+            total_pages: pages,
+            has_next: (page.offset as u64).saturating_add(items.len() as u64) < total,
+            has_previous: page.offset > 0,
+        });
         ListResponse {
             items,
             total,
             page: page.page,
             per_page,
-            pages: total.div_ceil(per_page),
+            pages,
+            meta,
         }
     }
 
@@ -122,6 +171,41 @@ impl<T> ListResponse<T> {
             .collect();
         ListResponse::new(items, total, page)
     }
+}
+
+/// A boolean in a query string: `true`, `false`, `1` or `0` (older clients send the digits).
+pub fn query_bool<'de, D>(de: D) -> Result<Option<bool>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let raw: Option<String> = Option::deserialize(de)?;
+    raw.map(|s| match s.as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(serde::de::Error::custom(
+            "a boolean must be true, false, 1 or 0",
+        )),
+    })
+    .transpose()
+}
+
+/// An RFC 3339 time in a query string. A `+` in an offset that reached us as a space (an
+/// unencoded `+` means space in a query string) is read as the `+` it was.
+pub fn query_time<'de, D>(de: D) -> Result<Option<time::OffsetDateTime>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let raw: Option<String> = Option::deserialize(de)?;
+    raw.map(|s| {
+        time::OffsetDateTime::parse(
+            &s.trim().replace(' ', "+"),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|_| {
+            serde::de::Error::custom("a time must be RFC 3339, such as 2026-01-31T12:00:00Z")
+        })
+    })
+    .transpose()
 }
 
 /// A path id: anything that is not a UUID is simply not found.

@@ -23,7 +23,10 @@ struct ListParams {
     skip: Option<u64>,
     limit: Option<u64>,
     search: Option<String>,
+    #[serde(default, deserialize_with = "super::query_bool")]
     is_active: Option<bool>,
+    #[serde(default, deserialize_with = "super::query_time")]
+    updated_since: Option<OffsetDateTime>,
     supplier_id: Option<Uuid>,
     category_id: Option<Uuid>,
     sort_by: Option<SortBy>,
@@ -52,6 +55,8 @@ struct BulkDeleted {
 pub(crate) struct ProductOut {
     id: String,
     ean: String,
+    /// Read-only: always the EAN (older clients read this name).
+    barcode: String,
     sku: Option<String>,
     reference: Option<String>,
     name: String,
@@ -77,6 +82,7 @@ impl From<ProductRecord> for ProductOut {
     fn from(p: ProductRecord) -> Self {
         ProductOut {
             id: p.id.to_string(),
+            barcode: p.ean.clone(),
             ean: p.ean,
             sku: p.sku,
             reference: p.reference,
@@ -119,6 +125,7 @@ async fn list_products(
             .map(|s| s.trim().to_lowercase())
             .filter(|s| !s.is_empty()),
         is_active: params.is_active,
+        updated_since: params.updated_since,
         supplier_id: params.supplier_id,
         category_id: params.category_id,
         sort_by: params.sort_by.unwrap_or_default(),

@@ -97,6 +97,19 @@ impl Principal {
         }
     }
 
+    /// A session whose user is editor or admin of the current tenant (catalog structure:
+    /// categories and suppliers are written by people, not integrations).
+    pub fn require_editor(&self) -> Result<SessionUser, Error> {
+        let user = self.require_session()?;
+        if matches!(self.role, Some(Role::Editor | Role::Admin)) {
+            Ok(user)
+        } else {
+            Err(Error::forbidden(
+                "this action needs the editor or admin role in this tenant",
+            ))
+        }
+    }
+
     pub fn require_superadmin(&self) -> Result<SessionUser, Error> {
         let user = self.require_session()?;
         if user.superadmin {

@@ -2,5 +2,7 @@
 //! [`Namespace`](crate::store::Namespace), so tenant and environment isolation is structural.
 pub mod field;
 pub mod products;
+pub mod suppliers;
 
 pub use products::{Catalog, ListQuery, ProductPatch, SortBy};
+pub use suppliers::{SupplierPatch, SupplierQuery, Suppliers};

@@ -19,6 +19,9 @@ pub const MAX_BULK_DELETE: usize = 1000;
 #[serde(default)]
 pub struct ProductPatch {
     pub ean: Field<String>,
+    /// Read-only (it always equals `ean`): accepted only when it does, so a client may send
+    /// back what it read.
+    pub barcode: Field<String>,
     pub sku: Field<String>,
     pub reference: Field<String>,
     pub name: Field<String>,
@@ -90,6 +93,14 @@ impl ProductPatch {
                 Ok(ean) => p.ean = ean.as_str().to_owned(),
                 Err(err) => e.push(err),
             },
+        }
+        match self.barcode {
+            Field::Absent => {}
+            Field::Value(b) if b.trim() == p.ean => {}
+            _ => e.push(Invalid::new(
+                "barcode",
+                "is read-only: it always equals ean (set ean instead)",
+            )),
         }
         match self.name {
             Field::Absent => {}
@@ -171,6 +182,7 @@ impl ProductPatch {
 pub enum SortBy {
     #[default]
     CreatedAt,
+    UpdatedAt,
     Name,
     Price,
 }
@@ -179,6 +191,8 @@ pub enum SortBy {
 pub struct ListQuery {
     pub search: Option<String>,
     pub is_active: Option<bool>,
+    /// Products changed at or after this time.
+    pub updated_since: Option<OffsetDateTime>,
     pub supplier_id: Option<Uuid>,
     pub category_id: Option<Uuid>,
     pub sort_by: SortBy,
@@ -196,6 +210,9 @@ impl ListQuery {
     }
 
     fn matches(&self, p: &ProductRecord) -> bool {
+        if self.updated_since.is_some_and(|t| p.updated_at < t) {
+            return false;
+        }
         let search_ok = self.search.as_ref().is_none_or(|s| {
             p.name.to_lowercase().contains(s)
                 || p.ean.contains(s.as_str())
@@ -265,9 +282,44 @@ impl Catalog {
         Catalog { store, clock }
     }
 
-    pub async fn create(&self, ns: Namespace, patch: ProductPatch) -> Result<ProductRecord, Error> {
+    /// Turns the patch's supplier fields into a consistent pair: a code or an id names a
+    /// supplier (422 when it names none) and fills in the other; `null` or an empty code on
+    /// either, with nothing naming a supplier, clears both.
+    fn resolve_supplier(&self, ns: Namespace, patch: &mut ProductPatch) -> Result<(), Error> {
+        let id = match &patch.supplier_id {
+            Field::Value(i) => Some(*i),
+            _ => None,
+        };
+        let code = match &patch.supplier_code {
+            Field::Value(c) if !c.trim().is_empty() => Some(c.trim().to_owned()),
+            _ => None,
+        };
+        if id.is_none() && code.is_none() {
+            let clears =
+                matches!(patch.supplier_id, Field::Null) || !patch.supplier_code.is_absent();
+            if clears {
+                patch.supplier_id = Field::Null;
+                patch.supplier_code = Field::Null;
+            }
+            return Ok(());
+        }
+        if let Some(s) = super::suppliers::resolve(&self.store, ns, id, code.as_deref())? {
+            patch.supplier_id = Field::Value(s.id);
+            patch.supplier_code = Field::Value(s.code);
+        }
+        Ok(())
+    }
+
+    pub async fn create(
+        &self,
+        ns: Namespace,
+        mut patch: ProductPatch,
+    ) -> Result<ProductRecord, Error> {
+        self.resolve_supplier(ns, &mut patch)?;
         let product = complete(patch, blank(ProductId::generate(), self.clock.now()))?;
-        self.store.insert_product(ns, &product)?;
+        self.store
+            .insert_product(ns, &product)
+            .map_err(Error::from)?;
         self.store.flush().await?;
         Ok(product)
     }
@@ -283,8 +335,9 @@ impl Catalog {
         &self,
         ns: Namespace,
         id: ProductId,
-        patch: ProductPatch,
+        mut patch: ProductPatch,
     ) -> Result<ProductRecord, Error> {
+        self.resolve_supplier(ns, &mut patch)?;
         let now = self.clock.now();
         let template = complete(patch, blank(id, now))?;
         let updated = self.store.update_product(ns, id, |old| {
@@ -301,8 +354,9 @@ impl Catalog {
         &self,
         ns: Namespace,
         id: ProductId,
-        patch: ProductPatch,
+        mut patch: ProductPatch,
     ) -> Result<ProductRecord, Error> {
+        self.resolve_supplier(ns, &mut patch)?;
         let now = self.clock.now();
         // Field checks do not depend on the stored values: run them once up front so a bad
         // patch is a 422 before any store work.
@@ -338,8 +392,12 @@ impl Catalog {
     }
 
     /// One page of products and the number matching in all.
+    ///
+    /// Without other filters, creation order is a walk of the product keys and last-change
+    /// order (or `updated_since`) a walk of the updated_at index: the cost is the page's, not
+    /// the catalog's. The remaining filters still read the namespace's products.
     pub fn list(&self, ns: Namespace, q: &ListQuery) -> Result<(Vec<ProductRecord>, u64), Error> {
-        if !q.has_filters() && q.sort_by == SortBy::CreatedAt {
+        if !q.has_filters() && q.sort_by == SortBy::CreatedAt && q.updated_since.is_none() {
             // Keys are time-ordered ids: the page is a range walk, the total a counter.
             let items = self
                 .store
@@ -348,15 +406,38 @@ impl Catalog {
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok((items, self.store.product_count(ns)?));
         }
+        if !q.has_filters() && q.sort_by == SortBy::UpdatedAt {
+            return self.list_by_update(ns, q);
+        }
+        let candidates: Box<dyn Iterator<Item = Result<ProductRecord, StoreError>> + '_> =
+            match (q.supplier_id, q.updated_since) {
+                // Only the supplier's products are read, from its index.
+                (Some(supplier), _) => Box::new(
+                    self.store
+                        .product_ids_of_supplier(ns, supplier)?
+                        .into_iter()
+                        .filter_map(move |id| self.store.product(ns, id).transpose()),
+                ),
+                // Only the products changed since then are read.
+                (None, Some(since)) => Box::new(
+                    self.store
+                        .product_ids_by_update(ns, Some(since), false)
+                        .filter_map(move |id| {
+                            id.and_then(|id| self.store.product(ns, id)).transpose()
+                        }),
+                ),
+                (None, None) => self.store.products_in_order(ns, false, 0),
+            };
         let mut all = Vec::new();
-        for p in self.store.products_in_order(ns, false, 0) {
+        for p in candidates {
             let p = p?;
             if q.matches(&p) {
                 all.push(p);
             }
         }
         match q.sort_by {
-            SortBy::CreatedAt => {}
+            SortBy::CreatedAt => all.sort_by_key(|p| p.id),
+            SortBy::UpdatedAt => all.sort_by_key(|p| (p.updated_at, p.id)),
             SortBy::Name => all.sort_by_key(|p| p.name.to_lowercase()),
             SortBy::Price => {
                 all.sort_by(|a, b| a.price.unwrap_or(0.0).total_cmp(&b.price.unwrap_or(0.0)))
@@ -370,5 +451,40 @@ impl Catalog {
             all.into_iter().skip(q.offset).take(q.limit).collect(),
             total,
         ))
+    }
+
+    /// A page in last-change order, walking the updated_at index (from `updated_since` when
+    /// given): the page reads `offset + limit` index keys and `limit` records.
+    fn list_by_update(
+        &self,
+        ns: Namespace,
+        q: &ListQuery,
+    ) -> Result<(Vec<ProductRecord>, u64), Error> {
+        let total = match q.updated_since {
+            None => self.store.product_count(ns)?,
+            Some(since) => {
+                let mut n = 0u64;
+                for id in self.store.product_ids_by_update(ns, Some(since), false) {
+                    id?;
+                    n += 1;
+                }
+                n
+            }
+        };
+        let mut items = Vec::with_capacity(q.limit.min(100));
+        for id in self
+            .store
+            .product_ids_by_update(ns, q.updated_since, q.descending)
+            .skip(q.offset)
+        {
+            if items.len() >= q.limit {
+                break;
+            }
+            // A product deleted since its index key was read is left out of the page.
+            if let Some(p) = self.store.product(ns, id?)? {
+                items.push(p);
+            }
+        }
+        Ok((items, total))
     }
 }

@@ -6,7 +6,8 @@
 //! a few seconds.
 use super::{
     ApiKeyRecord, AuditEvent, KeyUsage, ProductRecord, RefreshRecord, SessionRecord, Store,
-    StoreError, StoreResult, TenantRecord, UserRecord, codec, keys, products::read_count,
+    StoreError, StoreResult, SupplierRecord, TenantRecord, UserRecord, codec, keys,
+    products::read_count, suppliers::code_key,
 };
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
@@ -187,6 +188,8 @@ impl Store {
         let mut per_ns: HashMap<Vec<u8>, u64> = HashMap::new();
         let (mut by_ean, mut by_ref, mut by_updated) =
             (HashMap::new(), HashMap::new(), HashMap::new());
+        let mut by_supplier = HashMap::new();
+        let mut references: HashMap<Vec<u8>, u64> = HashMap::new();
         for (k, p) in &products {
             if k.len() != 33 || &k[17..] != p.id.as_bytes() {
                 return Err(corrupt(
@@ -204,6 +207,11 @@ impl Store {
             }
             let updated = keys::updated_key(ns, p.updated_at.unix_timestamp_nanos(), &id);
             by_updated.insert(updated.to_vec(), Vec::new());
+            if let Some(sid) = p.supplier_id {
+                let supplier = [ns, sid.as_bytes()].concat();
+                by_supplier.insert([supplier.as_slice(), &id].concat(), Vec::new());
+                *references.entry(supplier).or_default() += 1;
+            }
         }
         trees.push(("products", products.len()));
         trees.push(agrees(&self.product_by_ean, "product_by_ean", &by_ean)?);
@@ -239,6 +247,42 @@ impl Store {
             ));
         }
         trees.push(("counters", counters));
+        trees.push(agrees(
+            &self.products_by_supplier,
+            "products_by_supplier",
+            &by_supplier,
+        )?);
+
+        let suppliers = records::<SupplierRecord>(&self.suppliers, "suppliers")?;
+        let mut by_code = HashMap::new();
+        for (k, s) in &suppliers {
+            if k.len() != 33 || &k[17..] != s.id.as_bytes() {
+                return Err(corrupt(
+                    "suppliers",
+                    k,
+                    "key is not namespace + the record's id",
+                ));
+            }
+            let code = [&k[..17], code_key(&s.code).as_bytes()].concat();
+            by_code.insert(code, s.id.as_bytes().to_vec());
+            let actual = references.get(k.as_slice()).copied().unwrap_or(0);
+            if s.product_count != actual {
+                return Err(corrupt(
+                    "suppliers",
+                    k,
+                    format!(
+                        "counts {} referencing products, {actual} reference it",
+                        s.product_count
+                    ),
+                ));
+            }
+        }
+        trees.push(("suppliers", suppliers.len()));
+        trees.push(agrees(
+            &self.supplier_by_code,
+            "supplier_by_code",
+            &by_code,
+        )?);
         Ok(CheckReport { trees })
     }
 }

@@ -21,6 +21,9 @@
 //! | product_by_ref | namespace + reference | product id |
 //! | products_by_updated | namespace + updated_at nanos (16, BE) + product id | empty |
 //! | counters | namespace (17) | u64 BE: product count |
+//! | suppliers | namespace + supplier id (16) | SupplierRecord |
+//! | supplier_by_code | namespace + lower-cased code | supplier id |
+//! | products_by_supplier | namespace + supplier id + product id | empty |
 //!
 //! A namespace is tenant id (16) + environment tag (`L` or `T`).
 use super::Namespace;
@@ -30,6 +33,19 @@ pub fn namespace(ns: Namespace) -> [u8; 17] {
     out[..16].copy_from_slice(ns.tenant.as_bytes());
     out[16] = ns.environment.tag();
     out
+}
+
+/// The first key after every key that starts with `prefix` (for a bounded reverse walk).
+/// `None` when no such key exists (the prefix is all 0xFF).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 pub fn ns_id(ns: Namespace, id: &[u8; 16]) -> [u8; 33] {
@@ -43,6 +59,14 @@ pub fn ns_str(ns: Namespace, s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(17 + s.len());
     out.extend_from_slice(&namespace(ns));
     out.extend_from_slice(s.as_bytes());
+    out
+}
+
+pub fn ns_pair(ns: Namespace, a: &[u8; 16], b: &[u8; 16]) -> [u8; 49] {
+    let mut out = [0u8; 49];
+    out[..17].copy_from_slice(&namespace(ns));
+    out[17..33].copy_from_slice(a);
+    out[33..].copy_from_slice(b);
     out
 }
 

@@ -17,6 +17,7 @@ mod group_commit;
 pub mod keys;
 mod products;
 mod sessions;
+mod suppliers;
 mod tenants;
 mod users;
 
@@ -27,6 +28,7 @@ pub use audit::AuditEvent;
 pub use check::CheckReport;
 pub use products::ProductRecord;
 pub use sessions::{RefreshRecord, SessionRecord, SessionSweep, SpendOutcome};
+pub use suppliers::SupplierRecord;
 pub use tenants::TenantRecord;
 pub use users::{Membership, UserRecord};
 
@@ -53,6 +55,15 @@ pub enum StoreError {
     Conflict(&'static str),
     #[error("could not make the write durable: {0}")]
     Flush(String),
+    /// A reference to a record that does not exist (`field` names no `what`).
+    #[error("no such {what} ({field})")]
+    Missing {
+        field: &'static str,
+        what: &'static str,
+    },
+    /// The records a write depends on changed while it was prepared; read again and retry.
+    #[error("the records changed during the write; retry")]
+    Retry,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -82,6 +93,9 @@ pub const TREES: &[&str] = &[
     "product_by_ref",
     "products_by_updated",
     "counters",
+    "suppliers",
+    "supplier_by_code",
+    "products_by_supplier",
 ];
 
 /// The record caches of the auth path, each bounded.
@@ -133,6 +147,9 @@ pub struct Store {
     pub(crate) product_by_ref: sled::Tree,
     pub(crate) products_by_updated: sled::Tree,
     pub(crate) counters: sled::Tree,
+    pub(crate) suppliers: sled::Tree,
+    pub(crate) supplier_by_code: sled::Tree,
+    pub(crate) products_by_supplier: sled::Tree,
 }
 
 impl Store {
@@ -166,12 +183,16 @@ impl Store {
             product_by_ref: tree("product_by_ref")?,
             products_by_updated: tree("products_by_updated")?,
             counters: tree("counters")?,
+            suppliers: tree("suppliers")?,
+            supplier_by_code: tree("supplier_by_code")?,
+            products_by_supplier: tree("products_by_supplier")?,
             key_lookups: Default::default(),
             caches: std::sync::Arc::new(Caches::new()),
             group_commit: group_commit::GroupCommit::new(),
             db,
         };
         store.migrate_session_index()?;
+        store.migrate_supplier_index()?;
         Ok(store)
     }
 

@@ -1,5 +1,6 @@
-//! Product records and their per-namespace indexes (EAN, reference, updated_at) and counter.
-//! Uniqueness of EAN and reference is checked inside the same transaction that writes.
+//! Product records and their per-namespace indexes (EAN, reference, updated_at, supplier) and
+//! counter. Uniqueness of EAN and reference, and the existence of a newly referenced supplier,
+//! are checked inside the same transaction that writes.
 use super::{Namespace, Store, StoreError, StoreResult, abort, codec, from_tx, keys};
 use crate::domain::ProductId;
 use serde::{Deserialize, Serialize};
@@ -32,24 +33,57 @@ pub struct ProductRecord {
     pub updated_at: OffsetDateTime,
 }
 
-struct Trees<'a> {
-    products: &'a TransactionalTree,
+/// The trees a product write touches, inside one transaction. Supplier writes use the same set,
+/// since renaming or deleting a supplier rewrites the products that reference it.
+pub(super) struct ProductTrees<'a> {
+    pub(super) products: &'a TransactionalTree,
     by_ean: &'a TransactionalTree,
     by_ref: &'a TransactionalTree,
     by_updated: &'a TransactionalTree,
     counters: &'a TransactionalTree,
+    pub(super) suppliers: &'a TransactionalTree,
+    pub(super) supplier_by_code: &'a TransactionalTree,
+    by_supplier: &'a TransactionalTree,
 }
 
 type Tx<T> = Result<T, UnabortableTransactionError>;
 
-impl Trees<'_> {
+impl ProductTrees<'_> {
     fn index_owner(&self, tree: &TransactionalTree, key: &[u8]) -> Tx<Option<ProductId>> {
         Ok(tree
             .get(key)?
             .and_then(|v| codec::unraw(&v).and_then(ProductId::from_slice)))
     }
 
-    fn add_indexes(&self, ns: Namespace, p: &ProductRecord) -> Tx<()> {
+    /// Moves the supplier index entry and reference counts from `old` to `new` (either absent
+    /// for a create or a delete); nothing is written when the supplier stays the same.
+    pub(super) fn move_supplier(
+        &self,
+        ns: Namespace,
+        old: Option<&ProductRecord>,
+        new: Option<&ProductRecord>,
+    ) -> Tx<()> {
+        let before = old.and_then(|p| p.supplier_id.map(|s| (s, p.id)));
+        let after = new.and_then(|p| p.supplier_id.map(|s| (s, p.id)));
+        if before == after {
+            return Ok(());
+        }
+        if let Some((sid, pid)) = before {
+            self.by_supplier
+                .remove(&keys::ns_pair(ns, sid.as_bytes(), pid.as_bytes())[..])?;
+            self.count_reference(ns, sid, -1)?;
+        }
+        if let Some((sid, pid)) = after {
+            self.by_supplier.insert(
+                &keys::ns_pair(ns, sid.as_bytes(), pid.as_bytes())[..],
+                codec::raw(&[]),
+            )?;
+            self.count_reference(ns, sid, 1)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn add_indexes(&self, ns: Namespace, p: &ProductRecord) -> Tx<()> {
         self.by_ean
             .insert(keys::ns_str(ns, &p.ean), codec::raw(p.id.as_bytes()))?;
         if let Some(r) = &p.reference {
@@ -63,7 +97,7 @@ impl Trees<'_> {
         Ok(())
     }
 
-    fn remove_indexes(&self, ns: Namespace, p: &ProductRecord) -> Tx<()> {
+    pub(super) fn remove_indexes(&self, ns: Namespace, p: &ProductRecord) -> Tx<()> {
         self.by_ean.remove(keys::ns_str(ns, &p.ean))?;
         if let Some(r) = &p.reference {
             self.by_ref.remove(keys::ns_str(ns, r))?;
@@ -92,6 +126,47 @@ impl Trees<'_> {
         Ok(Ok(()))
     }
 
+    /// Moves a supplier's reference count. A supplier id without a record (kept from before
+    /// suppliers were records) has nothing to count.
+    fn count_reference(&self, ns: Namespace, supplier: Uuid, delta: i64) -> Tx<()> {
+        let key = keys::ns_id(ns, supplier.as_bytes());
+        let Some(bytes) = self.suppliers.get(key)? else {
+            return Ok(());
+        };
+        let Ok(mut s) = codec::decode::<super::SupplierRecord>(&bytes) else {
+            return Ok(());
+        };
+        s.product_count = s.product_count.saturating_add_signed(delta);
+        self.suppliers.insert(&key[..], codec::encode(&s))?;
+        Ok(())
+    }
+
+    /// Refuses a supplier reference that `old` did not already hold and that names no supplier.
+    fn check_supplier(
+        &self,
+        ns: Namespace,
+        old: Option<&ProductRecord>,
+        p: &ProductRecord,
+    ) -> Tx<Result<(), StoreError>> {
+        let Some(sid) = p.supplier_id else {
+            return Ok(Ok(()));
+        };
+        if old.is_some_and(|o| o.supplier_id == Some(sid)) {
+            return Ok(Ok(()));
+        }
+        if self
+            .suppliers
+            .get(keys::ns_id(ns, sid.as_bytes()))?
+            .is_none()
+        {
+            return Ok(Err(StoreError::Missing {
+                field: "supplier_id",
+                what: "supplier",
+            }));
+        }
+        Ok(Ok(()))
+    }
+
     fn bump_count(&self, ns: Namespace, delta: i64) -> Tx<()> {
         let key = keys::namespace(ns);
         let current = self.counters.get(key)?.map_or(0, |v| read_count(&v));
@@ -101,7 +176,11 @@ impl Trees<'_> {
         Ok(())
     }
 
-    fn load(&self, ns: Namespace, id: ProductId) -> Tx<Result<ProductRecord, StoreError>> {
+    pub(super) fn load(
+        &self,
+        ns: Namespace,
+        id: ProductId,
+    ) -> Tx<Result<ProductRecord, StoreError>> {
         Ok(match self.products.get(keys::ns_id(ns, id.as_bytes()))? {
             Some(bytes) => codec::decode(&bytes),
             None => Err(StoreError::NotFound),
@@ -117,9 +196,11 @@ pub(super) fn read_count(v: &[u8]) -> u64 {
 }
 
 impl Store {
-    fn product_tx<T, F>(&self, f: F) -> StoreResult<T>
+    pub(super) fn product_tx<T, F>(&self, f: F) -> StoreResult<T>
     where
-        F: Fn(&Trees<'_>) -> Result<T, sled::transaction::ConflictableTransactionError<StoreError>>,
+        F: Fn(
+            &ProductTrees<'_>,
+        ) -> Result<T, sled::transaction::ConflictableTransactionError<StoreError>>,
     {
         (
             &self.products,
@@ -127,23 +208,42 @@ impl Store {
             &self.product_by_ref,
             &self.products_by_updated,
             &self.counters,
+            &self.suppliers,
+            &self.supplier_by_code,
+            &self.products_by_supplier,
         )
-            .transaction(|(products, by_ean, by_ref, by_updated, counters)| {
-                f(&Trees {
+            .transaction(
+                |(
                     products,
                     by_ean,
                     by_ref,
                     by_updated,
                     counters,
-                })
-            })
+                    suppliers,
+                    supplier_by_code,
+                    by_supplier,
+                )| {
+                    f(&ProductTrees {
+                        products,
+                        by_ean,
+                        by_ref,
+                        by_updated,
+                        counters,
+                        suppliers,
+                        supplier_by_code,
+                        by_supplier,
+                    })
+                },
+            )
             .map_err(from_tx)
     }
 
     pub fn insert_product(&self, ns: Namespace, p: &ProductRecord) -> StoreResult<()> {
         self.product_tx(|t| {
             t.check_unique(ns, p)?.or_else(abort)?;
+            t.check_supplier(ns, None, p)?.or_else(abort)?;
             t.add_indexes(ns, p)?;
+            t.move_supplier(ns, None, Some(p))?;
             t.products
                 .insert(&keys::ns_id(ns, p.id.as_bytes())[..], codec::encode(p))?;
             t.bump_count(ns, 1)?;
@@ -165,8 +265,10 @@ impl Store {
             let old = t.load(ns, id)?.or_else(abort)?;
             let new = change(&old).or_else(abort)?;
             t.check_unique(ns, &new)?.or_else(abort)?;
+            t.check_supplier(ns, Some(&old), &new)?.or_else(abort)?;
             t.remove_indexes(ns, &old)?;
             t.add_indexes(ns, &new)?;
+            t.move_supplier(ns, Some(&old), Some(&new))?;
             t.products
                 .insert(&keys::ns_id(ns, id.as_bytes())[..], codec::encode(&new))?;
             Ok(new)
@@ -180,6 +282,7 @@ impl Store {
             for id in ids {
                 let Ok(old) = t.load(ns, *id)? else { continue };
                 t.remove_indexes(ns, &old)?;
+                t.move_supplier(ns, Some(&old), None)?;
                 t.products.remove(&keys::ns_id(ns, id.as_bytes())[..])?;
                 deleted.push(*id);
             }
@@ -212,6 +315,36 @@ impl Store {
             .get(keys::namespace(ns))?
             .map(|v| read_count(&v))
             .unwrap_or(0))
+    }
+
+    /// Ids of the namespace's products by last change (oldest first unless `newest_first`),
+    /// from `since` on (inclusive) when given: a walk of the updated_at index, keys only.
+    pub fn product_ids_by_update(
+        &self,
+        ns: Namespace,
+        since: Option<OffsetDateTime>,
+        newest_first: bool,
+    ) -> Box<dyn Iterator<Item = StoreResult<ProductId>> + '_> {
+        let prefix = keys::namespace(ns);
+        let start = match since {
+            Some(t) => keys::ns_updated(ns, t.unix_timestamp_nanos(), &[0u8; 16]).to_vec(),
+            None => prefix.to_vec(),
+        };
+        let range = match keys::prefix_end(&prefix) {
+            Some(end) => self.products_by_updated.range(start..end),
+            None => self.products_by_updated.range(start..),
+        };
+        let id = |item: sled::Result<(sled::IVec, sled::IVec)>| -> StoreResult<ProductId> {
+            let (k, _) = item?;
+            k.get(33..)
+                .and_then(ProductId::from_slice)
+                .ok_or_else(|| StoreError::Corrupt("products_by_updated: short key".into()))
+        };
+        if newest_first {
+            Box::new(range.rev().map(id))
+        } else {
+            Box::new(range.map(id))
+        }
     }
 
     /// Products of the namespace in creation order (newest first when `newest_first`).

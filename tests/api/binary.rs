@@ -178,7 +178,16 @@ async fn logs_name_the_request_but_never_a_secret() {
         .send()
         .await
         .unwrap();
-    let logs = server.stderr.lock().unwrap().clone();
+    // The access line is written as the response goes out: the client may see the answer
+    // before the line reaches the pipe.
+    let mut logs = String::new();
+    for _ in 0..100 {
+        logs = server.stderr.lock().unwrap().clone();
+        if logs.contains("path=\"/api/v1/products\"") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(
         logs.contains("/api/v1/products") && logs.contains("status=200"),
         "{logs}"

@@ -69,6 +69,16 @@ def before_call(context, case, kwargs):
         ean = body.get("ean")
         if isinstance(ean, str) and re.fullmatch(r"[0-9]{8}|[0-9]{13}", ean):
             body["ean"] = ean_with_check_digit(ean)
+        # A supplier reference must name an existing supplier, which no generator can know,
+        # and `barcode` may only repeat the EAN: both are tested in tests/api/suppliers.rs and
+        # tests/api/products.rs.
+        body.pop("supplier_id", None)
+        body.pop("supplier_code", None)
+        if "barcode" in body:
+            if isinstance(body.get("ean"), str):
+                body["barcode"] = body["ean"]
+            else:
+                body.pop("barcode")
     elif (method, path) == ("POST", "/api/v1/api-keys"):
         expires = body.get("expires_at")
         if isinstance(expires, str):
@@ -729,6 +739,45 @@ async fn every_documented_status_is_reachable() {
     t.probe("bulkDeleteProducts", 200, rb).await;
     let rb = t.req("deleteProduct", &p1).bearer_auth(&admin);
     t.probe("deleteProduct", 204, rb).await;
+
+    // Suppliers: unique codes; a referenced supplier is deleted only with `detach`.
+    let rb = t.req("listSuppliers", "").bearer_auth(&admin);
+    t.probe("listSuppliers", 200, rb).await;
+    let acme = json!({"code": "ACME", "name": "Acme"});
+    let rb = t.req("createSupplier", "").bearer_auth(&admin).json(&acme);
+    let s1 = t.probe_json("createSupplier", 201, rb).await;
+    let s1 = s1["id"].as_str().unwrap().to_owned();
+    let rb = t.req("createSupplier", "").bearer_auth(&admin).json(&acme);
+    t.probe("createSupplier", 409, rb).await;
+    let rb = t
+        .req("createSupplier", "")
+        .bearer_auth(&admin)
+        .json(&json!({"code": "BOLT", "name": "Bolt"}));
+    t.probe("createSupplier", 201, rb).await;
+    let rb = t.req("getSupplier", &s1).bearer_auth(&admin);
+    t.probe("getSupplier", 200, rb).await;
+    let rb = t
+        .req("patchSupplier", &s1)
+        .bearer_auth(&admin)
+        .json(&json!({"lead_time_days": 4}));
+    t.probe("patchSupplier", 200, rb).await;
+    let rb = t
+        .req("patchSupplier", &s1)
+        .bearer_auth(&admin)
+        .json(&json!({"code": "bolt"}));
+    t.probe("patchSupplier", 409, rb).await;
+    let rb = t
+        .req("createProduct", "")
+        .bearer_auth(&admin)
+        .json(&json!({"ean": "4006381333931", "name": "Supplied", "supplier_code": "ACME"}));
+    t.probe("createProduct", 201, rb).await;
+    let rb = t.req("deleteSupplier", &s1).bearer_auth(&admin);
+    t.probe("deleteSupplier", 409, rb).await;
+    let rb = t
+        .req("deleteSupplier", &s1)
+        .query(&[("detach", "true")])
+        .bearer_auth(&admin);
+    t.probe("deleteSupplier", 204, rb).await;
 
     // Lockout: the 3rd failure locks the email; then even the right password gets 423.
     for _ in 0..3 {

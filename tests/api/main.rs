@@ -16,4 +16,5 @@ mod openapi;
 mod products;
 mod rate_limits;
 mod sessions;
+mod suppliers;
 mod webdriver;

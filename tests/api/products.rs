@@ -262,3 +262,194 @@ async fn field_rules_are_enforced_with_every_error_listed() {
         assert!(fields.contains(&f), "{f} missing in {fields:?}");
     }
 }
+
+/// Clients written against the older docs: `barcode`, `skip`/`limit` with `meta`, `1`/`0`.
+#[actix_web::test]
+async fn older_clients_keep_their_barcode_paging_meta_and_digit_booleans() {
+    let app = spawn_app().await;
+    let (_, key) = app.admin_and_key(ALL).await;
+    let eans = ["4006381333931", "5901234123457", "96385074"];
+    let mut ids = Vec::new();
+    for (i, ean) in eans.iter().enumerate() {
+        let created: Value = app
+            .with_key(Method::POST, "/api/v1/products", &key.raw)
+            .json(&json!({"ean": ean, "name": format!("Item {i}"), "is_active": i != 1}))
+            .json_value()
+            .await;
+        assert_eq!(created["barcode"], *ean, "barcode is the EAN");
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let path = format!("/api/v1/products/{}", ids[0]);
+    let echoed = app
+        .with_key(Method::PATCH, &path, &key.raw)
+        .json(&json!({"barcode": eans[0], "name": "Renamed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed.status(),
+        StatusCode::OK,
+        "sending back the same barcode is fine"
+    );
+    let changed = app
+        .with_key(Method::PATCH, &path, &key.raw)
+        .json(&json!({"barcode": eans[1]}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(changed, 422, "VALIDATION_ERROR").await;
+
+    let (app, key) = (&app, &key);
+    let get = |q: &'static str| async move {
+        app.with_key(Method::GET, &format!("/api/v1/products?{q}"), &key.raw)
+            .send()
+            .await
+            .unwrap()
+    };
+    let legacy: Value = get("skip=1&limit=1").await.json().await.unwrap();
+    assert_eq!(
+        legacy["meta"],
+        json!({"total": 3, "page": 2, "per_page": 1, "total_pages": 3, "has_next": true, "has_previous": true})
+    );
+    assert_eq!(legacy["items"].as_array().unwrap().len(), 1);
+    let last: Value = get("skip=2&limit=1").await.json().await.unwrap();
+    assert_eq!(last["meta"]["has_next"], false);
+    let default_limit: Value = get("skip=0").await.json().await.unwrap();
+    assert_eq!(
+        default_limit["meta"]["per_page"], 50,
+        "the legacy default page size"
+    );
+    assert_eq!(
+        get("limit=500").await.status(),
+        StatusCode::OK,
+        "the legacy limit goes to 500"
+    );
+    assert_problem(get("limit=501").await, 422, "VALIDATION_ERROR").await;
+    assert_problem(get("per_page=101").await, 422, "VALIDATION_ERROR").await;
+    let modern: Value = get("page=1&per_page=2").await.json().await.unwrap();
+    assert!(
+        modern.get("meta").is_none(),
+        "page/per_page answers carry no meta"
+    );
+
+    for (digit, word) in [
+        ("is_active=1", "is_active=true"),
+        ("is_active=0", "is_active=false"),
+    ] {
+        let a: Value = get(digit).await.json().await.unwrap();
+        let b: Value = get(word).await.json().await.unwrap();
+        assert_eq!(a["items"], b["items"], "{digit} = {word}");
+    }
+    let inactive: Value = get("is_active=0").await.json().await.unwrap();
+    assert_eq!(inactive["total"], 1);
+    assert_problem(get("is_active=yes").await, 400, "VALIDATION_ERROR").await;
+}
+
+#[actix_web::test]
+async fn updated_since_and_sort_by_updated_at_follow_the_last_change() {
+    let app = spawn_app().await;
+    let (_, key) = app.admin_and_key(ALL).await;
+    let mut ids = Vec::new();
+    for (i, ean) in ["4006381333931", "5901234123457", "96385074"]
+        .iter()
+        .enumerate()
+    {
+        let created: Value = app
+            .with_key(Method::POST, "/api/v1/products", &key.raw)
+            .json(&json!({"ean": ean, "name": format!("Item {i}")}))
+            .json_value()
+            .await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+        app.clock.advance(time::Duration::minutes(1));
+    }
+    let second: Value = app
+        .with_key(
+            Method::GET,
+            &format!("/api/v1/products/{}", ids[1]),
+            &key.raw,
+        )
+        .json_value()
+        .await;
+    let since = second["updated_at"].as_str().unwrap().to_owned();
+    // The first product changes last.
+    app.with_key(
+        Method::PATCH,
+        &format!("/api/v1/products/{}", ids[0]),
+        &key.raw,
+    )
+    .json(&json!({"stock": 5}))
+    .json_value()
+    .await;
+
+    let names = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (app, key) = (&app, &key);
+    let get = |q: String| async move {
+        app.with_key(Method::GET, &format!("/api/v1/products?{q}"), &key.raw)
+            .send()
+            .await
+            .unwrap()
+    };
+    let changed: Value = get(format!(
+        "updated_since={since}&sort_by=updated_at&sort_order=asc"
+    ))
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(names(&changed), ["Item 1", "Item 2", "Item 0"]);
+    assert_eq!(changed["total"], 3);
+    let newest_change: Value = get("sort_by=updated_at&per_page=1".into())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(names(&newest_change), ["Item 0"]);
+    assert_eq!(newest_change["total"], 3);
+    let second_page: Value = get("sort_by=updated_at&sort_order=asc&per_page=1&page=2".into())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(names(&second_page), ["Item 2"]);
+    // In creation order, and with a filter: still only what changed since.
+    let by_creation: Value = get(format!("updated_since={since}&sort_order=asc"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(names(&by_creation), ["Item 0", "Item 1", "Item 2"]);
+    let after: Value = get(format!("updated_since={since}&is_active=true&search=item"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after["total"], 3);
+    // An unencoded `+` in the offset arrives as a space and still reads as `+`.
+    let plus = since.replace('Z', "+00:00");
+    let with_offset: Value = get(format!("updated_since={plus}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(with_offset["total"], 3);
+    let later = "2999-01-01T00:00:00Z";
+    let none: Value = get(format!("updated_since={later}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none["total"], 0);
+    assert_problem(
+        get("updated_since=yesterday".into()).await,
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+}

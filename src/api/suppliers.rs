@@ -1,0 +1,158 @@
+//! `/suppliers`: list, get (scope `suppliers:read`), create, patch, delete (an editor or admin
+//! session). Every call works in the caller's namespace (tenant + environment).
+use super::{ListResponse, PageParams, path_id};
+use crate::auth::Principal;
+use crate::catalog::{SupplierPatch, SupplierQuery, Suppliers};
+use crate::domain::Scope;
+use crate::error::Error;
+use crate::store::SupplierRecord;
+use crate::web::JsonBody;
+use actix_web::{HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Deserialize)]
+struct ListParams {
+    page: Option<u64>,
+    per_page: Option<u64>,
+    skip: Option<u64>,
+    limit: Option<u64>,
+    search: Option<String>,
+    #[serde(default, deserialize_with = "super::query_bool")]
+    is_active: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct DeleteParams {
+    #[serde(default, deserialize_with = "super::query_bool")]
+    detach: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct SupplierOut {
+    id: Uuid,
+    code: String,
+    name: String,
+    email: Option<String>,
+    phone: Option<String>,
+    country: Option<String>,
+    currency: Option<String>,
+    lead_time_days: Option<u32>,
+    is_active: bool,
+    /// Products that reference this supplier.
+    product_count: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+}
+
+impl From<SupplierRecord> for SupplierOut {
+    fn from(s: SupplierRecord) -> Self {
+        SupplierOut {
+            id: s.id,
+            code: s.code,
+            name: s.name,
+            email: s.email,
+            phone: s.phone,
+            country: s.country,
+            currency: s.currency,
+            lead_time_days: s.lead_time_days,
+            is_active: s.is_active,
+            product_count: s.product_count,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+async fn list_suppliers(
+    principal: Principal,
+    suppliers: web::Data<Suppliers>,
+    params: web::Query<ListParams>,
+) -> Result<HttpResponse, Error> {
+    principal.require(Scope::SuppliersRead)?;
+    let params = params.into_inner();
+    let page = PageParams {
+        page: params.page,
+        per_page: params.per_page,
+        skip: params.skip,
+        limit: params.limit,
+    }
+    .resolve()?;
+    let query = SupplierQuery {
+        search: params
+            .search
+            .map(|s| s.trim().to_lowercase())
+            .filter(|s| !s.is_empty()),
+        is_active: params.is_active,
+    };
+    let all = suppliers.list(principal.namespace(), &query)?;
+    let all = all.into_iter().map(SupplierOut::from).collect();
+    Ok(HttpResponse::Ok().json(ListResponse::from_all(all, page)))
+}
+
+async fn get_supplier(
+    principal: Principal,
+    suppliers: web::Data<Suppliers>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    principal.require(Scope::SuppliersRead)?;
+    let id = path_id(&id, "supplier")?;
+    let supplier = suppliers.get(principal.namespace(), id)?;
+    Ok(HttpResponse::Ok().json(SupplierOut::from(supplier)))
+}
+
+async fn create_supplier(
+    principal: Principal,
+    suppliers: web::Data<Suppliers>,
+    body: JsonBody<SupplierPatch>,
+) -> Result<HttpResponse, Error> {
+    principal.require_editor()?;
+    let supplier = suppliers
+        .create(principal.namespace(), body.parse()?)
+        .await?;
+    Ok(HttpResponse::Created().json(SupplierOut::from(supplier)))
+}
+
+async fn patch_supplier(
+    principal: Principal,
+    suppliers: web::Data<Suppliers>,
+    id: web::Path<String>,
+    body: JsonBody<SupplierPatch>,
+) -> Result<HttpResponse, Error> {
+    principal.require_editor()?;
+    let id = path_id(&id, "supplier")?;
+    let supplier = suppliers
+        .patch(principal.namespace(), id, body.parse()?)
+        .await?;
+    Ok(HttpResponse::Ok().json(SupplierOut::from(supplier)))
+}
+
+async fn delete_supplier(
+    principal: Principal,
+    suppliers: web::Data<Suppliers>,
+    id: web::Path<String>,
+    params: web::Query<DeleteParams>,
+) -> Result<HttpResponse, Error> {
+    principal.require_editor()?;
+    let id = path_id(&id, "supplier")?;
+    let detach = params.detach.unwrap_or(false);
+    suppliers.delete(principal.namespace(), id, detach).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/suppliers")
+            .get(list_suppliers)
+            .post(create_supplier),
+    )
+    .service(
+        web::resource("/suppliers/{id}")
+            .get(get_supplier)
+            .patch(patch_supplier)
+            .delete(delete_supplier),
+    );
+}
