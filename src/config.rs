@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// How long spent refresh tokens of live sessions are kept; 0 for ever
     #[arg(long, env = "PIXEE_SPENT_TOKEN_RETENTION")]
     pub spent_token_retention: Option<Span>,
+    /// How long tombstones of deleted products are kept for change feeds; 0 for ever
+    #[arg(long, env = "PIXEE_TOMBSTONE_RETENTION")]
+    pub tombstone_retention: Option<Span>,
     /// How often the retention sweep runs
     #[arg(long, env = "PIXEE_SWEEP_INTERVAL")]
     pub sweep_interval: Option<Span>,
@@ -173,6 +176,7 @@ pub struct Settings {
     pub audit_retention: Span,
     pub session_retention: Span,
     pub spent_token_retention: Span,
+    pub tombstone_retention: Span,
     pub sweep_interval: Span,
     pub admin_email: String,
     pub admin_password: Option<String>,
@@ -208,6 +212,7 @@ impl Settings {
             audit_retention: a.audit_retention.unwrap_or(Span::days(90)),
             session_retention: a.session_retention.unwrap_or(Span::days(30)),
             spent_token_retention: a.spent_token_retention.unwrap_or(Span::days(30)),
+            tombstone_retention: a.tombstone_retention.unwrap_or(Span::days(90)),
             sweep_interval: a
                 .sweep_interval
                 .filter(|s| s.0.is_some())
@@ -249,6 +254,7 @@ pub fn merge_config_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
         audit_retention,
         session_retention,
         spent_token_retention,
+        tombstone_retention,
         sweep_interval,
         admin_email
     );

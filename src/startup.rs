@@ -151,6 +151,7 @@ pub struct Application {
     server: Server,
     port: u16,
     auth: web::Data<Auth>,
+    catalog: web::Data<Catalog>,
     pub bootstrap: Option<Bootstrap>,
     sweep_every: std::time::Duration,
     _data_dir: DataDir,
@@ -181,14 +182,18 @@ impl Application {
             .await
             .map_err(|e| other(format!("first start failed: {}", e.detail)))?;
         let suppliers = web::Data::new(Suppliers::new(store.clone(), clock.clone()));
-        let catalog = web::Data::new(Catalog::new(store, clock));
+        let catalog = web::Data::new(
+            Catalog::new(store, clock)
+                .with_tombstone_retention(settings.tombstone_retention.duration()),
+        );
         let limit = JsonLimit(settings.json_limit_bytes);
         let tls_enabled = settings.tls.is_some();
         let app_auth = auth.clone();
+        let app_catalog = catalog.clone();
         let http = HttpServer::new(move || {
             App::new()
                 .app_data(app_auth.clone())
-                .app_data(catalog.clone())
+                .app_data(app_catalog.clone())
                 .app_data(suppliers.clone())
                 .app_data(limit)
                 .app_data(crate::web::Tls(tls_enabled))
@@ -213,6 +218,7 @@ impl Application {
             server: http.run(),
             port,
             auth,
+            catalog,
             bootstrap,
             sweep_every: std::time::Duration::from_secs(settings.sweep_interval.0.unwrap_or(3600)),
             _data_dir: data_dir,
@@ -232,10 +238,18 @@ impl Application {
         self.auth.clone()
     }
 
+    pub fn catalog(&self) -> web::Data<Catalog> {
+        self.catalog.clone()
+    }
+
     /// Serves until SIGINT/SIGTERM (or the server handle stops); in-flight requests finish, then
     /// buffered key usage is written and the store flushed.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let sweeper = actix_web::rt::spawn(sweep_periodically(self.auth.clone(), self.sweep_every));
+        let sweeper = actix_web::rt::spawn(sweep_periodically(
+            self.auth.clone(),
+            self.catalog.clone(),
+            self.sweep_every,
+        ));
         let result = self.server.await;
         sweeper.abort();
         self.auth.usage.persist_all();
@@ -246,8 +260,13 @@ impl Application {
     }
 }
 
-/// Every `every`, off the workers: the retention sweep (`auth/retention.rs`).
-async fn sweep_periodically(auth: web::Data<Auth>, every: std::time::Duration) {
+/// Every `every`, off the workers: the retention sweep (`auth/retention.rs`) and the sweep of
+/// product tombstones.
+async fn sweep_periodically(
+    auth: web::Data<Auth>,
+    catalog: web::Data<Catalog>,
+    every: std::time::Duration,
+) {
     loop {
         actix_web::rt::time::sleep(every).await;
         let auth = auth.clone();
@@ -262,6 +281,13 @@ async fn sweep_periodically(auth: web::Data<Auth>, every: std::time::Duration) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e.detail, "retention sweep failed"),
             Err(e) => tracing::warn!(error = %e, "retention sweep did not finish"),
+        }
+        let catalog = catalog.clone();
+        match tokio::task::spawn_blocking(move || catalog.sweep_tombstones()).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(tombstones = n, "tombstone sweep"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e.detail, "tombstone sweep failed"),
+            Err(e) => tracing::warn!(error = %e, "tombstone sweep did not finish"),
         }
     }
 }

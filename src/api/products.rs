@@ -6,7 +6,7 @@ use crate::catalog::products::MAX_BULK_DELETE;
 use crate::catalog::{Catalog, ListQuery, ProductPatch, SortBy};
 use crate::domain::{Invalid, ProductId, Scope};
 use crate::error::Error;
-use crate::store::ProductRecord;
+use crate::store::{ProductRecord, Tombstone};
 use crate::web::JsonBody;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,36 @@ struct ListParams {
 enum SortOrder {
     Asc,
     Desc,
+}
+
+/// A list answer to `updated_since`: the page, plus the deletions since then.
+#[derive(Serialize)]
+struct ChangeFeed {
+    #[serde(flatten)]
+    list: ListResponse<ProductOut>,
+    deleted: Vec<DeletedOut>,
+    /// More than `MAX_DELETED` deletions: ask again from the last one's `deleted_at`.
+    deleted_more: bool,
+}
+
+#[derive(Serialize)]
+struct DeletedOut {
+    id: String,
+    ean: String,
+    reference: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    deleted_at: OffsetDateTime,
+}
+
+impl From<Tombstone> for DeletedOut {
+    fn from(t: Tombstone) -> Self {
+        DeletedOut {
+            id: t.id.to_string(),
+            ean: t.ean,
+            reference: t.reference,
+            deleted_at: t.deleted_at,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -135,7 +165,17 @@ async fn list_products(
     };
     let (items, total) = catalog.list(principal.namespace(), &query)?;
     let items = items.into_iter().map(ProductOut::from).collect();
-    Ok(HttpResponse::Ok().json(ListResponse::new(items, total, page)))
+    let list = ListResponse::new(items, total, page);
+    let Some(since) = params.updated_since else {
+        return Ok(HttpResponse::Ok().json(list));
+    };
+    // A change feed: also the products deleted since then, from their tombstones.
+    let (deleted, deleted_more) = catalog.deleted_since(principal.namespace(), since)?;
+    Ok(HttpResponse::Ok().json(ChangeFeed {
+        list,
+        deleted: deleted.into_iter().map(DeletedOut::from).collect(),
+        deleted_more,
+    }))
 }
 
 async fn create_product(

@@ -7,7 +7,7 @@ use super::field::Field;
 use crate::clock::SharedClock;
 use crate::domain::{Ean, Invalid, ProductId};
 use crate::error::Error;
-use crate::store::{Namespace, ProductRecord, Store, StoreError};
+use crate::store::{Namespace, ProductRecord, Store, StoreError, Tombstone};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
@@ -231,7 +231,12 @@ impl ListQuery {
 pub struct Catalog {
     store: Store,
     clock: SharedClock,
+    /// How long tombstones of deleted products are kept; `None` keeps them for ever.
+    tombstone_retention: Option<time::Duration>,
 }
+
+/// Most tombstones one list answer carries; `deleted_more` says when there are more.
+pub const MAX_DELETED: usize = 1000;
 
 /// A product with every optional field empty (what POST and PUT build on).
 pub fn blank(id: ProductId, now: OffsetDateTime) -> ProductRecord {
@@ -279,7 +284,42 @@ pub fn complete(patch: ProductPatch, mut base: ProductRecord) -> Result<ProductR
 
 impl Catalog {
     pub fn new(store: Store, clock: SharedClock) -> Self {
-        Catalog { store, clock }
+        Catalog {
+            store,
+            clock,
+            tombstone_retention: Some(time::Duration::days(90)),
+        }
+    }
+
+    /// Keeps tombstones this long (`None`: for ever).
+    pub fn with_tombstone_retention(mut self, keep: Option<time::Duration>) -> Self {
+        self.tombstone_retention = keep;
+        self
+    }
+
+    /// Drops the tombstones older than the retention; returns how many.
+    pub fn sweep_tombstones(&self) -> Result<usize, Error> {
+        match self.tombstone_retention {
+            Some(keep) => Ok(self.store.sweep_tombstones(self.clock.now() - keep)?),
+            None => Ok(0),
+        }
+    }
+
+    /// The products deleted at or after `since`, oldest first, at most `MAX_DELETED`; and
+    /// whether more follow (the client asks again from the last one's `deleted_at`).
+    pub fn deleted_since(
+        &self,
+        ns: Namespace,
+        since: OffsetDateTime,
+    ) -> Result<(Vec<Tombstone>, bool), Error> {
+        let mut out = Vec::new();
+        for t in self.store.tombstones_since(ns, since) {
+            if out.len() == MAX_DELETED {
+                return Ok((out, true));
+            }
+            out.push(t?);
+        }
+        Ok((out, false))
     }
 
     /// Turns the patch's supplier fields into a consistent pair: a code or an id names a
@@ -386,7 +426,7 @@ impl Catalog {
     }
 
     pub async fn delete(&self, ns: Namespace, ids: &[ProductId]) -> Result<Vec<ProductId>, Error> {
-        let deleted = self.store.delete_products(ns, ids)?;
+        let deleted = self.store.delete_products(ns, ids, self.clock.now())?;
         self.store.flush().await?;
         Ok(deleted)
     }

@@ -20,17 +20,19 @@ pub struct SupplierPatch {
     pub phone: Field<String>,
     pub country: Field<String>,
     pub currency: Field<String>,
-    pub lead_time_days: Field<u32>,
+    #[serde(deserialize_with = "super::field::whole_field")]
+    pub lead_time_days: Field<i64>,
     pub is_active: Field<bool>,
 }
 
-/// A trimmed text of 1 to `max` characters with no control characters.
+/// A trimmed text of 1 to `max` characters (catalog data keeps what it is given, as product
+/// names do).
 fn text(errors: &mut Vec<Invalid>, field: &str, v: String, max: usize) -> Option<String> {
     let v = v.trim().to_owned();
-    if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
+    if v.is_empty() || v.chars().count() > max {
         errors.push(Invalid::new(
             field,
-            format!("must be 1 to {max} characters, no control characters"),
+            format!("must be 1 to {max} characters after trimming"),
         ));
         return None;
     }
@@ -114,7 +116,9 @@ impl SupplierPatch {
         match self.lead_time_days {
             Field::Absent => {}
             Field::Null => s.lead_time_days = None,
-            Field::Value(d) if d <= 3650 => s.lead_time_days = Some(d),
+            Field::Value(d) if (0..=3650).contains(&d) => {
+                s.lead_time_days = u32::try_from(d).ok();
+            }
             Field::Value(_) => e.push(Invalid::new("lead_time_days", "must be 0 to 3650")),
         }
         match self.is_active {

@@ -6,7 +6,7 @@
 //! a few seconds.
 use super::{
     ApiKeyRecord, AuditEvent, KeyUsage, ProductRecord, RefreshRecord, SessionRecord, Store,
-    StoreError, StoreResult, SupplierRecord, TenantRecord, UserRecord, codec, keys,
+    StoreError, StoreResult, SupplierRecord, TenantRecord, Tombstone, UserRecord, codec, keys,
     products::read_count, suppliers::code_key,
 };
 use serde::de::DeserializeOwned;
@@ -283,6 +283,24 @@ impl Store {
             "supplier_by_code",
             &by_code,
         )?);
+
+        let tombstones = records::<Tombstone>(&self.tombstones, "tombstones")?;
+        if let Some((k, _)) = tombstones.iter().find(|(k, t)| {
+            k.len() != 49
+                || k[..]
+                    != keys::updated_key(
+                        &k[..17],
+                        t.deleted_at.unix_timestamp_nanos(),
+                        t.id.as_bytes(),
+                    )
+        }) {
+            return Err(corrupt(
+                "tombstones",
+                k,
+                "key is not namespace + deletion time + the record's id",
+            ));
+        }
+        trees.push(("tombstones", tombstones.len()));
         Ok(CheckReport { trees })
     }
 }

@@ -24,6 +24,7 @@
 //! | suppliers | namespace + supplier id (16) | SupplierRecord |
 //! | supplier_by_code | namespace + lower-cased code | supplier id |
 //! | products_by_supplier | namespace + supplier id + product id | empty |
+//! | tombstones | namespace + deleted_at nanos (16, BE) + product id | Tombstone |
 //!
 //! A namespace is tenant id (16) + environment tag (`L` or `T`).
 use super::Namespace;

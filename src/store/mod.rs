@@ -19,6 +19,7 @@ mod products;
 mod sessions;
 mod suppliers;
 mod tenants;
+mod tombstones;
 mod users;
 
 use std::path::Path;
@@ -30,6 +31,7 @@ pub use products::ProductRecord;
 pub use sessions::{RefreshRecord, SessionRecord, SessionSweep, SpendOutcome};
 pub use suppliers::SupplierRecord;
 pub use tenants::TenantRecord;
+pub use tombstones::Tombstone;
 pub use users::{Membership, UserRecord};
 
 use crate::domain::{Environment, TenantId};
@@ -96,6 +98,7 @@ pub const TREES: &[&str] = &[
     "suppliers",
     "supplier_by_code",
     "products_by_supplier",
+    "tombstones",
 ];
 
 /// The record caches of the auth path, each bounded.
@@ -150,6 +153,7 @@ pub struct Store {
     pub(crate) suppliers: sled::Tree,
     pub(crate) supplier_by_code: sled::Tree,
     pub(crate) products_by_supplier: sled::Tree,
+    pub(crate) tombstones: sled::Tree,
 }
 
 impl Store {
@@ -186,6 +190,7 @@ impl Store {
             suppliers: tree("suppliers")?,
             supplier_by_code: tree("supplier_by_code")?,
             products_by_supplier: tree("products_by_supplier")?,
+            tombstones: tree("tombstones")?,
             key_lookups: Default::default(),
             caches: std::sync::Arc::new(Caches::new()),
             group_commit: group_commit::GroupCommit::new(),

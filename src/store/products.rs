@@ -44,6 +44,7 @@ pub(super) struct ProductTrees<'a> {
     pub(super) suppliers: &'a TransactionalTree,
     pub(super) supplier_by_code: &'a TransactionalTree,
     by_supplier: &'a TransactionalTree,
+    tombstones: &'a TransactionalTree,
 }
 
 type Tx<T> = Result<T, UnabortableTransactionError>;
@@ -211,6 +212,7 @@ impl Store {
             &self.suppliers,
             &self.supplier_by_code,
             &self.products_by_supplier,
+            &self.tombstones,
         )
             .transaction(
                 |(
@@ -222,6 +224,7 @@ impl Store {
                     suppliers,
                     supplier_by_code,
                     by_supplier,
+                    tombstones,
                 )| {
                     f(&ProductTrees {
                         products,
@@ -232,6 +235,7 @@ impl Store {
                         suppliers,
                         supplier_by_code,
                         by_supplier,
+                        tombstones,
                     })
                 },
             )
@@ -275,8 +279,14 @@ impl Store {
         })
     }
 
-    /// Deletes the given products; returns the ids that existed.
-    pub fn delete_products(&self, ns: Namespace, ids: &[ProductId]) -> StoreResult<Vec<ProductId>> {
+    /// Deletes the given products, leaving a tombstone for each (change feeds report the
+    /// deletion); returns the ids that existed.
+    pub fn delete_products(
+        &self,
+        ns: Namespace,
+        ids: &[ProductId],
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<ProductId>> {
         self.product_tx(|t| {
             let mut deleted = Vec::new();
             for id in ids {
@@ -284,6 +294,16 @@ impl Store {
                 t.remove_indexes(ns, &old)?;
                 t.move_supplier(ns, Some(&old), None)?;
                 t.products.remove(&keys::ns_id(ns, id.as_bytes())[..])?;
+                let tombstone = super::Tombstone {
+                    id: *id,
+                    ean: old.ean.clone(),
+                    reference: old.reference.clone(),
+                    deleted_at: now,
+                };
+                t.tombstones.insert(
+                    &keys::ns_updated(ns, now.unix_timestamp_nanos(), id.as_bytes())[..],
+                    codec::encode(&tombstone),
+                )?;
                 deleted.push(*id);
             }
             t.bump_count(ns, -(deleted.len() as i64))?;

@@ -22,6 +22,7 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub data_dir: Arc<TempDir>,
     pub app_auth: actix_web::web::Data<pixee_pim::auth::Auth>,
+    pub app_catalog: actix_web::web::Data<pixee_pim::catalog::Catalog>,
     handle: actix_web::dev::ServerHandle,
     task: Option<actix_web::rt::task::JoinHandle<std::io::Result<()>>>,
     args: ServeArgs,
@@ -80,6 +81,7 @@ async fn start(
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
     let app_auth = app.auth();
+    let app_catalog = app.catalog();
     let task = actix_web::rt::spawn(app.run_until_stopped());
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -101,6 +103,7 @@ async fn start(
         clock,
         data_dir: dir,
         app_auth,
+        app_catalog,
         handle,
         task: Some(task),
         args,

@@ -453,3 +453,101 @@ async fn updated_since_and_sort_by_updated_at_follow_the_last_change() {
     )
     .await;
 }
+
+/// SPEC §6: a deletion leaves a tombstone, `updated_since` reports it, the sweep forgets it
+/// after `--tombstone-retention`.
+#[actix_web::test]
+async fn deletions_leave_tombstones_that_change_feeds_report_until_they_are_swept() {
+    use pixee_pim::clock::Clock as _;
+    let app = crate::helpers::spawn_app_with(pixee_pim::config::ServeArgs {
+        tombstone_retention: Some(pixee_pim::config::Span::days(7)),
+        ..Default::default()
+    })
+    .await;
+    let (_, key) = app.admin_and_key(ALL).await;
+    let mut ids = Vec::new();
+    for (ean, reference) in [
+        ("4006381333931", Some("R-1")),
+        ("5901234123457", None),
+        ("96385074", None),
+    ] {
+        let created: Value = app
+            .with_key(Method::POST, "/api/v1/products", &key.raw)
+            .json(&json!({"ean": ean, "name": "Doomed", "reference": reference}))
+            .json_value()
+            .await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let before = app.clock.now();
+    app.clock.advance(time::Duration::hours(1));
+    let since = app.clock.now();
+    assert_eq!(
+        app.status_with_key(
+            Method::DELETE,
+            &format!("/api/v1/products/{}", ids[0]),
+            &key.raw
+        )
+        .await,
+        StatusCode::NO_CONTENT
+    );
+    app.with_key(Method::POST, "/api/v1/products/bulk-delete", &key.raw)
+        .json(&json!({"ids": [ids[1]]}))
+        .json_value()
+        .await;
+    let feed = |t: time::OffsetDateTime| {
+        let at = t
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let url = format!("/api/v1/products?updated_since={at}");
+        app.with_key(Method::GET, &url, &key.raw).json_value()
+    };
+    let changes = feed(since).await;
+    let deleted = changes["deleted"].as_array().unwrap();
+    assert_eq!(deleted.len(), 2, "{changes}");
+    assert_eq!(deleted[0]["id"], ids[0].as_str());
+    assert_eq!(deleted[0]["ean"], "4006381333931");
+    assert_eq!(deleted[0]["reference"], "R-1");
+    assert_eq!(deleted[1]["id"], ids[1].as_str());
+    assert_eq!(changes["deleted_more"], false);
+    assert_eq!(
+        changes["total"], 0,
+        "nothing changed and still exists since then"
+    );
+    let everything = feed(before).await;
+    assert_eq!(everything["total"], 1, "the survivor was created before");
+    assert_eq!(everything["deleted"].as_array().unwrap().len(), 2);
+    let plain: Value = app
+        .with_key(Method::GET, "/api/v1/products", &key.raw)
+        .json_value()
+        .await;
+    assert!(
+        plain.get("deleted").is_none(),
+        "only change feeds carry deletions"
+    );
+
+    // A test key's feed never shows live deletions.
+    let admin = app.admin().await;
+    let test_key = app.create_key(&admin.token, ALL, "test").await;
+    let at = since
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let test_feed: Value = app
+        .with_key(
+            Method::GET,
+            &format!("/api/v1/products?updated_since={at}"),
+            &test_key.raw,
+        )
+        .json_value()
+        .await;
+    assert_eq!(test_feed["deleted"].as_array().unwrap().len(), 0);
+
+    app.clock.advance(time::Duration::days(6));
+    assert_eq!(
+        app.app_catalog.sweep_tombstones().unwrap(),
+        0,
+        "younger than 7 days"
+    );
+    app.clock.advance(time::Duration::days(2));
+    assert_eq!(app.app_catalog.sweep_tombstones().unwrap(), 2);
+    assert_eq!(feed(before).await["deleted"].as_array().unwrap().len(), 0);
+}
