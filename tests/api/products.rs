@@ -405,6 +405,31 @@ async fn updated_since_and_sort_by_updated_at_follow_the_last_change() {
     .unwrap();
     assert_eq!(names(&changed), ["Item 1", "Item 2", "Item 0"]);
     assert_eq!(changed["total"], 3);
+    // From the third creation on, the second product (unchanged since) is left out.
+    let third: Value = app
+        .with_key(
+            Method::GET,
+            &format!("/api/v1/products/{}", ids[2]),
+            &key.raw,
+        )
+        .json_value()
+        .await;
+    let later = third["updated_at"].as_str().unwrap();
+    let newer: Value = get(format!(
+        "updated_since={later}&sort_by=updated_at&sort_order=asc"
+    ))
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(names(&newer), ["Item 2", "Item 0"]);
+    assert_eq!(newer["total"], 2);
+    let newest_first: Value = get(format!("updated_since={later}&sort_by=updated_at"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(names(&newest_first), ["Item 0", "Item 2"]);
     let newest_change: Value = get("sort_by=updated_at&per_page=1".into())
         .await
         .json()
