@@ -173,6 +173,12 @@ impl<T> ListResponse<T> {
     }
 }
 
+/// A `search` value as the catalog matches it: trimmed and lower-cased; blank is no search.
+pub fn search_text(raw: Option<String>) -> Option<String> {
+    raw.map(|s| s.trim().to_lowercase())
+        .filter(|s| !s.is_empty())
+}
+
 /// A boolean in a query string: `true`, `false`, `1` or `0` (older clients send the digits).
 pub fn query_bool<'de, D>(de: D) -> Result<Option<bool>, D::Error>
 where

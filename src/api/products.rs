@@ -150,10 +150,7 @@ async fn list_products(
     }
     .resolve()?;
     let query = ListQuery {
-        search: params
-            .search
-            .map(|s| s.trim().to_lowercase())
-            .filter(|s| !s.is_empty()),
+        search: super::search_text(params.search),
         is_active: params.is_active,
         updated_since: params.updated_since,
         supplier_id: params.supplier_id,

@@ -82,10 +82,7 @@ async fn list_suppliers(
     }
     .resolve()?;
     let query = SupplierQuery {
-        search: params
-            .search
-            .map(|s| s.trim().to_lowercase())
-            .filter(|s| !s.is_empty()),
+        search: super::search_text(params.search),
         is_active: params.is_active,
     };
     let all = suppliers.list(principal.namespace(), &query)?;

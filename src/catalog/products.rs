@@ -357,9 +357,7 @@ impl Catalog {
     ) -> Result<ProductRecord, Error> {
         self.resolve_supplier(ns, &mut patch)?;
         let product = complete(patch, blank(ProductId::generate(), self.clock.now()))?;
-        self.store
-            .insert_product(ns, &product)
-            .map_err(Error::from)?;
+        self.store.insert_product(ns, &product)?;
         self.store.flush().await?;
         Ok(product)
     }

@@ -78,6 +78,12 @@ pub fn pair(a: &[u8; 16], b: &[u8; 16]) -> [u8; 32] {
     out
 }
 
+/// The time inside a key built by `updated_key` (its inverse for the time part).
+pub fn updated_key_nanos(k: &[u8]) -> Option<i128> {
+    let ordered: [u8; 16] = k.get(17..33)?.try_into().ok()?;
+    Some((u128::from_be_bytes(ordered) ^ (1u128 << 127)) as i128)
+}
+
 pub fn ns_updated(ns: Namespace, updated_nanos: i128, id: &[u8; 16]) -> [u8; 49] {
     updated_key(&namespace(ns), updated_nanos, id)
 }

@@ -366,6 +366,20 @@ impl Store {
     }
 }
 
+/// The keys of a tree laid out as namespace + time + id (`keys::updated_key`) that belong to
+/// `ns` and, when `since` is given, carry that time or a later one.
+fn time_range(tree: &sled::Tree, ns: Namespace, since: Option<time::OffsetDateTime>) -> sled::Iter {
+    let prefix = keys::namespace(ns);
+    let start = match since {
+        Some(t) => keys::ns_updated(ns, t.unix_timestamp_nanos(), &[0u8; 16]).to_vec(),
+        None => prefix.to_vec(),
+    };
+    match keys::prefix_end(&prefix) {
+        Some(end) => tree.range(start..end),
+        None => tree.range(start..),
+    }
+}
+
 pub(crate) fn abort<T>(
     e: StoreError,
 ) -> sled::transaction::ConflictableTransactionResult<T, StoreError> {

@@ -345,15 +345,7 @@ impl Store {
         since: Option<OffsetDateTime>,
         newest_first: bool,
     ) -> Box<dyn Iterator<Item = StoreResult<ProductId>> + '_> {
-        let prefix = keys::namespace(ns);
-        let start = match since {
-            Some(t) => keys::ns_updated(ns, t.unix_timestamp_nanos(), &[0u8; 16]).to_vec(),
-            None => prefix.to_vec(),
-        };
-        let range = match keys::prefix_end(&prefix) {
-            Some(end) => self.products_by_updated.range(start..end),
-            None => self.products_by_updated.range(start..),
-        };
+        let range = super::time_range(&self.products_by_updated, ns, since);
         let id = |item: sled::Result<(sled::IVec, sled::IVec)>| -> StoreResult<ProductId> {
             let (k, _) = item?;
             k.get(33..)

@@ -13,12 +13,6 @@ pub struct Tombstone {
     pub deleted_at: OffsetDateTime,
 }
 
-/// The time a tombstone key carries (the inverse of `keys::updated_key`'s time part).
-fn key_time(k: &[u8]) -> Option<i128> {
-    let ordered: [u8; 16] = k.get(17..33)?.try_into().ok()?;
-    Some((u128::from_be_bytes(ordered) ^ (1u128 << 127)) as i128)
-}
-
 impl Store {
     /// The namespace's tombstones from `since` on (inclusive), oldest first.
     pub fn tombstones_since(
@@ -26,12 +20,11 @@ impl Store {
         ns: Namespace,
         since: OffsetDateTime,
     ) -> Box<dyn Iterator<Item = StoreResult<Tombstone>> + '_> {
-        let start = keys::ns_updated(ns, since.unix_timestamp_nanos(), &[0u8; 16]);
-        let range = match keys::prefix_end(&keys::namespace(ns)) {
-            Some(end) => self.tombstones.range(start.to_vec()..end),
-            None => self.tombstones.range(start.to_vec()..),
-        };
-        Box::new(range.values().map(|v| codec::decode(&v?)))
+        Box::new(
+            super::time_range(&self.tombstones, ns, Some(since))
+                .values()
+                .map(|v| codec::decode(&v?)),
+        )
     }
 
     /// Removes every tombstone deleted before `cutoff`, in every namespace; returns how many.
@@ -40,8 +33,8 @@ impl Store {
         let mut removed = 0;
         for item in self.tombstones.iter().keys() {
             let k = item?;
-            let at =
-                key_time(&k).ok_or_else(|| StoreError::Corrupt("tombstones: short key".into()))?;
+            let at = keys::updated_key_nanos(&k)
+                .ok_or_else(|| StoreError::Corrupt("tombstones: short key".into()))?;
             if at < cutoff && self.tombstones.remove(&k)?.is_some() {
                 removed += 1;
             }

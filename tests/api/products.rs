@@ -267,7 +267,7 @@ async fn field_rules_are_enforced_with_every_error_listed() {
 #[actix_web::test]
 async fn older_clients_keep_their_barcode_paging_meta_and_digit_booleans() {
     let app = spawn_app().await;
-    let (_, key) = app.admin_and_key(ALL).await;
+    let (admin, key) = app.admin_and_key(ALL).await;
     let eans = ["4006381333931", "5901234123457", "96385074"];
     let mut ids = Vec::new();
     for (i, ean) in eans.iter().enumerate() {
@@ -331,6 +331,13 @@ async fn older_clients_keep_their_barcode_paging_meta_and_digit_booleans() {
         modern.get("meta").is_none(),
         "page/per_page answers carry no meta"
     );
+    // The paging rules are shared: every list answers the legacy pair the same way.
+    let keys: Value = app
+        .with_token(Method::GET, "/api/v1/api-keys?skip=0&limit=1", &admin.token)
+        .json_value()
+        .await;
+    assert_eq!(keys["meta"]["per_page"], 1);
+    assert_eq!(keys["meta"]["has_previous"], false);
 
     for (digit, word) in [
         ("is_active=1", "is_active=true"),
