@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// sled page cache size in MiB
     #[arg(long, env = "PIXEE_CACHE_MB")]
     pub cache_mb: Option<u64>,
+    /// How often the store writes its log and cleans it, in milliseconds (10 to 10000)
+    #[arg(long, env = "PIXEE_STORE_FLUSH_MS")]
+    pub store_flush_ms: Option<u64>,
     /// Largest JSON request body in bytes
     #[arg(long, env = "PIXEE_JSON_LIMIT_BYTES")]
     pub json_limit_bytes: Option<usize>,
@@ -167,6 +170,7 @@ pub struct Settings {
     pub session_max_days: u32,
     pub session_idle_days: u32,
     pub cache_mb: u64,
+    pub store_flush_ms: u64,
     pub json_limit_bytes: usize,
     pub workers: usize,
     pub trust_forwarded_for: bool,
@@ -203,6 +207,10 @@ impl Settings {
             session_max_days: a.session_max_days.unwrap_or(30).clamp(1, 3650),
             session_idle_days: a.session_idle_days.unwrap_or(7).clamp(1, 3650),
             cache_mb: a.cache_mb.unwrap_or(64).max(1),
+            store_flush_ms: a
+                .store_flush_ms
+                .unwrap_or(crate::store::DEFAULT_FLUSH_MS)
+                .clamp(10, 10_000),
             json_limit_bytes: a.json_limit_bytes.unwrap_or(1 << 20).max(1024),
             workers: a.workers.unwrap_or(workers).max(1),
             trust_forwarded_for: a.trust_forwarded_for.unwrap_or(false),
@@ -245,6 +253,7 @@ pub fn merge_config_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
         session_max_days,
         session_idle_days,
         cache_mb,
+        store_flush_ms,
         json_limit_bytes,
         workers,
         trust_forwarded_for,

@@ -133,6 +133,9 @@ impl From<StoreError> for Error {
             StoreError::Missing { field, what } => {
                 Error::invalid(vec![Invalid::new(field, format!("names no {what}"))])
             }
+            StoreError::Invalid { field, problem } => {
+                Error::invalid(vec![Invalid::new(field, problem)])
+            }
             StoreError::Retry => Error::new(
                 ErrorKind::Conflict,
                 "the records changed during the write; retry",

@@ -4,7 +4,7 @@ use crate::auth::passwords::{HashCost, Passwords};
 use crate::auth::{
     Auth, AuthPolicy, Retention, accounts::Bootstrap, jwt::JwtKeys, lockout::LockoutPolicy,
 };
-use crate::catalog::{Catalog, Suppliers};
+use crate::catalog::{Catalog, Categories, Suppliers};
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::store::Store;
@@ -61,6 +61,11 @@ pub struct DataDir {
 impl DataDir {
     /// Creates the directory if needed, takes its lock without waiting, opens the store.
     pub fn open(dir: &Path, cache_mb: u64) -> Result<DataDir, StartError> {
+        DataDir::open_tuned(dir, cache_mb, crate::store::DEFAULT_FLUSH_MS)
+    }
+
+    /// [`DataDir::open`] with sled's log flushed and cleaned every `flush_ms` milliseconds.
+    pub fn open_tuned(dir: &Path, cache_mb: u64, flush_ms: u64) -> Result<DataDir, StartError> {
         // The store holds the token-signing secret: owner-only from the start.
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -86,7 +91,7 @@ impl DataDir {
                 )));
             }
         }
-        let store = Store::open(dir, cache_mb.saturating_mul(1024 * 1024))
+        let store = Store::open_tuned(dir, cache_mb.saturating_mul(1024 * 1024), flush_ms)
             .map_err(|e| other(format!("cannot open the store in {}: {e}", dir.display())))?;
         // Start-up stays fast whatever the store's size: only the small core trees are checked
         // here; `backup` checks everything.
@@ -165,7 +170,11 @@ impl Application {
     ) -> Result<Application, StartError> {
         jsonwebtoken::crypto::CryptoProvider::try_get_default()
             .ok_or_else(|| other("BUG: no JWT crypto provider is compiled in"))?;
-        let data_dir = DataDir::open(&settings.data_dir, settings.cache_mb)?;
+        let data_dir = DataDir::open_tuned(
+            &settings.data_dir,
+            settings.cache_mb,
+            settings.store_flush_ms,
+        )?;
         // Everything that can fail at start-up happens before the first-start bootstrap, so a
         // generated admin password is never created and then lost to a failed start.
         let tls = match &settings.tls {
@@ -182,6 +191,7 @@ impl Application {
             .await
             .map_err(|e| other(format!("first start failed: {}", e.detail)))?;
         let suppliers = web::Data::new(Suppliers::new(store.clone(), clock.clone()));
+        let categories = web::Data::new(Categories::new(store.clone(), clock.clone()));
         let catalog = web::Data::new(
             Catalog::new(store, clock)
                 .with_tombstone_retention(settings.tombstone_retention.duration()),
@@ -195,6 +205,7 @@ impl Application {
                 .app_data(app_auth.clone())
                 .app_data(app_catalog.clone())
                 .app_data(suppliers.clone())
+                .app_data(categories.clone())
                 .app_data(limit)
                 .app_data(crate::web::Tls(tls_enabled))
                 .app_data(crate::api::query_config())

@@ -3,6 +3,7 @@
 mod accounts;
 mod api_keys;
 mod auth;
+mod categories;
 mod meta;
 mod products;
 mod suppliers;
@@ -19,6 +20,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(accounts::configure)
             .configure(products::configure)
             .configure(suppliers::configure)
+            .configure(categories::configure)
             .configure(meta::configure_api),
     );
     // After the API: the page's `/settings/{name}` pattern is then never tried for API paths.

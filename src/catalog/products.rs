@@ -9,7 +9,7 @@ use crate::domain::{Ean, Invalid, ProductId};
 use crate::error::Error;
 use crate::store::{Namespace, ProductRecord, Store, StoreError, Tombstone};
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -209,7 +209,8 @@ impl ListQuery {
             || self.category_id.is_some()
     }
 
-    fn matches(&self, p: &ProductRecord) -> bool {
+    /// `categories`: the filter's category and its descendants, when `category_id` is given.
+    fn matches(&self, p: &ProductRecord, categories: Option<&HashSet<Uuid>>) -> bool {
         if self.updated_since.is_some_and(|t| p.updated_at < t) {
             return false;
         }
@@ -223,7 +224,7 @@ impl ListQuery {
         search_ok
             && self.is_active.is_none_or(|a| p.is_active == a)
             && self.supplier_id.is_none_or(|s| p.supplier_id == Some(s))
-            && self.category_id.is_none_or(|c| p.category_ids.contains(&c))
+            && categories.is_none_or(|set| p.category_ids.iter().any(|c| set.contains(c)))
     }
 }
 
@@ -447,29 +448,51 @@ impl Catalog {
         if !q.has_filters() && q.sort_by == SortBy::UpdatedAt {
             return self.list_by_update(ns, q);
         }
+        // A category filter covers the category and every category below it.
+        let categories: Option<HashSet<Uuid>> = match q.category_id {
+            Some(c) => Some(
+                self.store
+                    .category_subtree(ns, c)?
+                    .into_iter()
+                    .map(|c| c.id)
+                    .collect(),
+            ),
+            None => None,
+        };
         let candidates: Box<dyn Iterator<Item = Result<ProductRecord, StoreError>> + '_> =
-            match (q.supplier_id, q.updated_since) {
+            match (q.supplier_id, &categories, q.updated_since) {
                 // Only the supplier's products are read, from its index.
-                (Some(supplier), _) => Box::new(
+                (Some(supplier), _, _) => Box::new(
                     self.store
                         .product_ids_of_supplier(ns, supplier)?
                         .into_iter()
                         .filter_map(move |id| self.store.product(ns, id).transpose()),
                 ),
+                // Only the products of those categories are read, from their index.
+                (None, Some(set), _) => {
+                    let mut ids = BTreeSet::new();
+                    for c in set {
+                        ids.extend(self.store.product_ids_in_category(ns, *c)?);
+                    }
+                    Box::new(
+                        ids.into_iter()
+                            .filter_map(move |id| self.store.product(ns, id).transpose()),
+                    )
+                }
                 // Only the products changed since then are read.
-                (None, Some(since)) => Box::new(
+                (None, None, Some(since)) => Box::new(
                     self.store
                         .product_ids_by_update(ns, Some(since), false)
                         .filter_map(move |id| {
                             id.and_then(|id| self.store.product(ns, id)).transpose()
                         }),
                 ),
-                (None, None) => self.store.products_in_order(ns, false, 0),
+                (None, None, None) => self.store.products_in_order(ns, false, 0),
             };
         let mut all = Vec::new();
         for p in candidates {
             let p = p?;
-            if q.matches(&p) {
+            if q.matches(&p, categories.as_ref()) {
                 all.push(p);
             }
         }

@@ -11,6 +11,7 @@ mod audit;
 pub mod backup;
 mod bulk;
 pub(crate) mod cache;
+mod categories;
 mod check;
 mod codec;
 mod group_commit;
@@ -26,6 +27,7 @@ use std::path::Path;
 
 pub use api_keys::{ApiKeyRecord, KeyUsage};
 pub use audit::AuditEvent;
+pub use categories::{CategoryPlacement, CategoryRecord, MAX_DEPTH, MappingRecord};
 pub use check::CheckReport;
 pub use products::ProductRecord;
 pub use sessions::{RefreshRecord, SessionRecord, SessionSweep, SpendOutcome};
@@ -63,6 +65,12 @@ pub enum StoreError {
         field: &'static str,
         what: &'static str,
     },
+    /// A write refused for what it would make of related records (`field` says which input).
+    #[error("{field}: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: &'static str,
+    },
     /// The records a write depends on changed while it was prepared; read again and retry.
     #[error("the records changed during the write; retry")]
     Retry,
@@ -99,6 +107,10 @@ pub const TREES: &[&str] = &[
     "supplier_by_code",
     "products_by_supplier",
     "tombstones",
+    "categories",
+    "category_by_name",
+    "products_by_category",
+    "category_mappings",
 ];
 
 /// The record caches of the auth path, each bounded.
@@ -154,16 +166,35 @@ pub struct Store {
     pub(crate) supplier_by_code: sled::Tree,
     pub(crate) products_by_supplier: sled::Tree,
     pub(crate) tombstones: sled::Tree,
+    pub(crate) categories: sled::Tree,
+    pub(crate) category_by_name: sled::Tree,
+    pub(crate) products_by_category: sled::Tree,
+    pub(crate) category_mappings: sled::Tree,
 }
 
+/// How often sled writes its log and cleans its segments by default, in milliseconds. sled's
+/// own default, 500, let the soak's store grow about 60 MiB a minute; at 200 it stays within
+/// tens of MiB (docs/PERFORMANCE.md, "Cleaning the log").
+pub const DEFAULT_FLUSH_MS: u64 = 200;
+
 impl Store {
-    /// Opens (or creates) the database under `dir`. The caller holds the data-dir lock.
+    /// Opens (or creates) the database under `dir` with sled's log written and cleaned every
+    /// [`DEFAULT_FLUSH_MS`]. The caller holds the data-dir lock.
     pub fn open(dir: &Path, cache_bytes: u64) -> StoreResult<Store> {
+        Store::open_tuned(dir, cache_bytes, DEFAULT_FLUSH_MS)
+    }
+
+    /// [`Store::open`] with sled's periodic flush every `flush_every_ms` milliseconds. That
+    /// thread is also the one that cleans sled's log: each period it spends up to half of it
+    /// rewriting the live pages of mostly-dead segments. Under sustained writes a longer period
+    /// lets the file grow without bound (docs/PERFORMANCE.md, "Cleaning the log").
+    pub fn open_tuned(dir: &Path, cache_bytes: u64, flush_every_ms: u64) -> StoreResult<Store> {
         let path = dir.join("db");
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::LowSpace)
+            .flush_every_ms(Some(flush_every_ms.clamp(10, 10_000)))
             .open()?;
         let tree = |name: &str| db.open_tree(name);
         let store = Store {
@@ -191,6 +222,10 @@ impl Store {
             supplier_by_code: tree("supplier_by_code")?,
             products_by_supplier: tree("products_by_supplier")?,
             tombstones: tree("tombstones")?,
+            categories: tree("categories")?,
+            category_by_name: tree("category_by_name")?,
+            products_by_category: tree("products_by_category")?,
+            category_mappings: tree("category_mappings")?,
             key_lookups: Default::default(),
             caches: std::sync::Arc::new(Caches::new()),
             group_commit: group_commit::GroupCommit::new(),

@@ -1,6 +1,6 @@
-//! Product records and their per-namespace indexes (EAN, reference, updated_at, supplier) and
-//! counter. Uniqueness of EAN and reference, and the existence of a newly referenced supplier,
-//! are checked inside the same transaction that writes.
+//! Product records and their per-namespace indexes (EAN, reference, updated_at, supplier,
+//! category) and counter. Uniqueness of EAN and reference, and the existence of a newly
+//! referenced supplier or category, are checked inside the same transaction that writes.
 use super::{Namespace, Store, StoreError, StoreResult, abort, codec, from_tx, keys};
 use crate::domain::ProductId;
 use serde::{Deserialize, Serialize};
@@ -40,11 +40,15 @@ pub(super) struct ProductTrees<'a> {
     by_ean: &'a TransactionalTree,
     by_ref: &'a TransactionalTree,
     by_updated: &'a TransactionalTree,
-    counters: &'a TransactionalTree,
+    pub(super) counters: &'a TransactionalTree,
     pub(super) suppliers: &'a TransactionalTree,
     pub(super) supplier_by_code: &'a TransactionalTree,
     by_supplier: &'a TransactionalTree,
     tombstones: &'a TransactionalTree,
+    pub(super) categories: &'a TransactionalTree,
+    pub(super) category_by_name: &'a TransactionalTree,
+    pub(super) by_category: &'a TransactionalTree,
+    pub(super) mappings: &'a TransactionalTree,
 }
 
 type Tx<T> = Result<T, UnabortableTransactionError>;
@@ -197,13 +201,15 @@ pub(super) fn read_count(v: &[u8]) -> u64 {
 }
 
 impl Store {
+    /// One transaction over every tree of the catalog. That is more trees than sled's tuple
+    /// form takes, so it uses the slice form; the view's order is the array's.
     pub(super) fn product_tx<T, F>(&self, f: F) -> StoreResult<T>
     where
         F: Fn(
             &ProductTrees<'_>,
         ) -> Result<T, sled::transaction::ConflictableTransactionError<StoreError>>,
     {
-        (
+        let trees: [&sled::Tree; 13] = [
             &self.products,
             &self.product_by_ean,
             &self.product_by_ref,
@@ -213,41 +219,39 @@ impl Store {
             &self.supplier_by_code,
             &self.products_by_supplier,
             &self.tombstones,
-        )
-            .transaction(
-                |(
-                    products,
-                    by_ean,
-                    by_ref,
-                    by_updated,
-                    counters,
-                    suppliers,
-                    supplier_by_code,
-                    by_supplier,
-                    tombstones,
-                )| {
-                    f(&ProductTrees {
-                        products,
-                        by_ean,
-                        by_ref,
-                        by_updated,
-                        counters,
-                        suppliers,
-                        supplier_by_code,
-                        by_supplier,
-                        tombstones,
-                    })
-                },
-            )
-            .map_err(from_tx)
+            &self.categories,
+            &self.category_by_name,
+            &self.products_by_category,
+            &self.category_mappings,
+        ];
+        <[&sled::Tree] as Transactional<StoreError>>::transaction(&trees[..], |t| {
+            f(&ProductTrees {
+                products: &t[0],
+                by_ean: &t[1],
+                by_ref: &t[2],
+                by_updated: &t[3],
+                counters: &t[4],
+                suppliers: &t[5],
+                supplier_by_code: &t[6],
+                by_supplier: &t[7],
+                tombstones: &t[8],
+                categories: &t[9],
+                category_by_name: &t[10],
+                by_category: &t[11],
+                mappings: &t[12],
+            })
+        })
+        .map_err(from_tx)
     }
 
     pub fn insert_product(&self, ns: Namespace, p: &ProductRecord) -> StoreResult<()> {
         self.product_tx(|t| {
             t.check_unique(ns, p)?.or_else(abort)?;
             t.check_supplier(ns, None, p)?.or_else(abort)?;
+            t.check_categories(ns, None, p)?.or_else(abort)?;
             t.add_indexes(ns, p)?;
             t.move_supplier(ns, None, Some(p))?;
+            t.move_categories(ns, None, Some(p))?;
             t.products
                 .insert(&keys::ns_id(ns, p.id.as_bytes())[..], codec::encode(p))?;
             t.bump_count(ns, 1)?;
@@ -270,9 +274,11 @@ impl Store {
             let new = change(&old).or_else(abort)?;
             t.check_unique(ns, &new)?.or_else(abort)?;
             t.check_supplier(ns, Some(&old), &new)?.or_else(abort)?;
+            t.check_categories(ns, Some(&old), &new)?.or_else(abort)?;
             t.remove_indexes(ns, &old)?;
             t.add_indexes(ns, &new)?;
             t.move_supplier(ns, Some(&old), Some(&new))?;
+            t.move_categories(ns, Some(&old), Some(&new))?;
             t.products
                 .insert(&keys::ns_id(ns, id.as_bytes())[..], codec::encode(&new))?;
             Ok(new)
@@ -293,6 +299,7 @@ impl Store {
                 let Ok(old) = t.load(ns, *id)? else { continue };
                 t.remove_indexes(ns, &old)?;
                 t.move_supplier(ns, Some(&old), None)?;
+                t.move_categories(ns, Some(&old), None)?;
                 t.products.remove(&keys::ns_id(ns, id.as_bytes())[..])?;
                 let tombstone = super::Tombstone {
                     id: *id,

@@ -323,8 +323,12 @@ async fn arbitrary_pagination_and_filters_never_break_the_list() {
         if a.status == 200 {
             let body = a.json();
             let per_page = body["per_page"].as_u64().unwrap_or(0);
-            // Legacy `limit` pages reach 500 (SPEC §6); `per_page` stops at 100.
-            let cap = if query.iter().any(|(k, _)| *k == "limit") { 500 } else { 100 };
+            // Legacy `limit` pages reach 500 (SPEC §4); `per_page` stops at 100.
+            let cap = if query.iter().any(|(k, _)| *k == "limit") {
+                500
+            } else {
+                100
+            };
             prop_assert!((1..=cap).contains(&per_page), "{body}");
             prop_assert!(
                 body["items"]

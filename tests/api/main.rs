@@ -6,6 +6,7 @@ mod accounts;
 mod api_keys;
 mod binary;
 mod browser;
+mod categories;
 mod contract;
 mod crash;
 mod errors;
