@@ -61,6 +61,7 @@ fn fixture(rt: &tokio::runtime::Runtime, keys: u64, products: u64) -> Fixture {
             expires_at: None,
             created_by: "bench".into(),
             ip: None,
+            extra_tenants: Vec::new(),
         }))
         .expect("key");
     let client = pixee_pim::auth::sessions::ClientInfo::default();

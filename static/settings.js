@@ -30,6 +30,7 @@
   let accessToken = null;
   let tenantId = null; // null: the server picks the user's default tenant
   let currentTenant = null; // the tenant shown on the page
+  let tenantNames = new Map(); // id -> name of the tenants the user belongs to
   let refreshPromise = null;
 
   const $ = (id) => document.getElementById(id);
@@ -203,11 +204,32 @@
     }));
     if (!tenants.items.some((t) => t.id === me.tenant.id)) select.prepend(new Option(me.tenant.name, me.tenant.id, true, true));
     currentTenant = me.tenant.id;
+    tenantNames = new Map(tenants.items.map((t) => [t.id, t.name]));
+    tenantNames.set(me.tenant.id, me.tenant.name);
+    showTenantPicker(tenants.items.filter((t) => t.id !== me.tenant.id && t.role === 'admin'));
     $('keys-title').textContent = `API keys of ${me.tenant.name}`;
     $('loading').hidden = true;
     $('login-section').hidden = true;
     $('session-bar').hidden = false;
     $('app-section').hidden = false;
+  }
+
+  // The other tenants a new key may also work in: those the user administers.
+  function showTenantPicker(others) {
+    $('tenant-list').replaceChildren(...others.map((t) => {
+      const label = el('label', 'scope-option');
+      const box = el('input');
+      box.type = 'checkbox';
+      box.name = 'tenant';
+      box.value = t.id;
+      label.append(box, ` ${t.name}`);
+      return label;
+    }));
+    $('tenant-picker').hidden = others.length === 0;
+  }
+
+  function tenantName(id) {
+    return tenantNames.get(id) || id;
   }
 
   async function showApp() {
@@ -251,7 +273,14 @@
     const status = keyStatus(k);
     if (status !== 'active') tr.className = 'inactive';
 
-    cell(tr, 'key-name', k.name);
+    const nameCell = cell(tr, 'key-name-cell');
+    nameCell.append(el('span', 'key-name', k.name));
+    const home = k.home_tenant_id || currentTenant;
+    const others = (k.tenant_ids || []).filter((t) => t !== currentTenant);
+    const reach = [];
+    if (home !== currentTenant) reach.push(`from ${tenantName(home)}`);
+    if (others.length) reach.push(`also in ${others.map(tenantName).join(', ')}`);
+    if (reach.length) nameCell.append(el('div', 'hint key-tenants', reach.join('; ')));
     cell(tr, null, el('span', `badge env-${k.environment}`, k.environment));
     const scopes = cell(tr, 'scopes');
     for (const s of k.scopes) scopes.append(el('span', 'scope', s), ' ');
@@ -264,7 +293,14 @@
     cell(tr, null, el('span', `key-status status-${status}`, status));
 
     const actions = el('td', 'actions');
-    if (!k.revoked_at) {
+    if (!k.revoked_at && home !== currentTenant) {
+      // Another tenant's key that also works here: this tenant can only take itself out of it.
+      const withdraw = el('button', 'button danger small withdraw-button', 'Withdraw');
+      withdraw.type = 'button';
+      withdraw.setAttribute('aria-label', `Withdraw this tenant from ${k.name}`);
+      withdraw.addEventListener('click', () => withdrawKey(k, withdraw));
+      actions.append(withdraw);
+    } else if (!k.revoked_at) {
       const rotate = el('button', 'button secondary small rotate-button', 'Rotate');
       rotate.type = 'button';
       rotate.addEventListener('click', () => rotateKey(k, rotate));
@@ -327,6 +363,16 @@
     });
   }
 
+  function withdrawKey(k, button) {
+    const here = tenantName(currentTenant);
+    if (!window.confirm(`Stop the key "${k.name}" from working in ${here}?\n\nIts requests for ${here} are refused from now on; the key keeps working in its own tenant.`)) return;
+    run(button, async () => {
+      await api('DELETE', `/api-keys/${encodeURIComponent(k.id)}/tenants/${encodeURIComponent(currentTenant)}`);
+      await loadKeys();
+      showNotice(`The key "${k.name}" no longer works in ${here}.`);
+    });
+  }
+
   function expiryFromDate(value) {
     // <input type=date> gives YYYY-MM-DD; the key lives until the end of that day, UTC.
     return value ? `${value}T23:59:59Z` : undefined;
@@ -342,6 +388,8 @@
       const payload = { name, scopes, environment: $('env-test').checked ? 'test' : 'live' };
       const expiresAt = expiryFromDate($('key-expiry').value);
       if (expiresAt) payload.expires_at = expiresAt;
+      const tenantIds = [...document.querySelectorAll('input[name=tenant]:checked')].map((c) => c.value);
+      if (tenantIds.length) payload.tenant_ids = tenantIds;
       const created = await api('POST', '/api-keys', payload);
       $('create-key-form').reset();
       showNewKey(created);

@@ -3,7 +3,7 @@
 use super::{ListResponse, PageParams, path_id};
 use crate::auth::api_keys::{MAX_GRACE_SECONDS, NewKeyRequest, validate_expiry, validate_name};
 use crate::auth::{Auth, Principal, Subject};
-use crate::domain::{Environment, Invalid, KeyId, ScopeSet};
+use crate::domain::{Environment, Invalid, KeyId, ScopeSet, TenantId};
 use crate::error::Error;
 use crate::store::ApiKeyRecord;
 use crate::web::JsonBody;
@@ -20,6 +20,9 @@ struct CreateKey {
     environment: Option<Environment>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     expires_at: Option<OffsetDateTime>,
+    /// Other tenants the key also works in (`X-Tenant-ID`).
+    #[serde(default)]
+    tenant_ids: Vec<TenantId>,
 }
 
 #[derive(Deserialize, Default)]
@@ -46,13 +49,24 @@ pub(crate) struct KeyOut {
     last_used_ip: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     revoked_at: Option<OffsetDateTime>,
+    /// The tenant the key belongs to (its admins rotate and revoke it).
+    home_tenant_id: String,
+    /// The other tenants it works in.
+    tenant_ids: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<String>,
 }
 
-fn key_out(auth: &Auth, k: ApiKeyRecord, raw: Option<String>) -> KeyOut {
+fn key_out(auth: &Auth, k: ApiKeyRecord, raw: Option<String>) -> Result<KeyOut, Error> {
     let usage = auth.usage.get(k.id);
-    KeyOut {
+    let tenant_ids = auth
+        .key_tenants(k.id)?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    Ok(KeyOut {
+        home_tenant_id: k.tenant.to_string(),
+        tenant_ids,
         id: k.id.to_string(),
         name: k.name,
         environment: k.environment.as_str(),
@@ -65,7 +79,7 @@ fn key_out(auth: &Auth, k: ApiKeyRecord, raw: Option<String>) -> KeyOut {
         last_used_ip: usage.and_then(|u| u.ip),
         revoked_at: k.revoked_at,
         key: raw,
-    }
+    })
 }
 
 fn with_secret(status: actix_web::http::StatusCode, body: KeyOut) -> HttpResponse {
@@ -85,7 +99,7 @@ async fn list_keys(
         .list_keys(principal.tenant)?
         .into_iter()
         .map(|k| key_out(&auth, k, None))
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(HttpResponse::Ok().json(ListResponse::from_all(items, page)))
 }
 
@@ -111,6 +125,11 @@ async fn create_key(
     let (Some(name), Some(scopes), Some(expires_at)) = (name, scopes, expires_at) else {
         return Err(Error::invalid(errors));
     };
+    let mut extra_tenants = body.tenant_ids.clone();
+    extra_tenants.retain(|t| *t != principal.tenant);
+    extra_tenants.sort();
+    extra_tenants.dedup();
+    auth.check_extra_tenants(&principal, &extra_tenants)?;
     let issued = auth
         .create_key(NewKeyRequest {
             tenant: principal.tenant,
@@ -120,11 +139,12 @@ async fn create_key(
             expires_at,
             created_by: principal.actor(),
             ip: super::auth::client_info(&req, &auth).ip(),
+            extra_tenants,
         })
         .await?;
     Ok(with_secret(
         actix_web::http::StatusCode::CREATED,
-        key_out(&auth, issued.record, Some(issued.raw)),
+        key_out(&auth, issued.record, Some(issued.raw))?,
     ))
 }
 
@@ -136,7 +156,7 @@ async fn get_key(
     principal.require_admin()?;
     let id = KeyId(path_id(&id, "API key")?);
     let key = auth.get_key(principal.tenant, id)?;
-    Ok(HttpResponse::Ok().json(key_out(&auth, key, None)))
+    Ok(HttpResponse::Ok().json(key_out(&auth, key, None)?))
 }
 
 async fn revoke_key(
@@ -162,12 +182,13 @@ async fn rotate_key(
     body: web::Payload,
 ) -> Result<HttpResponse, Error> {
     let id = KeyId(path_id(&id, "API key")?);
-    let presented = match &principal.subject {
-        Subject::ApiKey { key, digest } if key.id == id => Some(*digest),
+    // A key rotates itself in its home tenant, whichever tenant it addressed.
+    let (presented, home) = match &principal.subject {
+        Subject::ApiKey { key, digest } if key.id == id => (Some(*digest), key.tenant),
         Subject::ApiKey { .. } => return Err(Error::forbidden("a key can only rotate itself")),
         Subject::User { .. } => {
             principal.require_admin()?;
-            None
+            (None, principal.tenant)
         }
     };
     let body = crate::web::read_optional_json::<RotateKey>(&req, body).await?;
@@ -177,7 +198,7 @@ async fn rotate_key(
     let ip = super::auth::client_info(&req, &auth).ip();
     let issued = auth
         .rotate_key(
-            principal.tenant,
+            home,
             id,
             body.grace_seconds,
             presented,
@@ -187,8 +208,24 @@ async fn rotate_key(
         .await?;
     Ok(with_secret(
         actix_web::http::StatusCode::OK,
-        key_out(&auth, issued.record, Some(issued.raw)),
+        key_out(&auth, issued.record, Some(issued.raw))?,
     ))
+}
+
+/// An admin of a tenant the key lists takes that tenant out of it.
+async fn withdraw_tenant(
+    req: HttpRequest,
+    principal: Principal,
+    auth: web::Data<Auth>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Error> {
+    let (id, tenant) = path.into_inner();
+    let id = KeyId(path_id(&id, "API key")?);
+    let tenant = TenantId(path_id(&tenant, "tenant")?);
+    let ip = super::auth::client_info(&req, &auth).ip();
+    auth.withdraw_key_tenant(&principal, id, tenant, ip.as_deref())
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -198,5 +235,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .get(get_key)
                 .delete(revoke_key),
         )
-        .service(web::resource("/api-keys/{id}/rotate").post(rotate_key));
+        .service(web::resource("/api-keys/{id}/rotate").post(rotate_key))
+        .service(web::resource("/api-keys/{id}/tenants/{tenant_id}").delete(withdraw_tenant));
 }

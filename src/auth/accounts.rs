@@ -93,6 +93,18 @@ impl Auth {
             .collect())
     }
 
+    /// Whether the session's user is admin of `tenant` (whatever tenant the request addresses;
+    /// a superadmin administers every tenant). A tenant that does not exist is administered
+    /// by no one. API keys administer nothing (403).
+    pub fn administers(&self, principal: &Principal, tenant: TenantId) -> Result<bool, Error> {
+        let who = principal.require_session()?;
+        let caller = self
+            .store
+            .user(who.id)?
+            .ok_or_else(|| Error::not_found("user"))?;
+        Ok(self.store.tenant(tenant)?.is_some() && caller.role_in(tenant) == Some(Role::Admin))
+    }
+
     /// A superadmin creates a tenant and becomes its admin.
     pub async fn create_tenant_by(
         &self,
@@ -179,12 +191,7 @@ impl Auth {
         email: &str,
         role: Role,
     ) -> Result<Granted, Error> {
-        let who = principal.require_session()?;
-        let caller = self
-            .store
-            .user(who.id)?
-            .ok_or_else(|| Error::not_found("user"))?;
-        if self.store.tenant(tenant)?.is_none() || caller.role_in(tenant) != Some(Role::Admin) {
+        if !self.administers(principal, tenant)? {
             return Err(Error::forbidden("you are not an admin of this tenant"));
         }
         let user = self.add_member(tenant, email, role).await?;

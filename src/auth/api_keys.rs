@@ -18,7 +18,13 @@ pub struct NewKeyRequest {
     pub created_by: String,
     /// The creator's address, for the audit log.
     pub ip: Option<String>,
+    /// Tenants the key also works in (`X-Tenant-ID`); the caller has checked that the creator
+    /// administers each.
+    pub extra_tenants: Vec<TenantId>,
 }
+
+/// Most extra tenants one key may list.
+pub const MAX_EXTRA_TENANTS: usize = 50;
 
 /// A record together with the raw key, returned once.
 pub struct IssuedKey {
@@ -62,7 +68,13 @@ impl Auth {
             rotated_at: None,
             revoked_at: None,
         };
-        self.store.insert_api_key(&record)?;
+        let extra: Vec<TenantId> = req
+            .extra_tenants
+            .iter()
+            .copied()
+            .filter(|t| *t != record.tenant)
+            .collect();
+        self.store.insert_api_key(&record, &extra)?;
         self.audit(
             Some(record.tenant),
             "api_key.created",
@@ -70,6 +82,18 @@ impl Auth {
             req.ip.as_deref(),
             format!("key {} ({}) {}", record.id, record.name, record.hint),
         );
+        for t in &extra {
+            self.audit(
+                Some(*t),
+                "api_key.shared",
+                &record.created_by,
+                req.ip.as_deref(),
+                format!(
+                    "key {} ({}) {} of tenant {} also works here",
+                    record.id, record.name, record.hint, record.tenant
+                ),
+            );
+        }
         self.store.flush().await?;
         Ok(IssuedKey {
             record,
@@ -90,11 +114,7 @@ impl Auth {
         ip: Option<&str>,
     ) -> Result<IssuedKey, Error> {
         let now = self.now();
-        let current = self
-            .store
-            .api_key(id)?
-            .filter(|k| k.tenant == tenant)
-            .ok_or_else(|| Error::not_found("API key"))?;
+        let current = self.home_key(tenant, id)?;
         let new = key_format::generate(current.environment)?;
         let grace = (grace_seconds > 0).then(|| now + Duration::seconds(i64::from(grace_seconds)));
         let record = self
@@ -124,6 +144,7 @@ impl Auth {
         actor: &str,
         ip: Option<&str>,
     ) -> Result<ApiKeyRecord, Error> {
+        self.home_key(tenant, id)?;
         let record = self.store.revoke_api_key(tenant, id, self.now())?;
         self.audit(
             Some(tenant),
@@ -143,11 +164,88 @@ impl Auth {
         Ok(keys)
     }
 
+    /// A key of the tenant's list: its own, or one that lists the tenant.
     pub fn get_key(&self, tenant: TenantId, id: KeyId) -> Result<ApiKeyRecord, Error> {
+        match self.store.api_key(id)? {
+            Some(k) if k.tenant == tenant || self.store.key_reaches(id, tenant)? => Ok(k),
+            _ => Err(Error::not_found("API key")),
+        }
+    }
+
+    /// The tenants a key works in besides its home tenant.
+    pub fn key_tenants(&self, id: KeyId) -> Result<Vec<TenantId>, Error> {
+        Ok(self.store.key_tenants(id)?)
+    }
+
+    /// A key to rotate or revoke: only its home tenant does that. A tenant the key merely
+    /// lists sees it (403), any other does not (404).
+    fn home_key(&self, tenant: TenantId, id: KeyId) -> Result<ApiKeyRecord, Error> {
+        let key = self.get_key(tenant, id)?;
+        if key.tenant != tenant {
+            return Err(Error::forbidden(
+                "only the key's home tenant rotates or revokes it; withdraw your tenant from it instead",
+            ));
+        }
+        Ok(key)
+    }
+
+    /// An admin of `tenant` takes it out of a key's extra tenants: the key's next request
+    /// there is refused.
+    pub async fn withdraw_key_tenant(
+        &self,
+        principal: &Principal,
+        id: KeyId,
+        tenant: TenantId,
+        ip: Option<&str>,
+    ) -> Result<(), Error> {
+        if !self.administers(principal, tenant)? {
+            return Err(Error::forbidden("you are not an admin of this tenant"));
+        }
+        let key = self.get_key(tenant, id)?;
+        if key.tenant == tenant {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "this is the key's home tenant; revoke the key instead",
+            ));
+        }
         self.store
-            .api_key(id)?
-            .filter(|k| k.tenant == tenant)
-            .ok_or_else(|| Error::not_found("API key"))
+            .withdraw_key_tenant(id, tenant)
+            .map_err(|e| match e {
+                crate::store::StoreError::NotFound => Error::not_found("API key"),
+                other => other.into(),
+            })?;
+        self.audit(
+            Some(tenant),
+            "api_key.withdrawn",
+            &principal.actor(),
+            ip,
+            format!(
+                "key {} ({}) {} no longer works here",
+                key.id, key.name, key.hint
+            ),
+        );
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// Checks that the creator of a key administers every tenant it lists (a superadmin
+    /// administers all); the tenants must exist.
+    pub fn check_extra_tenants(
+        &self,
+        principal: &Principal,
+        tenants: &[TenantId],
+    ) -> Result<(), Error> {
+        if tenants.len() > MAX_EXTRA_TENANTS {
+            return Err(Invalid::new("tenant_ids", "at most 50 tenants").into());
+        }
+        for t in tenants {
+            if !self.administers(principal, *t)? {
+                return Err(Error::forbidden(format!(
+                    "you are not an admin of tenant {t}, so a key cannot reach it"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

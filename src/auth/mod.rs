@@ -173,10 +173,23 @@ impl Auth {
             return Err((e, Some(decision)));
         }
         match parse_tenant(tenant) {
-            Ok(Some(t)) if t != principal.tenant => Err((
-                Error::forbidden("an API key can only act in its own tenant"),
-                Some(decision),
-            )),
+            // Another tenant: only one the key lists, read from the store on every request so
+            // that a withdrawal bites at once on every worker.
+            Ok(Some(t)) if t != principal.tenant => match self.store.key_reaches(key_id, t) {
+                Ok(true) => Ok(Authenticated {
+                    principal: Principal {
+                        tenant: t,
+                        ..principal
+                    },
+                    rate: Some(decision),
+                    at: now,
+                }),
+                Ok(false) => Err((
+                    Error::forbidden("this API key does not work in that tenant"),
+                    Some(decision),
+                )),
+                Err(e) => Err((e.into(), Some(decision))),
+            },
             Ok(_) => Ok(Authenticated {
                 principal,
                 rate: Some(decision),

@@ -224,7 +224,7 @@ impl Categories {
         let name = checked.name.unwrap_or_default();
         let parent_id = checked.parent_id.flatten();
         let id = Uuid::now_v7();
-        let created = self.retrying(|| {
+        let created = super::retrying(RETRIES, || {
             let version = self.store.category_version(ns)?;
             let position = match checked.position {
                 Some(p) => p,
@@ -251,7 +251,7 @@ impl Categories {
         patch: CategoryPatch,
     ) -> Result<CategoryRecord, Error> {
         let checked = patch.check()?;
-        let updated = self.retrying(|| {
+        let updated = super::retrying(RETRIES, || {
             let version = self.store.category_version(ns)?;
             let subtree = self.store.category_subtree(ns, id)?;
             let Some(current) = subtree.first() else {
@@ -280,7 +280,7 @@ impl Categories {
     /// deletes the subtree and takes its products out of those categories (the products stay).
     /// Returns how many products lost a category.
     pub async fn delete(&self, ns: Namespace, id: Uuid, cascade: bool) -> Result<u64, Error> {
-        let deleted = self.retrying(|| {
+        let deleted = super::retrying(RETRIES, || {
             let version = self.store.category_version(ns)?;
             let subtree = self.store.category_subtree(ns, id)?;
             let mut products: BTreeSet<ProductId> = BTreeSet::new();
@@ -382,19 +382,6 @@ impl Categories {
             })?;
         self.store.flush().await?;
         Ok(())
-    }
-
-    fn retrying<T>(
-        &self,
-        mut attempt: impl FnMut() -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut tries = 0;
-        loop {
-            match attempt() {
-                Err(StoreError::Retry) if tries < RETRIES => tries += 1,
-                other => return other,
-            }
-        }
     }
 }
 

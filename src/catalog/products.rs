@@ -448,15 +448,20 @@ impl Catalog {
         if !q.has_filters() && q.sort_by == SortBy::UpdatedAt {
             return self.list_by_update(ns, q);
         }
-        // A category filter covers the category and every category below it.
+        // A category filter covers the category and every category below it. An id that names
+        // no category (kept by products from before categories were records) matches the
+        // products that list it.
         let categories: Option<HashSet<Uuid>> = match q.category_id {
-            Some(c) => Some(
-                self.store
+            Some(c) => {
+                let mut set: HashSet<Uuid> = self
+                    .store
                     .category_subtree(ns, c)?
                     .into_iter()
                     .map(|c| c.id)
-                    .collect(),
-            ),
+                    .collect();
+                set.insert(c);
+                Some(set)
+            }
             None => None,
         };
         let candidates: Box<dyn Iterator<Item = Result<ProductRecord, StoreError>> + '_> =

@@ -220,7 +220,7 @@ impl Suppliers {
     ) -> Result<SupplierRecord, Error> {
         let mut scratch = self.get(ns, id)?;
         patch.clone().apply(&mut scratch).map_err(Error::invalid)?;
-        let updated = self.retrying(|| {
+        let updated = super::retrying(RETRIES, || {
             let referencing = self.store.product_ids_of_supplier(ns, id)?;
             let now = self.clock.now();
             self.store
@@ -241,7 +241,7 @@ impl Suppliers {
     /// Deletes a supplier; with `detach`, the products that reference it lose the reference
     /// (in the same transaction). Returns how many products were detached.
     pub async fn delete(&self, ns: Namespace, id: Uuid, detach: bool) -> Result<u64, Error> {
-        let deleted = self.retrying(|| {
+        let deleted = super::retrying(RETRIES, || {
             let referencing = self.store.product_ids_of_supplier(ns, id)?;
             self.store
                 .delete_supplier(ns, id, detach, &referencing, self.clock.now())
@@ -249,19 +249,6 @@ impl Suppliers {
         let detached = deleted.map_err(|e| not_found_or(e, "supplier"))?;
         self.store.flush().await?;
         Ok(detached)
-    }
-
-    fn retrying<T>(
-        &self,
-        mut attempt: impl FnMut() -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut tries = 0;
-        loop {
-            match attempt() {
-                Err(StoreError::Retry) if tries < RETRIES => tries += 1,
-                other => return other,
-            }
-        }
     }
 }
 

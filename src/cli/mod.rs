@@ -283,6 +283,7 @@ async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
                         .map_err(|e| fail(e.to_string()))?,
                     created_by: "cli".into(),
                     ip: None,
+                    extra_tenants: Vec::new(),
                 })
                 .await
                 .map_err(api_err)?;

@@ -51,18 +51,31 @@ pub struct KeyUsage {
 }
 
 impl Store {
-    pub fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
+    /// Stores a new key. `extra` are the tenants it reaches besides its home tenant: their
+    /// key lists show it, and `X-Tenant-ID` may name them.
+    pub fn insert_api_key(&self, key: &ApiKeyRecord, extra: &[TenantId]) -> StoreResult<()> {
         let result = (
             &self.api_keys,
             &self.api_key_by_digest,
             &self.api_keys_by_tenant,
+            &self.api_key_tenants,
         )
-            .transaction(|(records, by_digest, by_tenant)| {
+            .transaction(|(records, by_digest, by_tenant, reaches)| {
                 by_digest.insert(&key.digest[..], codec::raw(key.id.as_bytes()))?;
                 by_tenant.insert(
                     &keys::pair(key.tenant.as_bytes(), key.id.as_bytes())[..],
                     codec::raw(&[]),
                 )?;
+                for t in extra.iter().filter(|t| **t != key.tenant) {
+                    by_tenant.insert(
+                        &keys::pair(t.as_bytes(), key.id.as_bytes())[..],
+                        codec::raw(&[]),
+                    )?;
+                    reaches.insert(
+                        &keys::pair(key.id.as_bytes(), t.as_bytes())[..],
+                        codec::raw(&[]),
+                    )?;
+                }
                 records.insert(key.id.as_bytes(), codec::encode(key))?;
                 Ok(())
             })
@@ -104,6 +117,45 @@ impl Store {
             self.caches.keys.invalidate(d);
         }
         Ok(key)
+    }
+
+    /// The tenants a key reaches besides its home tenant.
+    pub fn key_tenants(&self, id: KeyId) -> StoreResult<Vec<TenantId>> {
+        self.api_key_tenants
+            .scan_prefix(id.as_bytes())
+            .keys()
+            .map(|k| {
+                let k = k?;
+                k.get(16..)
+                    .and_then(TenantId::from_slice)
+                    .ok_or(StoreError::Corrupt("key tenants index".into()))
+            })
+            .collect()
+    }
+
+    /// Whether `tenant` is one of the extra tenants of the key (read from the store on every
+    /// call, so a withdrawal bites on the next request whichever worker answers it).
+    pub fn key_reaches(&self, id: KeyId, tenant: TenantId) -> StoreResult<bool> {
+        Ok(self
+            .api_key_tenants
+            .contains_key(keys::pair(id.as_bytes(), tenant.as_bytes()))?)
+    }
+
+    /// Takes `tenant` out of the key's extra tenants (and its key list). `NotFound` when the
+    /// key does not list it.
+    pub fn withdraw_key_tenant(&self, id: KeyId, tenant: TenantId) -> StoreResult<()> {
+        (&self.api_key_tenants, &self.api_keys_by_tenant)
+            .transaction(|(reaches, by_tenant)| {
+                if reaches
+                    .remove(&keys::pair(id.as_bytes(), tenant.as_bytes())[..])?
+                    .is_none()
+                {
+                    return abort(StoreError::NotFound);
+                }
+                by_tenant.remove(&keys::pair(tenant.as_bytes(), id.as_bytes())[..])?;
+                Ok(())
+            })
+            .map_err(from_tx)
     }
 
     pub fn list_api_keys(&self, tenant: TenantId) -> StoreResult<Vec<ApiKeyRecord>> {

@@ -235,6 +235,31 @@ impl ProductTrees<'_> {
 }
 
 impl Store {
+    /// Stores written before categories were records hold products whose `category_ids` no
+    /// index lists: index them once (idempotent). Those ids name no category record; they stay
+    /// as the client wrote them, counted by nothing, until a write changes them.
+    pub(super) fn migrate_category_index(&self) -> StoreResult<()> {
+        const DONE: &str = "products_by_category_built";
+        // An empty store stays empty (restore needs one); its products are indexed as they come.
+        if self.meta.get(DONE)?.is_some() || self.products.is_empty() {
+            return Ok(());
+        }
+        for item in self.products.iter() {
+            let (k, v) = item?;
+            let p: ProductRecord = codec::decode(&v)?;
+            for c in &p.category_ids {
+                let mut key = Vec::with_capacity(49);
+                key.extend_from_slice(&k[..17]);
+                key.extend_from_slice(c.as_bytes());
+                key.extend_from_slice(p.id.as_bytes());
+                self.products_by_category.insert(key, codec::raw(&[]))?;
+            }
+        }
+        self.meta.insert(DONE, codec::raw(b"1"))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// The namespace's tree version, read before preparing a category write.
     pub fn category_version(&self, ns: Namespace) -> StoreResult<u64> {
         Ok(self
@@ -303,16 +328,11 @@ impl Store {
         ns: Namespace,
         category: Uuid,
     ) -> StoreResult<Vec<ProductId>> {
-        self.products_by_category
-            .scan_prefix(keys::ns_id(ns, category.as_bytes()))
-            .keys()
-            .map(|k| {
-                let k = k?;
-                k.get(33..)
-                    .and_then(ProductId::from_slice)
-                    .ok_or_else(|| StoreError::Corrupt("products_by_category: short key".into()))
-            })
-            .collect()
+        super::product_ids_under(
+            &self.products_by_category,
+            &keys::ns_id(ns, category.as_bytes()),
+            "products_by_category",
+        )
     }
 
     /// Creates a category under the parent `place` names, its path and depth taken from the
@@ -584,5 +604,48 @@ impl Store {
             t.claim_version(ns, version)?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::lockout::LockoutState;
+    use crate::domain::{Environment, TenantId};
+
+    #[test]
+    fn products_from_before_categories_are_indexed_once_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = Namespace {
+            tenant: TenantId::generate(),
+            environment: Environment::Live,
+        };
+        let legacy = Uuid::now_v7();
+        let id = {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let now = OffsetDateTime::now_utc();
+            let mut p = crate::catalog::products::blank(ProductId::generate(), now);
+            p.ean = "4006381333931".into();
+            p.name = "Old".into();
+            store.insert_product(ns, &p).unwrap();
+            // What an older version stored: a category id no record stands for, no index entry.
+            p.category_ids = vec![legacy];
+            store
+                .products
+                .insert(keys::ns_id(ns, p.id.as_bytes()), codec::encode(&p))
+                .unwrap();
+            store.meta.remove("products_by_category_built").unwrap();
+            store.db.flush().unwrap();
+            assert!(
+                store.check_integrity::<LockoutState>().is_err(),
+                "no index entry yet"
+            );
+            p.id
+        };
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.product_ids_in_category(ns, legacy).unwrap(), vec![id]);
+        store
+            .check_integrity::<LockoutState>()
+            .expect("the index agrees, and a category id from before is kept");
     }
 }

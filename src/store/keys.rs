@@ -9,7 +9,8 @@
 //! | tenant_members | tenant id + user id (32) | role name |
 //! | api_keys | key id (16) | ApiKeyRecord |
 //! | api_key_by_digest | SHA-256 of the full key (32) | key id |
-//! | api_keys_by_tenant | tenant id + key id (32) | empty |
+//! | api_keys_by_tenant | tenant id + key id (32) | empty (home and listed tenants) |
+//! | api_key_tenants | key id + tenant id (32) | empty (the extra tenants a key reaches) |
 //! | api_key_usage | key id (16) | KeyUsage |
 //! | sessions | session id (16) | SessionRecord |
 //! | sessions_by_user | user id + session id (32) | empty |

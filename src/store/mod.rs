@@ -92,6 +92,7 @@ pub const TREES: &[&str] = &[
     "api_keys",
     "api_key_by_digest",
     "api_keys_by_tenant",
+    "api_key_tenants",
     "api_key_usage",
     "sessions",
     "sessions_by_user",
@@ -151,6 +152,7 @@ pub struct Store {
     pub(crate) api_keys: sled::Tree,
     pub(crate) api_key_by_digest: sled::Tree,
     pub(crate) api_keys_by_tenant: sled::Tree,
+    pub(crate) api_key_tenants: sled::Tree,
     pub(crate) api_key_usage: sled::Tree,
     pub(crate) sessions: sled::Tree,
     pub(crate) sessions_by_user: sled::Tree,
@@ -208,6 +210,7 @@ impl Store {
             api_keys: tree("api_keys")?,
             api_key_by_digest: tree("api_key_by_digest")?,
             api_keys_by_tenant: tree("api_keys_by_tenant")?,
+            api_key_tenants: tree("api_key_tenants")?,
             api_key_usage: tree("api_key_usage")?,
             sessions: tree("sessions")?,
             sessions_by_user: tree("sessions_by_user")?,
@@ -234,6 +237,7 @@ impl Store {
         };
         store.migrate_session_index()?;
         store.migrate_supplier_index()?;
+        store.migrate_category_index()?;
         Ok(store)
     }
 
@@ -414,6 +418,24 @@ fn time_range(tree: &sled::Tree, ns: Namespace, since: Option<time::OffsetDateTi
         Some(end) => tree.range(start..end),
         None => tree.range(start..),
     }
+}
+
+/// The product ids that end the keys of an index under `prefix` (namespace + a supplier or
+/// category id): the products of one supplier or category.
+fn product_ids_under(
+    tree: &sled::Tree,
+    prefix: &[u8],
+    name: &str,
+) -> StoreResult<Vec<crate::domain::ProductId>> {
+    tree.scan_prefix(prefix)
+        .keys()
+        .map(|k| {
+            let k = k?;
+            k.get(33..)
+                .and_then(crate::domain::ProductId::from_slice)
+                .ok_or_else(|| StoreError::Corrupt(format!("{name}: short key")))
+        })
+        .collect()
 }
 
 pub(crate) fn abort<T>(

@@ -107,16 +107,11 @@ impl Store {
         ns: Namespace,
         supplier: Uuid,
     ) -> StoreResult<Vec<ProductId>> {
-        self.products_by_supplier
-            .scan_prefix(keys::ns_id(ns, supplier.as_bytes()))
-            .keys()
-            .map(|k| {
-                let k = k?;
-                k.get(33..)
-                    .and_then(ProductId::from_slice)
-                    .ok_or_else(|| StoreError::Corrupt("products_by_supplier: short key".into()))
-            })
-            .collect()
+        super::product_ids_under(
+            &self.products_by_supplier,
+            &keys::ns_id(ns, supplier.as_bytes()),
+            "products_by_supplier",
+        )
     }
 
     /// Replaces a supplier with `change(current)`. A new code moves the code index and is

@@ -1,6 +1,6 @@
 //! The settings page in real headless Chromium (SPEC §5): an admin logs in, creates a key,
-//! uses it, rotates and revokes it, and a reload restores the session through the refresh
-//! cookie. Every key the page shows is checked against the API with reqwest.
+//! uses it, rotates and revokes it, a reload restores the session through the refresh
+//! cookie, and a key shared with a second tenant is withdrawn from it there. Every key the page shows is checked against the API with reqwest.
 
 use std::path::PathBuf;
 
@@ -255,6 +255,81 @@ async fn a_reload_restores_the_session(driver: &WebDriver, app: &TestApp, id: &s
     driver.screenshot(&target_file("settings-page.png")).await;
 }
 
+async fn products_status_in(app: &TestApp, key: &str, tenant: &str) -> u16 {
+    let url = format!("{}/api/v1/products", app.address);
+    let resp = app
+        .client
+        .get(url)
+        .header("X-API-Key", key)
+        .header("X-Tenant-ID", tenant)
+        .send()
+        .await;
+    resp.expect("GET /api/v1/products").status().as_u16()
+}
+
+/// A key that also works in a second tenant: created with that tenant ticked, listed there as
+/// the home tenant's key, and withdrawn from it in the page.
+async fn share_a_key_and_withdraw_it(driver: &WebDriver, app: &TestApp, second: &str) {
+    fill(driver, "#key-name", "shared").await;
+    let scope = driver
+        .find("input[name=scope][value=\"products:read\"]")
+        .await;
+    driver.click(&scope).await;
+    let tenant = driver
+        .find(&format!("input[name=tenant][value=\"{second}\"]"))
+        .await;
+    driver.click(&tenant).await;
+    driver.click_on("#create-key-submit").await;
+    let key = shown_key(driver, None).await;
+    dismiss_key_panel(driver).await;
+    assert_eq!(
+        products_status_in(app, &key, second).await,
+        200,
+        "it works in the second tenant"
+    );
+    let id = row_id(driver, "shared").await;
+    let reach = driver.text_of(&in_row(&id, ".key-tenants")).await;
+    assert!(
+        reach.contains("also in second"),
+        "the row names the other tenant: {reach:?}"
+    );
+
+    let switch = "const s = document.getElementById('tenant-select'); \
+                  s.value = arguments[0]; s.dispatchEvent(new Event('change'));";
+    driver.execute(switch, vec![json!(second)]).await;
+    let in_second = async || driver.text_of("#keys-title").await.contains("second");
+    driver
+        .wait_until("the page to show the second tenant's keys", in_second)
+        .await;
+    assert_eq!(row_id(driver, "shared").await, id);
+    let from = driver.text_of(&in_row(&id, ".key-tenants")).await;
+    assert!(
+        from.contains("from default"),
+        "the row names the key's home: {from:?}"
+    );
+    driver.click_on(&in_row(&id, ".withdraw-button")).await;
+    let question = driver.accept_dialog().await;
+    assert!(
+        question.contains("shared"),
+        "the confirmation names the key: {question:?}"
+    );
+    let rows = "return document.querySelectorAll(`#keys-table tr[data-key-id=\"${arguments[0]}\"]`).length;";
+    let gone = async || driver.execute(rows, vec![json!(id)]).await == json!(0);
+    driver
+        .wait_until("the withdrawn key to leave the second tenant's list", gone)
+        .await;
+    assert_eq!(
+        products_status_in(app, &key, second).await,
+        403,
+        "withdrawn: refused there"
+    );
+    assert_eq!(
+        products_status_with_key(app, &key).await,
+        200,
+        "and still fine at home"
+    );
+}
+
 async fn logging_out_ends_the_session(driver: &WebDriver) {
     driver.click_on("#logout-button").await;
     driver.wait_visible("#login-form").await;
@@ -279,6 +354,19 @@ async fn assert_no_script_errors(driver: &WebDriver) {
 #[actix_web::test]
 async fn settings_page_lets_an_admin_create_use_rotate_and_revoke_a_key() {
     let app = spawn_app().await;
+    let admin = app.login(&app.admin_email, &app.admin_password).await;
+    let second = app
+        .with_token(reqwest::Method::POST, "/api/v1/tenants", &admin.token)
+        .json(&json!({"name": "second"}))
+        .send()
+        .await
+        .expect("create a second tenant")
+        .json::<serde_json::Value>()
+        .await
+        .expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     let page = format!("{}/settings/", app.address);
     assert_page_has_strict_csp(&app, &page).await;
     let mut driver = WebDriver::start().await;
@@ -291,6 +379,7 @@ async fn settings_page_lets_an_admin_create_use_rotate_and_revoke_a_key() {
     revoke_the_key(&driver, &app, &id, &second_key).await;
     an_expired_access_token_is_refreshed(&driver, &app).await;
     a_reload_restores_the_session(&driver, &app, &id).await;
+    share_a_key_and_withdraw_it(&driver, &app, &second).await;
     logging_out_ends_the_session(&driver).await;
     assert_no_script_errors(&driver).await;
     driver.quit().await;

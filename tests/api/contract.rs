@@ -85,6 +85,8 @@ def before_call(context, case, kwargs):
         # A parent must be an existing category (tests/api/categories.rs).
         body.pop("parent_id", None)
     elif (method, path) == ("POST", "/api/v1/api-keys"):
+        # Extra tenants must be tenants the caller administers (tests/api/tenant_keys.rs).
+        body.pop("tenant_ids", None)
         expires = body.get("expires_at")
         if isinstance(expires, str):
             try:
@@ -683,6 +685,30 @@ async fn every_documented_status_is_reachable() {
     t.probe("addTenantMember", 201, rb).await;
     let rb = t.req("listAuditEvents", "").bearer_auth(&admin);
     t.probe("listAuditEvents", 200, rb).await;
+
+    // A key that also works in the new tenant, withdrawn from it by that tenant's admin (the
+    // superadmin); the home tenant cannot be withdrawn.
+    let second = created["id"].as_str().unwrap().to_owned();
+    let rb = t
+        .req("createApiKey", "")
+        .bearer_auth(&admin)
+        .json(&json!({"name": "two tenants", "scopes": ["products:read"], "tenant_ids": [second]}));
+    let shared = t.probe_json("createApiKey", 201, rb).await;
+    let withdraw = |tenant: &str| {
+        format!(
+            "{}/api/v1/api-keys/{}/tenants/{tenant}",
+            t.base,
+            shared["id"].as_str().unwrap()
+        )
+    };
+    let (away, home) = (
+        withdraw(&second),
+        withdraw(shared["home_tenant_id"].as_str().unwrap()),
+    );
+    let rb = t.client.delete(&away).bearer_auth(&admin);
+    t.probe("withdrawApiKeyTenant", 204, rb).await;
+    let rb = t.client.delete(&home).bearer_auth(&admin);
+    t.probe("withdrawApiKeyTenant", 409, rb).await;
 
     // API keys: a key rotates itself; a revoked key cannot be rotated.
     let rb = t.req("listApiKeys", "").bearer_auth(&admin);

@@ -18,4 +18,5 @@ mod products;
 mod rate_limits;
 mod sessions;
 mod suppliers;
+mod tenant_keys;
 mod webdriver;
