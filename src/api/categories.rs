@@ -17,19 +17,11 @@ use uuid::Uuid;
 struct TreeParams {
     #[serde(default, deserialize_with = "super::query_bool")]
     flat: Option<bool>,
-    page: Option<u64>,
-    per_page: Option<u64>,
-    skip: Option<u64>,
-    limit: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct MappingParams {
     channel: Option<String>,
-    page: Option<u64>,
-    per_page: Option<u64>,
-    skip: Option<u64>,
-    limit: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -116,16 +108,10 @@ async fn list_categories(
     principal: Principal,
     categories: web::Data<Categories>,
     params: web::Query<TreeParams>,
+    page: web::Query<PageParams>,
 ) -> Result<HttpResponse, Error> {
     principal.require(Scope::CategoriesRead)?;
-    let params = params.into_inner();
-    let page = PageParams {
-        page: params.page,
-        per_page: params.per_page,
-        skip: params.skip,
-        limit: params.limit,
-    }
-    .resolve()?;
+    let page = page.resolve()?;
     let ns = principal.namespace();
     if params.flat.unwrap_or(false) {
         let all = categories
@@ -206,16 +192,10 @@ async fn list_mappings(
     principal: Principal,
     categories: web::Data<Categories>,
     params: web::Query<MappingParams>,
+    page: web::Query<PageParams>,
 ) -> Result<HttpResponse, Error> {
     principal.require(Scope::CategoriesRead)?;
-    let params = params.into_inner();
-    let page = PageParams {
-        page: params.page,
-        per_page: params.per_page,
-        skip: params.skip,
-        limit: params.limit,
-    }
-    .resolve()?;
+    let page = page.resolve()?;
     let channel = params
         .channel
         .as_deref()

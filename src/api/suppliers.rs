@@ -14,10 +14,6 @@ use uuid::Uuid;
 
 #[derive(Deserialize)]
 struct ListParams {
-    page: Option<u64>,
-    per_page: Option<u64>,
-    skip: Option<u64>,
-    limit: Option<u64>,
     search: Option<String>,
     #[serde(default, deserialize_with = "super::query_bool")]
     is_active: Option<bool>,
@@ -71,16 +67,11 @@ async fn list_suppliers(
     principal: Principal,
     suppliers: web::Data<Suppliers>,
     params: web::Query<ListParams>,
+    page: web::Query<PageParams>,
 ) -> Result<HttpResponse, Error> {
     principal.require(Scope::SuppliersRead)?;
     let params = params.into_inner();
-    let page = PageParams {
-        page: params.page,
-        per_page: params.per_page,
-        skip: params.skip,
-        limit: params.limit,
-    }
-    .resolve()?;
+    let page = page.resolve()?;
     let query = SupplierQuery {
         search: super::search_text(params.search),
         is_active: params.is_active,

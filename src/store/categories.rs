@@ -1,11 +1,4 @@
-//! The category tree of a namespace and its channel mappings.
-//!
-//! | tree | key | value |
-//! |---|---|---|
-//! | categories | namespace + id | CategoryRecord |
-//! | category_by_name | namespace + parent id (16 zero bytes for a root) + lower-cased name | id |
-//! | products_by_category | namespace + category id + product id | – |
-//! | category_mappings | namespace + category id + channel | MappingRecord |
+//! The category tree of a namespace and its channel mappings (key layouts in [`keys`]).
 //!
 //! The name index gives sibling uniqueness and the children of a node (a prefix scan). Every
 //! category or mapping write bumps a per-namespace version (in `counters`). A move or delete
@@ -65,29 +58,22 @@ pub struct CategoryPlacement {
 
 type TxError = ConflictableTransactionError<StoreError>;
 
-fn children_prefix(ns: Namespace, parent: Option<Uuid>) -> Vec<u8> {
-    let mut k = Vec::with_capacity(48);
-    k.extend_from_slice(&keys::namespace(ns));
-    k.extend_from_slice(parent.unwrap_or(Uuid::nil()).as_bytes());
-    k
+/// The name index's prefix for the children of `parent` (the nil id for the roots).
+fn children_prefix(ns: Namespace, parent: Option<Uuid>) -> [u8; 33] {
+    keys::ns_id(ns, parent.unwrap_or(Uuid::nil()).as_bytes())
 }
 
 fn name_key(ns: Namespace, parent: Option<Uuid>, name: &str) -> Vec<u8> {
-    let mut k = children_prefix(ns, parent);
-    k.extend_from_slice(name.to_lowercase().as_bytes());
-    k
+    keys::ns_id_str(
+        ns,
+        parent.unwrap_or(Uuid::nil()).as_bytes(),
+        &name.to_lowercase(),
+    )
 }
 
+/// The tree's version lives in `counters` beside the namespace's product count.
 fn version_key(ns: Namespace) -> Vec<u8> {
-    let mut k = keys::namespace(ns).to_vec();
-    k.extend_from_slice(b"categories");
-    k
-}
-
-fn mapping_key(ns: Namespace, category: Uuid, channel: &str) -> Vec<u8> {
-    let mut k = keys::ns_id(ns, category.as_bytes()).to_vec();
-    k.extend_from_slice(channel.as_bytes());
-    k
+    keys::ns_str(ns, "categories")
 }
 
 fn child_path(parent: Option<&CategoryRecord>, name: &str) -> (String, u32) {
@@ -105,13 +91,15 @@ impl ProductTrees<'_> {
             .map_or(0, |v| super::products::read_count(&v)))
     }
 
-    /// Refuses to go on when the tree changed since `expected` was read; bumps the version.
-    fn claim_version(&self, ns: Namespace, expected: u64) -> Result<(), TxError> {
-        if self.category_version(ns)? != expected {
+    /// Refuses to go on when the tree changed since `expected` was read (`None`: whatever it
+    /// is); bumps the version.
+    fn claim_version(&self, ns: Namespace, expected: Option<u64>) -> Result<(), TxError> {
+        let current = self.category_version(ns)?;
+        if expected.is_some_and(|e| e != current) {
             return abort(StoreError::Retry);
         }
         self.counters
-            .insert(version_key(ns), codec::raw(&(expected + 1).to_be_bytes()))?;
+            .insert(version_key(ns), codec::raw(&(current + 1).to_be_bytes()))?;
         Ok(())
     }
 
@@ -185,22 +173,19 @@ impl ProductTrees<'_> {
         Ok(())
     }
 
+    /// Moves a category's product count (an id kept from before categories were records has
+    /// nothing to count).
     fn count_category(
         &self,
         ns: Namespace,
         id: Uuid,
         delta: i64,
     ) -> Result<(), sled::transaction::UnabortableTransactionError> {
-        let key = keys::ns_id(ns, id.as_bytes());
-        let Some(bytes) = self.categories.get(key)? else {
-            return Ok(());
-        };
-        let Ok(mut c) = codec::decode::<CategoryRecord>(&bytes) else {
-            return Ok(());
-        };
-        c.product_count = c.product_count.saturating_add_signed(delta);
-        self.categories.insert(&key[..], codec::encode(&c))?;
-        Ok(())
+        super::products::edit_record(
+            self.categories,
+            &keys::ns_id(ns, id.as_bytes()),
+            |c: &mut CategoryRecord| c.product_count = c.product_count.saturating_add_signed(delta),
+        )
     }
 
     /// The parent a category is placed under, refusing an unknown one and a tree deeper than
@@ -346,7 +331,7 @@ impl Store {
         now: OffsetDateTime,
     ) -> StoreResult<CategoryRecord> {
         self.product_tx(|t| {
-            t.claim_version(ns, version)?;
+            t.claim_version(ns, Some(version))?;
             let parent = t.parent_for(ns, place.parent_id, 0)?;
             let key = name_key(ns, place.parent_id, &place.name);
             if t.category_by_name.get(&key)?.is_some() {
@@ -389,7 +374,7 @@ impl Store {
         let inside: HashSet<Uuid> = subtree.iter().map(|c| c.id).collect();
         let below = subtree.iter().map(|c| c.depth).max().unwrap_or(root.depth) - root.depth;
         self.product_tx(|t| {
-            t.claim_version(ns, version)?;
+            t.claim_version(ns, Some(version))?;
             let Some(old) = t.load_category(ns, root.id)? else {
                 return abort(StoreError::NotFound);
             };
@@ -478,7 +463,7 @@ impl Store {
             })
             .collect();
         self.product_tx(|t| {
-            t.claim_version(ns, version)?;
+            t.claim_version(ns, Some(version))?;
             let Some(old) = t.load_category(ns, root.id)? else {
                 return abort(StoreError::NotFound);
             };
@@ -563,13 +548,12 @@ impl Store {
         ns: Namespace,
         m: &MappingRecord,
     ) -> StoreResult<(MappingRecord, bool)> {
-        let key = mapping_key(ns, m.category_id, &m.channel);
+        let key = keys::ns_id_str(ns, m.category_id.as_bytes(), &m.channel);
         self.product_tx(|t| {
             if t.load_category(ns, m.category_id)?.is_none() {
                 return abort(StoreError::NotFound);
             }
-            let version = t.category_version(ns)?;
-            t.claim_version(ns, version)?;
+            t.claim_version(ns, None)?;
             let old: Option<MappingRecord> = match t.mappings.get(&key)? {
                 Some(v) => Some(codec::decode(&v).or_else(abort)?),
                 None => None,
@@ -595,13 +579,12 @@ impl Store {
         category: Uuid,
         channel: &str,
     ) -> StoreResult<()> {
-        let key = mapping_key(ns, category, channel);
+        let key = keys::ns_id_str(ns, category.as_bytes(), channel);
         self.product_tx(|t| {
             if t.mappings.remove(key.as_slice())?.is_none() {
                 return abort(StoreError::NotFound);
             }
-            let version = t.category_version(ns)?;
-            t.claim_version(ns, version)?;
+            t.claim_version(ns, None)?;
             Ok(())
         })
     }

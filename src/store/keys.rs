@@ -21,11 +21,15 @@
 //! | product_by_ean | namespace + EAN | product id |
 //! | product_by_ref | namespace + reference | product id |
 //! | products_by_updated | namespace + updated_at nanos (16, BE) + product id | empty |
-//! | counters | namespace (17) | u64 BE: product count |
+//! | counters | namespace (17); namespace + `categories` | u64 BE: product count; tree version |
 //! | suppliers | namespace + supplier id (16) | SupplierRecord |
 //! | supplier_by_code | namespace + lower-cased code | supplier id |
 //! | products_by_supplier | namespace + supplier id + product id | empty |
 //! | tombstones | namespace + deleted_at nanos (16, BE) + product id | Tombstone |
+//! | categories | namespace + category id (16) | CategoryRecord |
+//! | category_by_name | namespace + parent id (nil for a root) + lower-cased name | category id |
+//! | products_by_category | namespace + category id + product id | empty |
+//! | category_mappings | namespace + category id + channel | MappingRecord |
 //!
 //! A namespace is tenant id (16) + environment tag (`L` or `T`).
 use super::Namespace;
@@ -60,6 +64,14 @@ pub fn ns_id(ns: Namespace, id: &[u8; 16]) -> [u8; 33] {
 pub fn ns_str(ns: Namespace, s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(17 + s.len());
     out.extend_from_slice(&namespace(ns));
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+/// Namespace + an id + a text: a category's name under its parent, a mapping's channel.
+pub fn ns_id_str(ns: Namespace, id: &[u8; 16], s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(33 + s.len());
+    out.extend_from_slice(&ns_id(ns, id));
     out.extend_from_slice(s.as_bytes());
     out
 }

@@ -135,15 +135,9 @@ impl ProductTrees<'_> {
     /// suppliers were records) has nothing to count.
     fn count_reference(&self, ns: Namespace, supplier: Uuid, delta: i64) -> Tx<()> {
         let key = keys::ns_id(ns, supplier.as_bytes());
-        let Some(bytes) = self.suppliers.get(key)? else {
-            return Ok(());
-        };
-        let Ok(mut s) = codec::decode::<super::SupplierRecord>(&bytes) else {
-            return Ok(());
-        };
-        s.product_count = s.product_count.saturating_add_signed(delta);
-        self.suppliers.insert(&key[..], codec::encode(&s))?;
-        Ok(())
+        edit_record(self.suppliers, &key, |s: &mut super::SupplierRecord| {
+            s.product_count = s.product_count.saturating_add_signed(delta)
+        })
     }
 
     /// Refuses a supplier reference that `old` did not already hold and that names no supplier.
@@ -191,6 +185,24 @@ impl ProductTrees<'_> {
             None => Err(StoreError::NotFound),
         })
     }
+}
+
+/// Rewrites the record at `key` with `edit` applied; nothing when there is no readable record
+/// (a reference counted by a record kept from before that record type existed).
+pub(super) fn edit_record<T: Serialize + serde::de::DeserializeOwned>(
+    tree: &TransactionalTree,
+    key: &[u8],
+    edit: impl FnOnce(&mut T),
+) -> Tx<()> {
+    let Some(bytes) = tree.get(key)? else {
+        return Ok(());
+    };
+    let Ok(mut record) = codec::decode::<T>(&bytes) else {
+        return Ok(());
+    };
+    edit(&mut record);
+    tree.insert(key, codec::encode(&record))?;
+    Ok(())
 }
 
 /// A product counter value (version byte + u64 BE); 0 when absent or unreadable.
