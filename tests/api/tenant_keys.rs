@@ -2,7 +2,7 @@
 //! `X-Tenant-ID`, nowhere else; the listed tenants' admins see it and withdraw their tenant,
 //! which bites on the next request; the creator must administer every listed tenant; one rate
 //! window per key; revocation and rotation reach every tenant of the key.
-use crate::helpers::{Session, TestApp, assert_problem, spawn_app, spawn_app_with};
+use crate::helpers::{Fetch, Session, TestApp, assert_problem, spawn_app, spawn_app_with};
 use pixee_pim::auth::lockout::LockoutState;
 use pixee_pim::config::ServeArgs;
 use reqwest::{Method, StatusCode};
@@ -182,12 +182,8 @@ async fn a_listed_tenants_admin_sees_the_key_and_withdraws_it_for_the_next_reque
 
     let list = app
         .with_token(Method::GET, "/api/v1/api-keys", &theirs.token)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert!(
         ids(&list).contains(&id),
         "the listed tenant's admin sees the key: {list}"
@@ -235,12 +231,8 @@ async fn a_listed_tenants_admin_sees_the_key_and_withdraws_it_for_the_next_reque
     assert_eq!(at_home.status(), StatusCode::OK, "the key lives on at home");
     let list = app
         .with_token(Method::GET, "/api/v1/api-keys", &theirs.token)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     assert!(
         !ids(&list).contains(&id),
         "gone from the withdrawn tenant's list"
@@ -265,12 +257,8 @@ async fn a_listed_tenants_admin_sees_the_key_and_withdraws_it_for_the_next_reque
             "/api/v1/audit-events?per_page=100",
             &theirs.token,
         )
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+        .json_value()
+        .await;
     let types: Vec<&str> = audit["items"]
         .as_array()
         .unwrap()
@@ -316,12 +304,8 @@ async fn a_creator_must_administer_every_tenant_the_key_lists() {
         let (app, admin) = (&app, &admin);
         async move {
             app.with_token(Method::GET, "/api/v1/api-keys", &admin.token)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()["total"]
+                .json_value()
+                .await["total"]
                 .as_u64()
                 .unwrap()
         }
@@ -429,4 +413,36 @@ async fn revocation_and_rotation_reach_every_tenant_of_the_key() {
     assert_problem(stale, 401, "INVALID_API_KEY").await;
     let fresh = as_key(&app, Method::GET, "/api/v1/products", new, Some(&second)).await;
     assert_eq!(fresh.status(), StatusCode::OK);
+}
+
+#[actix_web::test]
+async fn a_use_in_a_listed_tenant_counts_and_a_refused_tenant_does_not() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let second = new_tenant(&app, &admin.token, "second").await;
+    let third = new_tenant(&app, &admin.token, "third").await;
+    let created = create(&app, &admin.token, json!([second]))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let (id, key) = (
+        created["id"].as_str().unwrap(),
+        created["key"].as_str().unwrap(),
+    );
+    let last_used = || async {
+        app.with_token(Method::GET, &format!("/api/v1/api-keys/{id}"), &admin.token)
+            .json_value()
+            .await["last_used_at"]
+            .clone()
+    };
+    let refused = as_key(&app, Method::GET, "/api/v1/products", key, Some(&third)).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(last_used().await.is_null(), "a tenant refusal is not a use");
+    let used = as_key(&app, Method::GET, "/api/v1/products", key, Some(&second)).await;
+    assert_eq!(used.status(), StatusCode::OK);
+    assert!(
+        last_used().await.is_string(),
+        "a use in a listed tenant is a use"
+    );
 }
