@@ -1103,6 +1103,41 @@ fn disk_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The host's CPU time counters from /proc/stat (all cores): busy, iowait, steal, total.
+fn host_cpu() -> Option<[u64; 4]> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let get = |i: usize| f.get(i).copied().unwrap_or(0);
+    let total: u64 = f.iter().take(8).sum();
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6);
+    Some([busy, get(4), get(7), total])
+}
+
+/// The server's CPU time (user + system) in clock ticks.
+fn process_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Shares of the host's CPU time between two `host_cpu` readings, in percent: busy, iowait,
+/// steal (time the hypervisor gave to someone else).
+fn host_shares(before: Option<[u64; 4]>, after: Option<[u64; 4]>) -> Value {
+    match (before, after) {
+        (Some(b), Some(a)) if a[3] > b[3] => {
+            let total = (a[3] - b[3]) as f64;
+            let pct = |i: usize| ((a[i] - b[i]) as f64 * 1000.0 / total).round() / 10.0;
+            json!({"busy_pct": pct(0), "iowait_pct": pct(1), "steal_pct": pct(2)})
+        }
+        _ => Value::Null,
+    }
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -1125,8 +1160,18 @@ async fn run(world: Arc<World>, plan: RunPlan) -> Value {
     // Seconds since a request last got an answer while some were in flight.
     let mut silent_since: Option<f64> = None;
     let mut stalled = false;
+    // What each window says about the machine rather than the server: the host's CPU shares,
+    // the server's CPU time, and how late this driver's 1 ms tick ran (a starved driver
+    // measures its own delay as latency).
+    let mut cpu_before = host_cpu();
+    let mut server_ticks_before = process_cpu_ticks(plan.server_pid);
+    let mut tick_lag_ms: f64 = 0.0;
+    let mut last_tick = Instant::now();
     loop {
         tick.tick().await;
+        let now = Instant::now();
+        tick_lag_ms = tick_lag_ms.max(now.duration_since(last_tick).as_secs_f64() * 1000.0 - 1.0);
+        last_tick = now;
         let elapsed = started.elapsed().as_secs_f64();
         if elapsed >= plan.seconds as f64 {
             break;
@@ -1149,7 +1194,15 @@ async fn run(world: Arc<World>, plan: RunPlan) -> Value {
             let window = std::mem::take(&mut world.stats.lock().expect("stats lock").window);
             let mut latency = window.latency_us;
             writes += window.writes;
+            let cpu_now = host_cpu();
+            let server_ticks = process_cpu_ticks(plan.server_pid);
+            let server_cpu_s = server_ticks
+                .zip(server_ticks_before)
+                .map(|(a, b)| a.saturating_sub(b) as f64 / 100.0);
             let sample = json!({
+                "host": host_shares(cpu_before, cpu_now),
+                "server_cpu_s": server_cpu_s,
+                "driver_tick_lag_ms": tick_lag_ms,
                 "t": elapsed,
                 "rss_kib": rss_kib(plan.server_pid),
                 "disk_bytes": plan.data_dir.as_deref().map(disk_bytes),
@@ -1176,6 +1229,9 @@ async fn run(world: Arc<World>, plan: RunPlan) -> Value {
                 );
             }
             samples.push(sample);
+            cpu_before = cpu_now;
+            server_ticks_before = server_ticks;
+            tick_lag_ms = 0.0;
             next_sample += plan.sample_seconds;
             if window.requests == 0 && in_flight.load(Ordering::Relaxed) > 0 {
                 let since = *silent_since.get_or_insert(elapsed);

@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use tokio::sync::watch;
 
+/// A flush that takes longer than this is logged (a healthy one takes well under 5 ms).
+const SLOW_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
+
 #[derive(Clone, Default)]
 struct Round {
     /// Every ticket up to this one has been through a flush.
@@ -65,7 +68,14 @@ impl GroupCommit {
 
     fn run_round(&self, db: &sled::Db) {
         let target = self.requested.load(SeqCst);
+        let started = std::time::Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.flush()));
+        let took = started.elapsed();
+        if took >= SLOW_FLUSH {
+            // Every writer of the round waited this long, and sled's lock made readers wait
+            // behind any transaction queued meanwhile: the first thing to look at in a tail.
+            tracing::warn!(ms = took.as_millis() as u64, "slow store flush");
+        }
         let error: Option<Arc<str>> = match result {
             Ok(Ok(_)) => None,
             Ok(Err(e)) => Some(e.to_string().into()),
