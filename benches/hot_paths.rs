@@ -150,7 +150,13 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
 
-    let catalog = Catalog::new(f.store.clone(), Arc::new(SystemClock));
+    let (index, _) = pixee_pim::search::SearchIndex::open(
+        &f._dir.path().join("search"),
+        f.store.clone(),
+        Arc::new(SystemClock),
+    )
+    .expect("search index");
+    let catalog = Catalog::new(f.store.clone(), Arc::new(SystemClock), index);
     let mut g = c.benchmark_group("products");
     let first_page = ListQuery {
         descending: true,
@@ -171,12 +177,12 @@ fn benches(c: &mut Criterion) {
     });
     g.sample_size(10);
     let search = ListQuery {
-        search: Some("product 4242".into()),
+        search: Some("blue foun".into()),
         descending: true,
         limit: 20,
         ..Default::default()
     };
-    g.bench_function(BenchmarkId::new("search_full_scan", products), |b| {
+    g.bench_function(BenchmarkId::new("search_index", products), |b| {
         b.iter(|| catalog.list(f.ns, black_box(&search)).expect("list"))
     });
     g.finish();

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod search;
 pub mod seed;
 pub mod startup;
 pub mod store;

@@ -1,5 +1,5 @@
 //! Synthetic data for benchmarks and load tests: keys with random secrets nobody knows and
-//! products with sequential EANs, bulk-loaded in batches (`pixee-pim seed`, `benches/`).
+//! products with sequential EANs and names from a small vocabulary, bulk-loaded in batches (`pixee-pim seed`, `benches/`).
 use crate::auth::key_format;
 use crate::catalog::products::blank;
 use crate::domain::{Ean, Environment, KeyId, ProductId, Scope, TenantId};
@@ -8,6 +8,22 @@ use crate::store::{ApiKeyRecord, Namespace, Store};
 use time::OffsetDateTime;
 
 const CHUNK: u64 = 10_000;
+
+/// Words for synthetic product names, so that searches have realistic selectivity: a colour
+/// and a noun each product, e.g. "Blue fountain 4242" (1 product in 600 has a given pair).
+const COLOURS: [&str; 20] = [
+    "red", "blue", "green", "black", "white", "grey", "yellow", "orange", "purple", "brown",
+    "pink", "silver", "golden", "ivory", "navy", "olive", "teal", "coral", "beige", "crimson",
+];
+const NOUNS: [&str; 30] = [
+    "fountain", "lamp", "chair", "table", "kettle", "bottle", "basket", "blanket", "candle",
+    "clock", "mirror", "pillow", "rug", "shelf", "stool", "teapot", "vase", "wallet", "watch",
+    "bucket", "drill", "hammer", "ladder", "shovel", "torch", "umbrella", "backpack", "helmet",
+    "jacket", "scarf",
+];
+const BRANDS: [&str; 7] = [
+    "Acme", "Nordlys", "Pelikan", "Vesta", "Orion", "Brûlé", "Kestrel",
+];
 
 pub fn keys(
     store: &Store,
@@ -67,7 +83,10 @@ pub fn products(
                 let serial = first + done + i;
                 let mut p = blank(ProductId::generate(), now);
                 p.ean = Ean::from_body(serial + 1).as_str().to_owned();
-                p.name = format!("Product {serial}");
+                let colour = COLOURS[(serial % 20) as usize];
+                let noun = NOUNS[((serial / 20) % 30) as usize];
+                p.name = format!("{colour} {noun} {serial}");
+                p.brand = Some(BRANDS[(serial % 7) as usize].to_owned());
                 p.price = Some((serial % 10_000) as f64 / 100.0);
                 p.sku = Some(format!("SKU-{serial}"));
                 p

@@ -177,6 +177,22 @@ impl Application {
         )?;
         // Everything that can fail at start-up happens before the first-start bootstrap, so a
         // generated admin password is never created and then lost to a failed start.
+        // The search index first: a rebuild (after a restore) can take a while, and no client
+        // should be connected and waiting meanwhile.
+        let (search, opened) = crate::search::SearchIndex::open(
+            &crate::search::index_dir(&settings.data_dir),
+            data_dir.store.clone(),
+            clock.clone(),
+        )
+        .map_err(|e| other(format!("cannot open the search index: {e}")))?;
+        match opened {
+            crate::search::Opened::Rebuilt(n) => {
+                tracing::info!(products = n, "search index built from the store")
+            }
+            crate::search::Opened::CaughtUp(n) => {
+                tracing::debug!(products = n, "search index caught up with the store")
+            }
+        }
         let tls = match &settings.tls {
             Some((cert, key)) => Some(tls_config(cert, key)?),
             None => None,
@@ -193,7 +209,7 @@ impl Application {
         let suppliers = web::Data::new(Suppliers::new(store.clone(), clock.clone()));
         let categories = web::Data::new(Categories::new(store.clone(), clock.clone()));
         let catalog = web::Data::new(
-            Catalog::new(store, clock)
+            Catalog::new(store, clock, search)
                 .with_tombstone_retention(settings.tombstone_retention.duration()),
         );
         let limit = JsonLimit(settings.json_limit_bytes);
@@ -263,6 +279,11 @@ impl Application {
         ));
         let result = self.server.await;
         sweeper.abort();
+        // The indexer commits what it was sent before the data dir is let go.
+        let catalog = self.catalog.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || catalog.close_search()).await {
+            tracing::warn!(error = %e, "the search indexer did not stop cleanly");
+        }
         self.auth.usage.persist_all();
         if let Err(e) = self.auth.store.flush().await {
             tracing::error!(error = %e, "final flush failed");
@@ -281,8 +302,10 @@ async fn sweep_periodically(
     loop {
         actix_web::rt::time::sleep(every).await;
         let auth = auth.clone();
+        let started = std::time::Instant::now();
         match tokio::task::spawn_blocking(move || auth.sweep()).await {
             Ok(Ok(r)) if r.total() > 0 => tracing::info!(
+                ms = started.elapsed().as_millis() as u64,
                 lockouts = r.lockouts,
                 audit_events = r.audit_events,
                 sessions = r.sessions,
@@ -294,8 +317,13 @@ async fn sweep_periodically(
             Err(e) => tracing::warn!(error = %e, "retention sweep did not finish"),
         }
         let catalog = catalog.clone();
+        let started = std::time::Instant::now();
         match tokio::task::spawn_blocking(move || catalog.sweep_tombstones()).await {
-            Ok(Ok(n)) if n > 0 => tracing::info!(tombstones = n, "tombstone sweep"),
+            Ok(Ok(n)) if n > 0 => tracing::info!(
+                ms = started.elapsed().as_millis() as u64,
+                tombstones = n,
+                "tombstone sweep"
+            ),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e.detail, "tombstone sweep failed"),
             Err(e) => tracing::warn!(error = %e, "tombstone sweep did not finish"),

@@ -149,13 +149,29 @@ async fn list_products(
         limit: params.limit,
     }
     .resolve()?;
+    let search = super::search_text(params.search);
+    if search
+        .as_ref()
+        .is_some_and(|s| s.chars().count() > crate::search::MAX_SEARCH_CHARS)
+    {
+        return Err(Error::invalid(vec![Invalid::new(
+            "search",
+            format!(
+                "must be at most {} characters",
+                crate::search::MAX_SEARCH_CHARS
+            ),
+        )]));
+    }
+    if search.is_some() {
+        catalog.search_ready().await;
+    }
     let query = ListQuery {
-        search: super::search_text(params.search),
+        search,
         is_active: params.is_active,
         updated_since: params.updated_since,
         supplier_id: params.supplier_id,
         category_id: params.category_id,
-        sort_by: params.sort_by.unwrap_or_default(),
+        sort_by: params.sort_by,
         descending: params.sort_order.unwrap_or(SortOrder::Desc) == SortOrder::Desc,
         offset: page.offset,
         limit: page.per_page,

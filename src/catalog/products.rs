@@ -7,6 +7,7 @@ use super::field::Field;
 use crate::clock::SharedClock;
 use crate::domain::{Ean, Invalid, ProductId};
 use crate::error::Error;
+use crate::search::SearchIndex;
 use crate::store::{Namespace, ProductRecord, Store, StoreError, Tombstone};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -195,7 +196,8 @@ pub struct ListQuery {
     pub updated_since: Option<OffsetDateTime>,
     pub supplier_id: Option<Uuid>,
     pub category_id: Option<Uuid>,
-    pub sort_by: SortBy,
+    /// `None`: relevance order for a search, creation order otherwise.
+    pub sort_by: Option<SortBy>,
     pub descending: bool,
     pub offset: usize,
     pub limit: usize,
@@ -209,20 +211,13 @@ impl ListQuery {
             || self.category_id.is_some()
     }
 
+    /// Every filter but the search text (the index answers that one).
     /// `categories`: the filter's category and its descendants, when `category_id` is given.
     fn matches(&self, p: &ProductRecord, categories: Option<&HashSet<Uuid>>) -> bool {
         if self.updated_since.is_some_and(|t| p.updated_at < t) {
             return false;
         }
-        let search_ok = self.search.as_ref().is_none_or(|s| {
-            p.name.to_lowercase().contains(s)
-                || p.ean.contains(s.as_str())
-                || p.sku
-                    .as_ref()
-                    .is_some_and(|sku| sku.to_lowercase().contains(s))
-        });
-        search_ok
-            && self.is_active.is_none_or(|a| p.is_active == a)
+        self.is_active.is_none_or(|a| p.is_active == a)
             && self.supplier_id.is_none_or(|s| p.supplier_id == Some(s))
             && categories.is_none_or(|set| p.category_ids.iter().any(|c| set.contains(c)))
     }
@@ -232,6 +227,7 @@ impl ListQuery {
 pub struct Catalog {
     store: Store,
     clock: SharedClock,
+    search: SearchIndex,
     /// How long tombstones of deleted products are kept; `None` keeps them for ever.
     tombstone_retention: Option<time::Duration>,
 }
@@ -284,10 +280,11 @@ pub fn complete(patch: ProductPatch, mut base: ProductRecord) -> Result<ProductR
 }
 
 impl Catalog {
-    pub fn new(store: Store, clock: SharedClock) -> Self {
+    pub fn new(store: Store, clock: SharedClock, search: SearchIndex) -> Self {
         Catalog {
             store,
             clock,
+            search,
             tombstone_retention: Some(time::Duration::days(90)),
         }
     }
@@ -359,6 +356,7 @@ impl Catalog {
         self.resolve_supplier(ns, &mut patch)?;
         let product = complete(patch, blank(ProductId::generate(), self.clock.now()))?;
         self.store.insert_product(ns, &product)?;
+        self.search.changed(ns, [product.id]);
         self.store.flush().await?;
         Ok(product)
     }
@@ -385,7 +383,7 @@ impl Catalog {
                 ..template.clone()
             })
         });
-        self.finish_update(updated).await
+        self.finish_update(ns, updated).await
     }
 
     /// PATCH: changes only the fields present.
@@ -409,34 +407,52 @@ impl Catalog {
             next.updated_at = now;
             Ok(next)
         });
-        self.finish_update(updated).await
+        self.finish_update(ns, updated).await
     }
 
     async fn finish_update(
         &self,
+        ns: Namespace,
         updated: Result<ProductRecord, StoreError>,
     ) -> Result<ProductRecord, Error> {
         let product = updated.map_err(|e| match e {
             StoreError::NotFound => Error::not_found("product"),
             other => other.into(),
         })?;
+        self.search.changed(ns, [product.id]);
         self.store.flush().await?;
         Ok(product)
     }
 
     pub async fn delete(&self, ns: Namespace, ids: &[ProductId]) -> Result<Vec<ProductId>, Error> {
         let deleted = self.store.delete_products(ns, ids, self.clock.now())?;
+        self.search.changed(ns, deleted.iter().copied());
         self.store.flush().await?;
         Ok(deleted)
+    }
+
+    /// Stops the search indexer once it has committed what it was sent (at shutdown).
+    pub fn close_search(&self) {
+        self.search.shutdown();
+    }
+
+    /// Waits until the search index holds every product write acknowledged so far (a search
+    /// finds what its client has just written).
+    pub async fn search_ready(&self) {
+        self.search.fresh().await;
     }
 
     /// One page of products and the number matching in all.
     ///
     /// Without other filters, creation order is a walk of the product keys and last-change
     /// order (or `updated_since`) a walk of the updated_at index: the cost is the page's, not
-    /// the catalog's. The remaining filters still read the namespace's products.
+    /// the catalog's. A search alone is a page of the search index. Other filters read the
+    /// products of their index (the search hits, the supplier's or the categories' products,
+    /// or those changed since `updated_since`), so their cost grows with those, not with the
+    /// catalog.
     pub fn list(&self, ns: Namespace, q: &ListQuery) -> Result<(Vec<ProductRecord>, u64), Error> {
-        if !q.has_filters() && q.sort_by == SortBy::CreatedAt && q.updated_since.is_none() {
+        let sort = q.sort_by.unwrap_or_default();
+        if !q.has_filters() && sort == SortBy::CreatedAt && q.updated_since.is_none() {
             // Keys are time-ordered ids: the page is a range walk, the total a counter.
             let items = self
                 .store
@@ -445,8 +461,32 @@ impl Catalog {
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok((items, self.store.product_count(ns)?));
         }
-        if !q.has_filters() && q.sort_by == SortBy::UpdatedAt {
+        if !q.has_filters() && sort == SortBy::UpdatedAt {
             return self.list_by_update(ns, q);
+        }
+        let only_active = q.search.is_none()
+            && q.supplier_id.is_none()
+            && q.category_id.is_none()
+            && q.updated_since.is_none()
+            && sort == SortBy::CreatedAt;
+        if let (Some(active), true) = (q.is_active, only_active) {
+            return self.list_by_activity(ns, active, q);
+        }
+        let only_search = q.is_active.is_none()
+            && q.supplier_id.is_none()
+            && q.category_id.is_none()
+            && q.updated_since.is_none()
+            && q.sort_by.is_none();
+        if let (Some(text), true) = (&q.search, only_search) {
+            let (ids, total) = self.search.page(ns, text, q.offset, q.limit)?;
+            let mut items = Vec::with_capacity(ids.len());
+            for id in ids {
+                // A product deleted since the search read the index is left out of the page.
+                if let Some(p) = self.store.product(ns, id)? {
+                    items.push(p);
+                }
+            }
+            return Ok((items, total));
         }
         // A category filter covers the category and every category below it. An id that names
         // no category (kept by products from before categories were records) matches the
@@ -464,35 +504,45 @@ impl Catalog {
             }
             None => None,
         };
+        let read = move |id: ProductId| self.store.product(ns, id).transpose();
         let candidates: Box<dyn Iterator<Item = Result<ProductRecord, StoreError>> + '_> =
-            match (q.supplier_id, &categories, q.updated_since) {
+            match (&q.search, q.supplier_id, &categories, q.updated_since) {
+                // The search hits, best first.
+                (Some(text), _, _, _) => {
+                    Box::new(self.search.all(ns, text)?.into_iter().filter_map(read))
+                }
                 // Only the supplier's products are read, from its index.
-                (Some(supplier), _, _) => Box::new(
+                (None, Some(supplier), _, _) => Box::new(
                     self.store
                         .product_ids_of_supplier(ns, supplier)?
                         .into_iter()
-                        .filter_map(move |id| self.store.product(ns, id).transpose()),
+                        .filter_map(read),
                 ),
                 // Only the products of those categories are read, from their index.
-                (None, Some(set), _) => {
+                (None, None, Some(set), _) => {
                     let mut ids = BTreeSet::new();
                     for c in set {
                         ids.extend(self.store.product_ids_in_category(ns, *c)?);
                     }
-                    Box::new(
-                        ids.into_iter()
-                            .filter_map(move |id| self.store.product(ns, id).transpose()),
-                    )
+                    Box::new(ids.into_iter().filter_map(read))
                 }
                 // Only the products changed since then are read.
-                (None, None, Some(since)) => Box::new(
+                (None, None, None, Some(since)) => Box::new(
                     self.store
                         .product_ids_by_update(ns, Some(since), false)
                         .filter_map(move |id| {
                             id.and_then(|id| self.store.product(ns, id)).transpose()
                         }),
                 ),
-                (None, None, None) => self.store.products_in_order(ns, false, 0),
+                // Only the inactive products are read, from their index.
+                (None, None, None, None) if q.is_active == Some(false) => Box::new(
+                    self.store
+                        .inactive_product_ids(ns, false, 0)
+                        .filter_map(move |id| {
+                            id.and_then(|id| self.store.product(ns, id)).transpose()
+                        }),
+                ),
+                (None, None, None, None) => self.store.products_in_order(ns, false, 0),
             };
         let mut all = Vec::new();
         for p in candidates {
@@ -501,22 +551,70 @@ impl Catalog {
                 all.push(p);
             }
         }
-        match q.sort_by {
-            SortBy::CreatedAt => all.sort_by_key(|p| p.id),
-            SortBy::UpdatedAt => all.sort_by_key(|p| (p.updated_at, p.id)),
-            SortBy::Name => all.sort_by_key(|p| p.name.to_lowercase()),
-            SortBy::Price => {
-                all.sort_by(|a, b| a.price.unwrap_or(0.0).total_cmp(&b.price.unwrap_or(0.0)))
+        // A search keeps the index's relevance order unless an order is asked for.
+        if q.search.is_none() || q.sort_by.is_some() {
+            match sort {
+                SortBy::CreatedAt => all.sort_by_key(|p| p.id),
+                SortBy::UpdatedAt => all.sort_by_key(|p| (p.updated_at, p.id)),
+                SortBy::Name => all.sort_by_key(|p| p.name.to_lowercase()),
+                SortBy::Price => {
+                    all.sort_by(|a, b| a.price.unwrap_or(0.0).total_cmp(&b.price.unwrap_or(0.0)))
+                }
             }
-        }
-        if q.descending {
-            all.reverse();
+            if q.descending {
+                all.reverse();
+            }
         }
         let total = all.len() as u64;
         Ok((
             all.into_iter().skip(q.offset).take(q.limit).collect(),
             total,
         ))
+    }
+
+    /// A page in creation order of the active or the inactive products; the total comes from
+    /// the counters. Inactive products are read from their index. Active ones are the products
+    /// minus those: the walk reads each product up to the page's end, so the cost is the page
+    /// over the share of active products, not the catalog.
+    fn list_by_activity(
+        &self,
+        ns: Namespace,
+        active: bool,
+        q: &ListQuery,
+    ) -> Result<(Vec<ProductRecord>, u64), Error> {
+        let inactive = self.store.inactive_count(ns)?;
+        if !active {
+            let mut items = Vec::with_capacity(q.limit.min(100));
+            for id in self
+                .store
+                .inactive_product_ids(ns, q.descending, q.offset)
+                .take(q.limit)
+            {
+                // A product deleted since its index key was read is left out of the page.
+                if let Some(p) = self.store.product(ns, id?)? {
+                    items.push(p);
+                }
+            }
+            return Ok((items, inactive));
+        }
+        let total = self.store.product_count(ns)?.saturating_sub(inactive);
+        let mut items = Vec::with_capacity(q.limit.min(100));
+        let mut skipped = 0;
+        for p in self.store.products_in_order(ns, q.descending, 0) {
+            let p = p?;
+            if !p.is_active {
+                continue;
+            }
+            if skipped < q.offset {
+                skipped += 1;
+                continue;
+            }
+            if items.len() >= q.limit {
+                break;
+            }
+            items.push(p);
+        }
+        Ok((items, total))
     }
 
     /// A page in last-change order, walking the updated_at index (from `updated_since` when

@@ -9,6 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 pub(super) async fn seed(
+    data_dir: &Path,
     auth: &Auth,
     tenant: &str,
     env: Environment,
@@ -24,6 +25,10 @@ pub(super) async fn seed(
     };
     crate::seed::products(&auth.store, ns, products, now).map_err(api_err)?;
     auth.store.flush().await.map_err(fail)?;
+    if products > 0 {
+        // Written around the search index: the next start (or `reindex`) builds it again.
+        crate::search::remove(&crate::search::index_dir(data_dir)).map_err(fail)?;
+    }
     eprintln!(
         "pixee-pim: seeded {keys} keys and {products} products into {}",
         tenant.name
@@ -62,7 +67,53 @@ pub(super) fn run_check(data_dir: &Path) -> Result<(), StartError> {
     for (tree, n) in &report.trees {
         println!("{tree}\t{n}");
     }
+    let index = crate::search::index_dir(data_dir);
+    if index.exists() {
+        let found = crate::search::verify(&index, &dir.store).map_err(fail)?;
+        println!("search index\t{}", found.indexed);
+        if found.pending > 0 {
+            println!(
+                "search index, caught up at the next start\t{}",
+                found.pending
+            );
+        }
+        if !found.is_clean() {
+            return Err(fail(format!(
+                "the search index disagrees with the store: {} products missing, {} stale, {} \
+                 documents of no product (a start catches up after a crash; \
+                 `pixee-pim reindex` rebuilds it)",
+                found.missing, found.stale, found.extra
+            )));
+        }
+    } else {
+        println!("search index\tnone (built at the next start)");
+    }
     println!("ok: {} records checked", report.total());
+    Ok(())
+}
+
+/// `pixee-pim reindex`: builds the search index from scratch from the store.
+pub(super) fn run_reindex(data_dir: &Path) -> Result<(), StartError> {
+    let dir = DataDir::open(data_dir, 64)?;
+    let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
+    let started = std::time::Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let n = crate::search::rebuild(
+        &crate::search::index_dir(data_dir),
+        &dir.store,
+        &clock,
+        |n| {
+            if tty && n.is_multiple_of(100_000) {
+                eprintln!("pixee-pim: {n} products indexed");
+            }
+        },
+    )
+    .map_err(fail)?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "pixee-pim: search index rebuilt: {n} products in {secs:.1} s ({:.0} products/s)",
+        n as f64 / secs.max(1e-9)
+    );
     Ok(())
 }
 
@@ -86,6 +137,8 @@ pub(super) fn run_restore(data_dir: &Path, from: &Path) -> Result<(), StartError
         )));
     }
     let n = backup::restore(&dir.store, &mut input).map_err(fail)?;
+    // The index is derived data: the first start builds it from the restored store.
+    crate::search::remove(&crate::search::index_dir(data_dir)).map_err(fail)?;
     eprintln!(
         "pixee-pim: restored {n} entries into {}",
         data_dir.display()

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod maintenance;
-use maintenance::{run_backup, run_check, run_restore, seed};
+use maintenance::{run_backup, run_check, run_reindex, run_restore, seed};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,6 +50,8 @@ pub enum Command {
     },
     /// Check that every record decodes and every index agrees (the server must be stopped)
     Check,
+    /// Rebuild the search index from the store (the server must be stopped)
+    Reindex,
     /// Load a backup into an empty data dir
     Restore {
         #[arg(long)]
@@ -136,6 +138,7 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
         Command::Backup { out } => run_backup(&cli.data_dir, &out),
         Command::Restore { from } => run_restore(&cli.data_dir, &from),
         Command::Check => run_check(&cli.data_dir),
+        Command::Reindex => run_reindex(&cli.data_dir),
         other => admin(cli.data_dir, other).await,
     }
 }
@@ -331,9 +334,13 @@ async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
             } else {
                 Environment::Live
             };
-            seed(&auth, &tenant, env, keys, products).await?;
+            seed(&data_dir, &auth, &tenant, env, keys, products).await?;
         }
-        Command::Serve(_) | Command::Backup { .. } | Command::Restore { .. } | Command::Check => {}
+        Command::Serve(_)
+        | Command::Backup { .. }
+        | Command::Restore { .. }
+        | Command::Check
+        | Command::Reindex => {}
     }
     Ok(())
 }

@@ -173,6 +173,14 @@ impl Environment {
             Environment::Test => b'T',
         }
     }
+
+    pub fn from_tag(tag: u8) -> Option<Environment> {
+        match tag {
+            b'L' => Some(Environment::Live),
+            b'T' => Some(Environment::Test),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

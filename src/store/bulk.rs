@@ -43,14 +43,26 @@ impl Store {
                 codec::raw(&[]),
             );
         }
+        let mut inactive = sled::Batch::default();
+        let mut inactive_n = 0u64;
+        for p in products.iter().filter(|p| !p.is_active) {
+            inactive.insert(&keys::ns_id(ns, p.id.as_bytes())[..], codec::raw(&[]));
+            inactive_n += 1;
+        }
         self.products.apply_batch(recs)?;
         self.product_by_ean.apply_batch(by_ean)?;
         self.products_by_updated.apply_batch(by_updated)?;
-        let key = keys::namespace(ns);
-        self.counters.fetch_and_update(key, |old| {
-            let n = old.map_or(0, super::products::read_count);
-            Some(codec::raw(&(n + products.len() as u64).to_be_bytes()))
-        })?;
+        self.products_inactive.apply_batch(inactive)?;
+        let add = |key: Vec<u8>, by: u64| {
+            self.counters.fetch_and_update(key, |old| {
+                let n = old.map_or(0, super::products::read_count);
+                Some(codec::raw(&(n + by).to_be_bytes()))
+            })
+        };
+        add(keys::namespace(ns).to_vec(), products.len() as u64)?;
+        if inactive_n > 0 {
+            add(keys::inactive_counter(ns), inactive_n)?;
+        }
         Ok(())
     }
 }

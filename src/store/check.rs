@@ -212,6 +212,8 @@ impl Store {
         let mut references: HashMap<Vec<u8>, u64> = HashMap::new();
         let mut by_category = HashMap::new();
         let mut memberships: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut inactive = HashMap::new();
+        let mut inactive_per_ns: HashMap<Vec<u8>, u64> = HashMap::new();
         for (k, p) in &products {
             if k.len() != 33 || &k[17..] != p.id.as_bytes() {
                 return Err(corrupt(
@@ -226,6 +228,10 @@ impl Store {
             by_ean.insert([ns, p.ean.as_bytes()].concat(), id.clone());
             if let Some(r) = &p.reference {
                 by_ref.insert([ns, r.as_bytes()].concat(), id.clone());
+            }
+            if !p.is_active {
+                inactive.insert(k.to_vec(), Vec::new());
+                *inactive_per_ns.entry(ns.to_vec()).or_default() += 1;
             }
             let updated = keys::updated_key(ns, p.updated_at.unix_timestamp_nanos(), &id);
             by_updated.insert(updated.to_vec(), Vec::new());
@@ -260,6 +266,19 @@ impl Store {
                 counters += 1;
                 continue;
             }
+            if k.len() == 17 + keys::INACTIVE.len() && k.ends_with(keys::INACTIVE.as_bytes()) {
+                let stored = read_count(&v);
+                let actual = inactive_per_ns.remove(&k[..17]).unwrap_or(0);
+                if stored != actual {
+                    return Err(corrupt(
+                        "counters",
+                        &k,
+                        format!("says {stored} inactive products, the namespace holds {actual}"),
+                    ));
+                }
+                counters += 1;
+                continue;
+            }
             let stored = read_count(&v);
             let actual = per_ns.remove(k.as_ref()).unwrap_or(0);
             if stored != actual {
@@ -278,7 +297,19 @@ impl Store {
                 "a namespace with products has no counter",
             ));
         }
+        if let Some(ns) = inactive_per_ns.keys().next() {
+            return Err(corrupt(
+                "counters",
+                ns,
+                "a namespace with inactive products has no inactive counter",
+            ));
+        }
         trees.push(("counters", counters));
+        trees.push(agrees(
+            &self.products_inactive,
+            "products_inactive",
+            &inactive,
+        )?);
         trees.push(agrees(
             &self.products_by_supplier,
             "products_by_supplier",

@@ -30,6 +30,8 @@
 //! | category_by_name | namespace + parent id (nil for a root) + lower-cased name | category id |
 //! | products_by_category | namespace + category id + product id | empty |
 //! | category_mappings | namespace + category id + channel | MappingRecord |
+//! | products_inactive | namespace + product id (the products with `is_active` false) | empty |
+//! | counters | namespace + `inactive` | u64 BE: how many products are inactive |
 //!
 //! A namespace is tenant id (16) + environment tag (`L` or `T`).
 use super::Namespace;
@@ -39,6 +41,23 @@ pub fn namespace(ns: Namespace) -> [u8; 17] {
     out[..16].copy_from_slice(ns.tenant.as_bytes());
     out[16] = ns.environment.tag();
     out
+}
+
+/// The counter of a namespace's inactive products.
+pub fn inactive_counter(ns: Namespace) -> Vec<u8> {
+    ns_str(ns, INACTIVE)
+}
+
+pub const INACTIVE: &str = "inactive";
+
+/// The namespace a catalog key starts with.
+pub fn namespace_of(key: &[u8]) -> Option<Namespace> {
+    let tenant = crate::domain::TenantId::from_slice(key.get(..16)?)?;
+    let environment = crate::domain::Environment::from_tag(*key.get(16)?)?;
+    Some(Namespace {
+        tenant,
+        environment,
+    })
 }
 
 /// The first key after every key that starts with `prefix` (for a bounded reverse walk).

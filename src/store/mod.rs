@@ -112,6 +112,7 @@ pub const TREES: &[&str] = &[
     "category_by_name",
     "products_by_category",
     "category_mappings",
+    "products_inactive",
 ];
 
 /// The record caches of the auth path, each bounded.
@@ -172,6 +173,7 @@ pub struct Store {
     pub(crate) category_by_name: sled::Tree,
     pub(crate) products_by_category: sled::Tree,
     pub(crate) category_mappings: sled::Tree,
+    pub(crate) products_inactive: sled::Tree,
 }
 
 /// How often sled writes its log and cleans its segments by default, in milliseconds. Under the
@@ -230,6 +232,7 @@ impl Store {
             category_by_name: tree("category_by_name")?,
             products_by_category: tree("products_by_category")?,
             category_mappings: tree("category_mappings")?,
+            products_inactive: tree("products_inactive")?,
             key_lookups: Default::default(),
             caches: std::sync::Arc::new(Caches::new()),
             group_commit: group_commit::GroupCommit::new(),
@@ -238,6 +241,7 @@ impl Store {
         store.migrate_session_index()?;
         store.migrate_supplier_index()?;
         store.migrate_category_index()?;
+        store.migrate_inactive_index()?;
         Ok(store)
     }
 

@@ -49,6 +49,7 @@ pub(super) struct ProductTrees<'a> {
     pub(super) category_by_name: &'a TransactionalTree,
     pub(super) by_category: &'a TransactionalTree,
     pub(super) mappings: &'a TransactionalTree,
+    inactive: &'a TransactionalTree,
 }
 
 type Tx<T> = Result<T, UnabortableTransactionError>;
@@ -85,6 +86,35 @@ impl ProductTrees<'_> {
             )?;
             self.count_reference(ns, sid, 1)?;
         }
+        Ok(())
+    }
+
+    /// Moves the inactive-product index entry and counter from `old` to `new` (either absent
+    /// for a create or a delete). Most products are active and stay so: nothing is written.
+    fn move_active(
+        &self,
+        ns: Namespace,
+        old: Option<&ProductRecord>,
+        new: Option<&ProductRecord>,
+    ) -> Tx<()> {
+        let before = old.filter(|p| !p.is_active).map(|p| p.id);
+        let after = new.filter(|p| !p.is_active).map(|p| p.id);
+        if before == after {
+            return Ok(());
+        }
+        let counter = keys::inactive_counter(ns);
+        let mut count = self.counters.get(&counter)?.map_or(0, |v| read_count(&v));
+        if let Some(id) = before {
+            self.inactive.remove(&keys::ns_id(ns, id.as_bytes())[..])?;
+            count = count.saturating_sub(1);
+        }
+        if let Some(id) = after {
+            self.inactive
+                .insert(&keys::ns_id(ns, id.as_bytes())[..], codec::raw(&[]))?;
+            count += 1;
+        }
+        self.counters
+            .insert(counter, codec::raw(&count.to_be_bytes()))?;
         Ok(())
     }
 
@@ -221,7 +251,7 @@ impl Store {
             &ProductTrees<'_>,
         ) -> Result<T, sled::transaction::ConflictableTransactionError<StoreError>>,
     {
-        let trees: [&sled::Tree; 13] = [
+        let trees: [&sled::Tree; 14] = [
             &self.products,
             &self.product_by_ean,
             &self.product_by_ref,
@@ -235,6 +265,7 @@ impl Store {
             &self.category_by_name,
             &self.products_by_category,
             &self.category_mappings,
+            &self.products_inactive,
         ];
         <[&sled::Tree] as Transactional<StoreError>>::transaction(&trees[..], |t| {
             f(&ProductTrees {
@@ -251,6 +282,7 @@ impl Store {
                 category_by_name: &t[10],
                 by_category: &t[11],
                 mappings: &t[12],
+                inactive: &t[13],
             })
         })
         .map_err(from_tx)
@@ -264,6 +296,7 @@ impl Store {
             t.add_indexes(ns, p)?;
             t.move_supplier(ns, None, Some(p))?;
             t.move_categories(ns, None, Some(p))?;
+            t.move_active(ns, None, Some(p))?;
             t.products
                 .insert(&keys::ns_id(ns, p.id.as_bytes())[..], codec::encode(p))?;
             t.bump_count(ns, 1)?;
@@ -291,6 +324,7 @@ impl Store {
             t.add_indexes(ns, &new)?;
             t.move_supplier(ns, Some(&old), Some(&new))?;
             t.move_categories(ns, Some(&old), Some(&new))?;
+            t.move_active(ns, Some(&old), Some(&new))?;
             t.products
                 .insert(&keys::ns_id(ns, id.as_bytes())[..], codec::encode(&new))?;
             Ok(new)
@@ -312,6 +346,7 @@ impl Store {
                 t.remove_indexes(ns, &old)?;
                 t.move_supplier(ns, Some(&old), None)?;
                 t.move_categories(ns, Some(&old), None)?;
+                t.move_active(ns, Some(&old), None)?;
                 t.products.remove(&keys::ns_id(ns, id.as_bytes())[..])?;
                 let tombstone = super::Tombstone {
                     id: *id,
@@ -397,5 +432,199 @@ impl Store {
         } else {
             Box::new(iter.skip(skip).map(decode))
         }
+    }
+
+    /// Every product of every namespace, in key order (what `reindex` and `check` walk).
+    pub fn all_products(
+        &self,
+    ) -> impl Iterator<Item = StoreResult<(Namespace, ProductRecord)>> + '_ {
+        self.products.iter().map(|item| {
+            let (k, v) = item?;
+            let ns = keys::namespace_of(&k)
+                .ok_or_else(|| StoreError::Corrupt("products: bad key".into()))?;
+            Ok((ns, codec::decode(&v)?))
+        })
+    }
+
+    /// The products of every namespace changed or deleted at or after `since`, from the
+    /// updated_at index and the tombstones: what a derived index must look at again after a
+    /// crash. Reads only those keys plus one per namespace. A product may appear twice.
+    pub fn products_changed_since(
+        &self,
+        since: OffsetDateTime,
+    ) -> StoreResult<Vec<(Namespace, ProductId)>> {
+        let mut out = Vec::new();
+        for tree in [&self.products_by_updated, &self.tombstones] {
+            let mut from: Vec<u8> = Vec::new();
+            while let Some(first) = tree.range(from.as_slice()..).keys().next() {
+                let first = first?;
+                let ns = keys::namespace_of(&first)
+                    .ok_or_else(|| StoreError::Corrupt("change index: bad key".into()))?;
+                for k in super::time_range(tree, ns, Some(since)).keys() {
+                    let k = k?;
+                    let id = k
+                        .get(33..)
+                        .and_then(ProductId::from_slice)
+                        .ok_or_else(|| StoreError::Corrupt("change index: short key".into()))?;
+                    out.push((ns, id));
+                }
+                match keys::prefix_end(&keys::namespace(ns)) {
+                    Some(next) => from = next,
+                    None => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many of the namespace's products are inactive (`is_active` false).
+    pub fn inactive_count(&self, ns: Namespace) -> StoreResult<u64> {
+        Ok(self
+            .counters
+            .get(keys::inactive_counter(ns))?
+            .map_or(0, |v| read_count(&v)))
+    }
+
+    /// Ids of the namespace's inactive products in creation order (newest first when
+    /// `newest_first`), after skipping `skip`: a walk of their index, keys only.
+    pub fn inactive_product_ids(
+        &self,
+        ns: Namespace,
+        newest_first: bool,
+        skip: usize,
+    ) -> Box<dyn Iterator<Item = StoreResult<ProductId>> + '_> {
+        let iter = self
+            .products_inactive
+            .scan_prefix(keys::namespace(ns))
+            .keys();
+        let id = |k: sled::Result<sled::IVec>| -> StoreResult<ProductId> {
+            k?.get(17..)
+                .and_then(ProductId::from_slice)
+                .ok_or_else(|| StoreError::Corrupt("products_inactive: short key".into()))
+        };
+        if newest_first {
+            Box::new(iter.rev().skip(skip).map(id))
+        } else {
+            Box::new(iter.skip(skip).map(id))
+        }
+    }
+
+    /// Stores written before the inactive-product index: build it once (idempotent).
+    pub(super) fn migrate_inactive_index(&self) -> StoreResult<()> {
+        const DONE: &str = "products_inactive_built";
+        // An empty store stays empty (restore needs one); its products are indexed as they come.
+        if self.meta.get(DONE)?.is_some() || self.products.is_empty() {
+            return Ok(());
+        }
+        let mut counts: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        for item in self.products.iter() {
+            let (k, v) = item?;
+            let p: ProductRecord = codec::decode(&v)?;
+            if !p.is_active {
+                self.products_inactive.insert(&k, codec::raw(&[]))?;
+                *counts.entry(k[..17].to_vec()).or_default() += 1;
+            }
+        }
+        for (ns, n) in counts {
+            let key = [ns.as_slice(), keys::INACTIVE.as_bytes()].concat();
+            self.counters.insert(key, codec::raw(&n.to_be_bytes()))?;
+        }
+        self.meta.insert(DONE, codec::raw(b"1"))?;
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::lockout::LockoutState;
+    use crate::domain::{Environment, TenantId};
+
+    fn product(n: u64, active: bool) -> ProductRecord {
+        let mut p =
+            crate::catalog::products::blank(ProductId::generate(), OffsetDateTime::now_utc());
+        p.ean = crate::domain::Ean::from_body(n).as_str().to_owned();
+        p.name = format!("P{n}");
+        p.is_active = active;
+        p
+    }
+
+    #[test]
+    fn inactive_products_are_indexed_and_counted_through_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let ns = Namespace {
+            tenant: TenantId::generate(),
+            environment: Environment::Live,
+        };
+        let (a, b, c) = (product(1, true), product(2, false), product(3, false));
+        for p in [&a, &b, &c] {
+            store.insert_product(ns, p).unwrap();
+        }
+        let ids = |newest_first| {
+            store
+                .inactive_product_ids(ns, newest_first, 0)
+                .collect::<StoreResult<Vec<_>>>()
+                .unwrap()
+        };
+        assert_eq!(ids(false), [b.id, c.id]);
+        assert_eq!(ids(true), [c.id, b.id]);
+        assert_eq!(store.inactive_count(ns).unwrap(), 2);
+        let flip = |id, active| {
+            store
+                .update_product(ns, id, |p| {
+                    Ok(ProductRecord {
+                        is_active: active,
+                        ..p.clone()
+                    })
+                })
+                .unwrap()
+        };
+        flip(a.id, false);
+        flip(b.id, true);
+        assert_eq!(ids(false), [a.id, c.id]);
+        store
+            .delete_products(ns, &[c.id], OffsetDateTime::now_utc())
+            .unwrap();
+        assert_eq!(
+            (ids(false), store.inactive_count(ns).unwrap()),
+            (vec![a.id], 1)
+        );
+        store
+            .check_integrity::<LockoutState>()
+            .expect("index and counter agree");
+        // A counter that disagrees is found.
+        store
+            .counters
+            .insert(keys::inactive_counter(ns), codec::raw(&5u64.to_be_bytes()))
+            .unwrap();
+        let err = store.check_integrity::<LockoutState>().unwrap_err();
+        assert!(err.to_string().contains("inactive"), "{err}");
+    }
+
+    #[test]
+    fn products_from_before_the_inactive_index_are_indexed_once_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = Namespace {
+            tenant: TenantId::generate(),
+            environment: Environment::Test,
+        };
+        let old = product(7, false);
+        {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            store.insert_product(ns, &old).unwrap();
+            // What an older version left: no index entry, no counter.
+            store.products_inactive.clear().unwrap();
+            store.counters.remove(keys::inactive_counter(ns)).unwrap();
+            store.meta.remove("products_inactive_built").unwrap();
+            store.db.flush().unwrap();
+            assert!(store.check_integrity::<LockoutState>().is_err());
+        }
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.inactive_count(ns).unwrap(), 1);
+        store
+            .check_integrity::<LockoutState>()
+            .expect("rebuilt at open");
     }
 }

@@ -2,7 +2,8 @@
 //! security-relevant write, each followed by `kill -9` at a random moment 0–5 ms after its
 //! response. After every kill, `pixee-pim check` must find every record whole and every index
 //! consistent, the server must start cleanly, and every promise made so far must hold: each
-//! confirmed write is there and each revocation, logout, password change and lock still bites.
+//! confirmed write is there and each revocation, logout, password change and lock still bites,
+//! and the search index (caught up at start) finds exactly the confirmed products.
 //!
 //! `PIXEE_CRASH_SEED=<n>` replays one run; the seed is printed on failure.
 use crate::binary::{Server, cli, create_key, insecure_client, login, serve};
@@ -346,6 +347,30 @@ impl Run {
             self.expect(product(id), 404, &format!("deleted product {id} is back"))
                 .await;
         }
+        // The search index caught up at start: it finds exactly the confirmed products, none
+        // lost between the store commit and the index commit, no deleted one invented.
+        let found = self
+            .expect(
+                self.client
+                    .get(self.url("/products?search=crash%20produ&limit=500"))
+                    .bearer_auth(&self.admin),
+                200,
+                "search",
+            )
+            .await;
+        let mut hits: Vec<&str> = found["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap())
+            .collect();
+        let mut confirmed: Vec<&str> = self.p.products.iter().map(String::as_str).collect();
+        hits.sort_unstable();
+        confirmed.sort_unstable();
+        assert_eq!(
+            hits, confirmed,
+            "search hits differ from the confirmed products"
+        );
     }
 }
 

@@ -16,6 +16,7 @@ mod lockout;
 mod openapi;
 mod products;
 mod rate_limits;
+mod search;
 mod sessions;
 mod suppliers;
 mod tenant_keys;

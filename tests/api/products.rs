@@ -187,6 +187,27 @@ async fn lists_page_filter_search_and_sort() {
     assert_eq!(legacy["items"], page2["items"], "skip/limit are aliases");
     let active = get("is_active=true").await;
     assert_eq!(active["total"], 3);
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&active), ["Item 4", "Item 2", "Item 0"]);
+    let inactive = get("is_active=false").await;
+    assert_eq!(
+        (inactive["total"].as_u64(), names(&inactive)),
+        (Some(2), vec!["Item 3".to_owned(), "Item 1".to_owned()])
+    );
+    let second_active = get("is_active=1&per_page=1&page=2").await;
+    assert_eq!(
+        (second_active["total"].as_u64(), names(&second_active)),
+        (Some(3), vec!["Item 2".to_owned()])
+    );
+    let oldest_inactive = get("is_active=0&sort_order=asc&per_page=1").await;
+    assert_eq!(names(&oldest_inactive), ["Item 1"]);
     let search = get("search=sku-3").await;
     assert_eq!(search["items"][0]["name"], "Item 3");
     assert_eq!(get("search=96385074").await["total"], 1);
