@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tantivy::collector::{Count, TopDocs};
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{
-    BooleanQuery, BoostQuery, ConstScoreQuery, Occur, Query, RegexQuery, TermQuery,
+    BooleanQuery, BoostQuery, ConstScoreQuery, Occur, Query, TermQuery, TermSetQuery,
 };
 use tantivy::schema::{
     FAST, Field, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions,
@@ -59,6 +59,9 @@ const SERVING_HEAP: usize = 24_000_000;
 const REBUILD_HEAP: usize = 128_000_000;
 /// The shortest time between two index commits while writes stream in.
 const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(50);
+/// Most longer words a prefix stands for (per field): a two-letter prefix in a large catalog
+/// matches the first ones in alphabetical order.
+const MAX_EXPANSIONS: usize = 256;
 /// Most product changes applied in one index commit.
 const MAX_BATCH: usize = 20_000;
 const ANALYZER: &str = "folded";
@@ -473,7 +476,12 @@ impl SearchIndex {
     }
 
     /// The query for `text` in `ns`; `None` when the text has no word (it matches nothing).
-    fn query(&self, ns: Namespace, text: &str) -> SearchResult<Option<BooleanQuery>> {
+    fn query(
+        &self,
+        searcher: &tantivy::Searcher,
+        ns: Namespace,
+        text: &str,
+    ) -> SearchResult<Option<BooleanQuery>> {
         let f = &self.inner.fields;
         let mut words = words(text);
         words.truncate(MAX_WORDS);
@@ -505,14 +513,15 @@ impl SearchIndex {
                 (Occur::Should, Box::new(term(f.body))),
             ];
             if i == last && word.chars().count() >= 2 {
-                // Words are letters and digits, but folding can turn one into `(1)`: escaped.
-                let pattern = format!("{}.*", escape(word));
                 for (field, score) in [(f.name, 0.5), (f.body, 0.25)] {
-                    // A pattern the automaton cannot take leaves the word an exact match.
-                    if let Ok(prefix) = RegexQuery::from_pattern(&pattern, field) {
+                    let longer = expand(searcher, field, word)?;
+                    if !longer.is_empty() {
                         either.push((
                             Occur::Should,
-                            Box::new(ConstScoreQuery::new(Box::new(prefix), score)),
+                            Box::new(ConstScoreQuery::new(
+                                Box::new(TermSetQuery::new(longer)),
+                                score,
+                            )),
                         ));
                     }
                 }
@@ -530,10 +539,10 @@ impl SearchIndex {
         offset: usize,
         limit: usize,
     ) -> SearchResult<(Vec<ProductId>, u64)> {
-        let Some(query) = self.query(ns, text)? else {
+        let searcher = self.inner.reader.searcher();
+        let Some(query) = self.query(&searcher, ns, text)? else {
             return Ok((Vec::new(), 0));
         };
-        let searcher = self.inner.reader.searcher();
         // The collector reserves room for offset + limit hits: never more than there are.
         let docs = usize::try_from(searcher.num_docs()).unwrap_or(usize::MAX);
         if limit == 0 || offset >= docs {
@@ -569,10 +578,11 @@ impl SearchIndex {
     /// Every product matching `text` in `ns`, best first (for searches combined with other
     /// filters: the cost grows with the matches, not with the catalog).
     pub fn all(&self, ns: Namespace, text: &str) -> SearchResult<Vec<ProductId>> {
-        let Some(query) = self.query(ns, text)? else {
+        let searcher = self.inner.reader.searcher();
+        let Some(query) = self.query(&searcher, ns, text)? else {
             return Ok(Vec::new());
         };
-        let hits = self.inner.reader.searcher().search(&query, &AllHits)?;
+        let hits = searcher.search(&query, &AllHits)?;
         Ok(hits
             .into_iter()
             .map(|(_, id)| ProductId(uuid::Uuid::from_u128(id)))
@@ -609,17 +619,28 @@ impl Drop for Inner {
     }
 }
 
-/// `word` as a literal in a regular expression.
-fn escape(word: &str) -> String {
-    word.chars()
-        .flat_map(|c| {
-            let special = r"\.+*?()|[]{}^$#&-~".contains(c);
-            special
-                .then_some('\\')
-                .into_iter()
-                .chain(std::iter::once(c))
-        })
-        .collect()
+/// The words of `field` that start with `prefix` (itself included), from each segment's term
+/// dictionary (a range walk, no automaton to build), at most [`MAX_EXPANSIONS`] of them.
+fn expand(searcher: &tantivy::Searcher, field: Field, prefix: &str) -> SearchResult<Vec<Term>> {
+    let start = prefix.as_bytes();
+    let end = keys::prefix_end(start);
+    let mut found = std::collections::BTreeSet::new();
+    for segment in searcher.segment_readers() {
+        let inverted = segment.inverted_index(field)?;
+        let mut range = inverted.terms().range().ge(start);
+        if let Some(end) = &end {
+            range = range.lt(end);
+        }
+        let mut stream = range.into_stream().map_err(tantivy::TantivyError::from)?;
+        while found.len() < MAX_EXPANSIONS && stream.advance() {
+            found.insert(stream.key().to_vec());
+        }
+    }
+    Ok(found
+        .into_iter()
+        .filter_map(|w| String::from_utf8(w).ok())
+        .map(|w| Term::from_field_text(field, &w))
+        .collect())
 }
 
 /// Indexes every product changed or deleted since `since` again; returns how many.
@@ -976,11 +997,5 @@ mod tests {
         };
         assert_eq!(search.page(other, "walrus", 0, 10).unwrap().1, 0);
         search.shutdown();
-    }
-
-    #[test]
-    fn escape_keeps_words_literal() {
-        assert_eq!(escape("foun"), "foun");
-        assert_eq!(escape("a.b*"), "a\\.b\\*");
     }
 }

@@ -139,9 +139,18 @@ async fn list_products(
     principal: Principal,
     catalog: web::Data<Catalog>,
     params: web::Query<ListParams>,
+    req: actix_web::HttpRequest,
 ) -> Result<HttpResponse, Error> {
     principal.require(Scope::ProductsRead)?;
     let params = params.into_inner();
+    // Answers without a search are kept until the next catalog write (searches follow the
+    // index, which trails the store by a commit).
+    let cacheable = params.search.is_none();
+    let ns = principal.namespace();
+    if cacheable && let Some(body) = catalog.cached_page(ns, req.query_string()) {
+        return Ok(json_body(body));
+    }
+    let epoch = catalog.epoch();
     let page = PageParams {
         page: params.page,
         per_page: params.per_page,
@@ -176,19 +185,33 @@ async fn list_products(
         offset: page.offset,
         limit: page.per_page,
     };
-    let (items, total) = catalog.list(principal.namespace(), &query)?;
+    let (items, total) = catalog.list(ns, &query)?;
     let items = items.into_iter().map(ProductOut::from).collect();
     let list = ListResponse::new(items, total, page);
-    let Some(since) = params.updated_since else {
-        return Ok(HttpResponse::Ok().json(list));
-    };
-    // A change feed: also the products deleted since then, from their tombstones.
-    let (deleted, deleted_more) = catalog.deleted_since(principal.namespace(), since)?;
-    Ok(HttpResponse::Ok().json(ChangeFeed {
-        list,
-        deleted: deleted.into_iter().map(DeletedOut::from).collect(),
-        deleted_more,
-    }))
+    let body = match params.updated_since {
+        None => serde_json::to_vec(&list),
+        // A change feed: also the products deleted since then, from their tombstones.
+        Some(since) => {
+            let (deleted, deleted_more) = catalog.deleted_since(ns, since)?;
+            serde_json::to_vec(&ChangeFeed {
+                list,
+                deleted: deleted.into_iter().map(DeletedOut::from).collect(),
+                deleted_more,
+            })
+        }
+    }
+    .map_err(Error::internal)?;
+    let body: std::sync::Arc<[u8]> = body.into();
+    if cacheable {
+        catalog.keep_page(ns, req.query_string(), epoch, body.clone());
+    }
+    Ok(json_body(body))
+}
+
+fn json_body(body: std::sync::Arc<[u8]>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(actix_web::http::header::ContentType::json())
+        .body(web::Bytes::from_owner(body))
 }
 
 async fn create_product(

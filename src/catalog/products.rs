@@ -11,6 +11,7 @@ use crate::search::SearchIndex;
 use crate::store::{Namespace, ProductRecord, Store, StoreError, Tombstone};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -223,11 +224,26 @@ impl ListQuery {
     }
 }
 
+/// Rendered list answers, each kept with the store's catalog epoch it was computed at and
+/// reused only while that epoch holds (any product write moves it). A read-mostly catalog
+/// answers its popular pages without reading or serializing them again.
+#[derive(Default)]
+pub struct PageCache {
+    pages: std::sync::Mutex<std::collections::HashMap<(Namespace, String), CachedPage>>,
+}
+
+/// The catalog epoch an answer was computed at, and the answer.
+type CachedPage = (u64, Arc<[u8]>);
+
+/// Pages kept at most; the cache starts over when it is full.
+const CACHED_PAGES: usize = 1024;
+
 #[derive(Clone)]
 pub struct Catalog {
     store: Store,
     clock: SharedClock,
     search: SearchIndex,
+    pages: Arc<PageCache>,
     /// How long tombstones of deleted products are kept; `None` keeps them for ever.
     tombstone_retention: Option<time::Duration>,
 }
@@ -285,6 +301,7 @@ impl Catalog {
             store,
             clock,
             search,
+            pages: Arc::default(),
             tombstone_retention: Some(time::Duration::days(90)),
         }
     }
@@ -429,6 +446,31 @@ impl Catalog {
         self.search.changed(ns, deleted.iter().copied());
         self.store.flush().await?;
         Ok(deleted)
+    }
+
+    /// The store's catalog epoch: read it before computing a list answer that may be kept.
+    pub fn epoch(&self) -> u64 {
+        self.store.catalog_epoch()
+    }
+
+    /// A rendered answer kept for `key` (the request's query) in `ns`, if no write came since.
+    pub fn cached_page(&self, ns: Namespace, key: &str) -> Option<Arc<[u8]>> {
+        let epoch = self.store.catalog_epoch();
+        let pages = self.pages.pages.lock().ok()?;
+        pages
+            .get(&(ns, key.to_owned()))
+            .filter(|(at, _)| *at == epoch)
+            .map(|(_, body)| body.clone())
+    }
+
+    /// Keeps a rendered answer computed at `epoch` (read before computing it).
+    pub fn keep_page(&self, ns: Namespace, key: &str, epoch: u64, body: Arc<[u8]>) {
+        if let Ok(mut pages) = self.pages.pages.lock() {
+            if pages.len() >= CACHED_PAGES {
+                pages.clear();
+            }
+            pages.insert((ns, key.to_owned()), (epoch, body));
+        }
     }
 
     /// Stops the search indexer once it has committed what it was sent (at shutdown).

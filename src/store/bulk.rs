@@ -63,6 +63,7 @@ impl Store {
         if inactive_n > 0 {
             add(keys::inactive_counter(ns), inactive_n)?;
         }
+        self.catalog_changed();
         Ok(())
     }
 }

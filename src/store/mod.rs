@@ -144,6 +144,10 @@ pub struct Store {
     /// Records the per-request auth path reads; see `cache.rs` for the coherence rule.
     caches: std::sync::Arc<Caches>,
     group_commit: std::sync::Arc<group_commit::GroupCommit>,
+    /// Moves after every committed write that can change a product list (product writes and
+    /// the category and supplier writes that go through `product_tx`, bulk loads, tombstone
+    /// sweeps): a list answer computed at one value is still exact while it stays.
+    catalog_epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub(crate) meta: sled::Tree,
     pub(crate) tenants: sled::Tree,
     pub(crate) tenant_by_name: sled::Tree,
@@ -236,6 +240,7 @@ impl Store {
             key_lookups: Default::default(),
             caches: std::sync::Arc::new(Caches::new()),
             group_commit: group_commit::GroupCommit::new(),
+            catalog_epoch: Default::default(),
             db,
         };
         store.migrate_session_index()?;
@@ -243,6 +248,16 @@ impl Store {
         store.migrate_category_index()?;
         store.migrate_inactive_index()?;
         Ok(store)
+    }
+
+    /// See the field: read it before computing a list answer, compare it before reusing one.
+    pub fn catalog_epoch(&self) -> u64 {
+        self.catalog_epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub(crate) fn catalog_changed(&self) {
+        self.catalog_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn key_lookups(&self) -> u64 {

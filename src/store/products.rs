@@ -267,7 +267,7 @@ impl Store {
             &self.category_mappings,
             &self.products_inactive,
         ];
-        <[&sled::Tree] as Transactional<StoreError>>::transaction(&trees[..], |t| {
+        let result = <[&sled::Tree] as Transactional<StoreError>>::transaction(&trees[..], |t| {
             f(&ProductTrees {
                 products: &t[0],
                 by_ean: &t[1],
@@ -285,7 +285,13 @@ impl Store {
                 inactive: &t[13],
             })
         })
-        .map_err(from_tx)
+        .map_err(from_tx);
+        // After the commit, never before: an answer computed at the old epoch may not have
+        // seen this write.
+        if result.is_ok() {
+            self.catalog_changed();
+        }
+        result
     }
 
     pub fn insert_product(&self, ns: Namespace, p: &ProductRecord) -> StoreResult<()> {

@@ -54,6 +54,10 @@ impl Store {
             }
             break;
         }
+        if removed > 0 {
+            // Change feeds list tombstones.
+            self.catalog_changed();
+        }
         Ok(removed)
     }
 }

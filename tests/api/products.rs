@@ -604,3 +604,71 @@ async fn deletions_leave_tombstones_that_change_feeds_report_until_they_are_swep
     assert_eq!(app.app_catalog.sweep_tombstones().unwrap(), 2);
     assert_eq!(feed(before).await["deleted"].as_array().unwrap().len(), 0);
 }
+
+/// List answers are kept until the next catalog write: the very next identical request sees
+/// every kind of write that changes what the list shows, including a supplier's new code
+/// reaching its products.
+#[actix_web::test]
+async fn a_repeated_list_sees_every_write_at_once() {
+    let app = spawn_app().await;
+    let (admin, key) = app
+        .admin_and_key(&["products:read", "products:write", "products:delete"])
+        .await;
+    let list = || async {
+        app.with_key(Method::GET, "/api/v1/products?per_page=5", &key.raw)
+            .json_value()
+            .await
+    };
+    assert_eq!(list().await["total"], 0);
+    let res = app
+        .create_product(&key.raw, "4006381333931", "Kettle")
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = list().await;
+    assert_eq!(first["items"][0]["name"], "Kettle");
+    assert_eq!(list().await, first, "an unchanged catalog answers the same");
+    let patch = |body: Value| {
+        app.with_key(Method::PATCH, &format!("/api/v1/products/{id}"), &key.raw)
+            .json(&body)
+            .status_code()
+    };
+    assert_eq!(patch(json!({"name": "Teapot"})).await, StatusCode::OK);
+    assert_eq!(list().await["items"][0]["name"], "Teapot");
+    let res = app
+        .with_token(Method::POST, "/api/v1/suppliers", &admin.token)
+        .json(&json!({"code": "ACME", "name": "Acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let supplier = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        patch(json!({"supplier_code": "ACME"})).await,
+        StatusCode::OK
+    );
+    assert_eq!(list().await["items"][0]["supplier_code"], "ACME");
+    let renamed = app
+        .with_token(
+            Method::PATCH,
+            &format!("/api/v1/suppliers/{supplier}"),
+            &admin.token,
+        )
+        .json(&json!({"code": "ACME2"}))
+        .status_code()
+        .await;
+    assert_eq!(renamed, StatusCode::OK);
+    assert_eq!(list().await["items"][0]["supplier_code"], "ACME2");
+    let deleted = app
+        .with_key(Method::DELETE, &format!("/api/v1/products/{id}"), &key.raw)
+        .status_code()
+        .await;
+    assert_eq!(deleted, StatusCode::NO_CONTENT);
+    assert_eq!(list().await["total"], 0);
+}
