@@ -62,6 +62,8 @@ const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(50);
 /// Most longer words a prefix stands for (per field): a two-letter prefix in a large catalog
 /// matches the first ones in alphabetical order.
 const MAX_EXPANSIONS: usize = 256;
+/// Up to this many, a prefix's words are matched one posting list each (lazily); beyond, as a set.
+const LAZY_EXPANSIONS: usize = 16;
 /// Most product changes applied in one index commit.
 const MAX_BATCH: usize = 20_000;
 const ANALYZER: &str = "folded";
@@ -514,16 +516,24 @@ impl SearchIndex {
             ];
             if i == last && word.chars().count() >= 2 {
                 for (field, score) in [(f.name, 0.5), (f.body, 0.25)] {
-                    let longer = expand(searcher, field, word)?;
-                    if !longer.is_empty() {
-                        either.push((
-                            Occur::Should,
-                            Box::new(ConstScoreQuery::new(
-                                Box::new(TermSetQuery::new(longer)),
-                                score,
-                            )),
-                        ));
-                    }
+                    let words = expand(searcher, field, word)?;
+                    // A few words stay lazy term walks that the other words' postings can
+                    // skip through; many become one set (a bitset of their documents).
+                    let prefix: Box<dyn Query> = match words.len() {
+                        0 => continue,
+                        1..=LAZY_EXPANSIONS => Box::new(BooleanQuery::new(
+                            words
+                                .into_iter()
+                                .map(|t| {
+                                    let q: Box<dyn Query> =
+                                        Box::new(TermQuery::new(t, IndexRecordOption::Basic));
+                                    (Occur::Should, q)
+                                })
+                                .collect(),
+                        )),
+                        _ => Box::new(TermSetQuery::new(words)),
+                    };
+                    either.push((Occur::Should, Box::new(ConstScoreQuery::new(prefix, score))));
                 }
             }
             clauses.push((Occur::Must, Box::new(BooleanQuery::new(either))));
