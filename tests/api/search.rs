@@ -137,6 +137,13 @@ async fn hits_come_by_relevance_unless_an_order_is_asked_for() {
     // the oldest product comes first although lists are newest first by default.
     assert_eq!(hits[0], "Fountain");
     assert_eq!(hits.last().unwrap(), "Garden pump");
+    // An order alone is not an order by: the hits stay by relevance.
+    let order_only: Value = app
+        .with_key(Method::GET, "/api/v1/products", &key.raw)
+        .query(&[("search", "fountain"), ("sort_order", "asc")])
+        .json_value()
+        .await;
+    assert_eq!(names(&order_only), hits);
     let by_name: Value = app
         .with_key(Method::GET, "/api/v1/products", &key.raw)
         .query(&[
