@@ -4,9 +4,10 @@
 //!   the name (weighted double), brand, description, sku, reference and EAN. Every word of a
 //!   query must match; the last one also matches as a prefix (from two characters on). Query
 //!   text is only ever split into words: quotes, colons or brackets are separators, never syntax.
-//! - **Written after the store**: each product write names the products it changed; one
-//!   indexer thread reads their current records (or their absence), makes the store durable,
-//!   and only then commits the index, so the index never holds what the store does not. A
+//! - **Written after the store**: each product write, once durable, names the products it
+//!   changed; one indexer thread reads their current records (or their absence) and commits
+//!   the index. It may read a newer write of the same product that is not durable yet; a crash
+//!   that loses it leaves a product changed moments ago, which the catch-up reads again. A
 //!   search first waits (at most [`FRESHNESS_WAIT`]) until every write acknowledged before it
 //!   is in the index: a client finds what it has just written.
 //! - **Caught up at start**: each commit records when its batch began. At start, every product
@@ -58,7 +59,7 @@ const MAX_WORD_BYTES: usize = 100;
 const SERVING_HEAP: usize = 24_000_000;
 const REBUILD_HEAP: usize = 128_000_000;
 /// The shortest time between two index commits while writes stream in.
-const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(50);
+const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// Most longer words a prefix stands for (per field): a two-letter prefix in a large catalog
 /// matches the first ones in alphabetical order.
 const MAX_EXPANSIONS: usize = 256;
@@ -665,6 +666,9 @@ fn catch_up(
     let started = clock.now();
     let changes = store.products_changed_since(since)?;
     let mut writer: IndexWriter = index.writer_with_num_threads(1, SERVING_HEAP)?;
+    // A crash can leave files of a commit that never happened (a delete file, a segment); the
+    // next commit may want the same names. Remove what no commit refers to first.
+    writer.garbage_collect_files().wait()?;
     let n = apply(&mut writer, &fields, store, &changes)?;
     commit(&mut writer, started)?;
     writer.wait_merging_threads()?;
@@ -834,9 +838,9 @@ impl Indexer {
         batch: &[(Namespace, ProductId)],
         through: OffsetDateTime,
     ) -> SearchResult<()> {
+        // Every change sent was made durable before it was sent (`Catalog::made_durable`): no
+        // flush of the store here, where it would hold sled's lock a second time per write.
         apply(&mut self.writer, &self.fields, &self.store, batch)?;
-        // Never ahead of the store: what the index is about to hold is durable first.
-        self.store.flush_blocking()?;
         commit(&mut self.writer, through)?;
         self.reader.reload()?;
         Ok(())

@@ -373,8 +373,7 @@ impl Catalog {
         self.resolve_supplier(ns, &mut patch)?;
         let product = complete(patch, blank(ProductId::generate(), self.clock.now()))?;
         self.store.insert_product(ns, &product)?;
-        self.search.changed(ns, [product.id]);
-        self.store.flush().await?;
+        self.made_durable(ns, [product.id]).await?;
         Ok(product)
     }
 
@@ -436,15 +435,26 @@ impl Catalog {
             StoreError::NotFound => Error::not_found("product"),
             other => other.into(),
         })?;
-        self.search.changed(ns, [product.id]);
-        self.store.flush().await?;
+        self.made_durable(ns, [product.id]).await?;
         Ok(product)
+    }
+
+    /// Makes the write durable, then tells the search index which products it changed: the
+    /// indexer only ever reads what a flush already covered (a newer write of the same product
+    /// that a crash loses is within the catch-up's reach at the next start).
+    async fn made_durable(
+        &self,
+        ns: Namespace,
+        changed: impl IntoIterator<Item = ProductId>,
+    ) -> Result<(), Error> {
+        let flushed = self.store.flush().await;
+        self.search.changed(ns, changed);
+        Ok(flushed?)
     }
 
     pub async fn delete(&self, ns: Namespace, ids: &[ProductId]) -> Result<Vec<ProductId>, Error> {
         let deleted = self.store.delete_products(ns, ids, self.clock.now())?;
-        self.search.changed(ns, deleted.iter().copied());
-        self.store.flush().await?;
+        self.made_durable(ns, deleted.iter().copied()).await?;
         Ok(deleted)
     }
 
