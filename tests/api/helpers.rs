@@ -373,3 +373,13 @@ pub async fn assert_problem(res: Response, status: u16, code: &str) -> Value {
     );
     body
 }
+
+/// The `name` of each item of a list answer, in order.
+pub fn names(list: &Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name").to_owned())
+        .collect()
+}

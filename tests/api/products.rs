@@ -1,5 +1,5 @@
 //! The product catalog behind the keys: CRUD, EAN rules, listing, bulk delete.
-use crate::helpers::{Fetch, assert_problem, spawn_app};
+use crate::helpers::{Fetch, assert_problem, names, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -187,14 +187,6 @@ async fn lists_page_filter_search_and_sort() {
     assert_eq!(legacy["items"], page2["items"], "skip/limit are aliases");
     let active = get("is_active=true").await;
     assert_eq!(active["total"], 3);
-    let names = |v: &serde_json::Value| -> Vec<String> {
-        v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["name"].as_str().unwrap().to_owned())
-            .collect()
-    };
     assert_eq!(names(&active), ["Item 4", "Item 2", "Item 0"]);
     let inactive = get("is_active=false").await;
     assert_eq!(
@@ -409,14 +401,6 @@ async fn updated_since_and_sort_by_updated_at_follow_the_last_change() {
     .json_value()
     .await;
 
-    let names = |v: &Value| -> Vec<String> {
-        v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["name"].as_str().unwrap().to_owned())
-            .collect()
-    };
     let (app, key) = (&app, &key);
     let get = |q: String| async move {
         app.with_key(Method::GET, &format!("/api/v1/products?{q}"), &key.raw)

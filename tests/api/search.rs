@@ -1,7 +1,7 @@
 //! Search (SPEC §4): a full-text index with folding, AND of words, prefix on the last word,
 //! relevance order; hostile text is only words; the index follows every write at once and
 //! catches up at start with what the store committed without it.
-use crate::helpers::{Fetch, Key, TestApp, assert_problem, spawn_app};
+use crate::helpers::{Fetch, Key, TestApp, assert_problem, names, spawn_app};
 use pixee_pim::clock::Clock;
 use pixee_pim::domain::{Ean, Environment, ProductId, TenantId};
 use pixee_pim::store::Namespace;
@@ -29,15 +29,6 @@ async fn search(app: &TestApp, key: &Key, query: &str) -> Value {
         .query(&[("search", query), ("per_page", "100")])
         .json_value()
         .await
-}
-
-fn names(v: &Value) -> Vec<String> {
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 async fn catalog(app: &TestApp) -> Key {
