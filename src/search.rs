@@ -96,6 +96,23 @@ struct Payload {
     format: u32,
     /// The store changes from before this time (less the margin) are all in the index.
     through_nanos: i128,
+    /// Nothing else wrote to the store while this commit's changes were read (a rebuild or the
+    /// catch-up at open): the changes from before `through` are all in, with no margin.
+    #[serde(default)]
+    quiet: bool,
+}
+
+impl Payload {
+    /// Where the next catch-up starts.
+    fn catch_up_from(&self) -> OffsetDateTime {
+        let through = OffsetDateTime::from_unix_timestamp_nanos(self.through_nanos)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        if self.quiet {
+            through
+        } else {
+            through - CATCH_UP_MARGIN
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -264,10 +281,11 @@ fn payload(index: &Index) -> Option<Payload> {
         .filter(|p| p.format == FORMAT)
 }
 
-fn commit(writer: &mut IndexWriter, through: OffsetDateTime) -> SearchResult<()> {
+fn commit(writer: &mut IndexWriter, through: OffsetDateTime, quiet: bool) -> SearchResult<()> {
     let payload = serde_json::to_string(&Payload {
         format: FORMAT,
         through_nanos: through.unix_timestamp_nanos(),
+        quiet,
     })
     .map_err(|e| SearchError::Directory(e.to_string()))?;
     let mut prepared = writer.prepare_commit()?;
@@ -324,7 +342,15 @@ pub fn rebuild(
     let started = clock.now();
     let n = fill(&mut writer, store, &mut progress)?;
     store.flush_blocking()?;
-    commit(&mut writer, started)?;
+    // The store is not written while it is rebuilt (the CLI holds it alone; at open, nothing
+    // serves yet): the next start catches up from `started` exactly.
+    commit(&mut writer, started, true)?;
+    // One segment: each query's fixed costs (term lookups, prefix walks) are paid once, not
+    // once per segment the writer's budget cut the catalog into. The merge keeps the payload.
+    let segments = index.searchable_segment_ids()?;
+    if segments.len() > 1 {
+        writer.merge(&segments).wait()?;
+    }
     writer.wait_merging_threads()?;
     Ok(n)
 }
@@ -400,10 +426,7 @@ impl SearchIndex {
             }
             Some(p) => {
                 drop(index);
-                let since = OffsetDateTime::from_unix_timestamp_nanos(p.through_nanos)
-                    .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-                    - CATCH_UP_MARGIN;
-                Opened::CaughtUp(catch_up(dir, &store, &clock, since)?)
+                Opened::CaughtUp(catch_up(dir, &store, &clock, p.catch_up_from())?)
             }
         };
         let index = open_index(dir)?;
@@ -459,6 +482,11 @@ impl SearchIndex {
         }
     }
 
+    /// How many changes the index has committed: moves with every index commit.
+    pub fn generation(&self) -> u64 {
+        *self.inner.committed.borrow()
+    }
+
     /// Waits until every change sent before the call is committed to the index, at most
     /// [`FRESHNESS_WAIT`] (then the search answers from what the index has).
     pub async fn fresh(&self) {
@@ -491,16 +519,25 @@ impl SearchIndex {
         let Some(last) = words.len().checked_sub(1) else {
             return Ok(None);
         };
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(
-            Occur::Must,
-            Box::new(ConstScoreQuery::new(
-                Box::new(TermQuery::new(
-                    Term::from_field_text(f.ns, &ns_key(ns)),
-                    IndexRecordOption::Basic,
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::with_capacity(words.len() + 1);
+        let ns_term = Term::from_field_text(f.ns, &ns_key(ns));
+        // Most indexes hold one tenant's live catalog: when every document (deleted ones
+        // included) is of this namespace, the clause filters nothing and would only make each
+        // candidate seek through a posting list as long as the catalog.
+        let documents: u64 = searcher
+            .segment_readers()
+            .iter()
+            .map(|s| u64::from(s.max_doc()))
+            .sum();
+        if searcher.doc_freq(&ns_term)? != documents {
+            clauses.push((
+                Occur::Must,
+                Box::new(ConstScoreQuery::new(
+                    Box::new(TermQuery::new(ns_term, IndexRecordOption::Basic)),
+                    0.0,
                 )),
-                0.0,
-            )),
-        )];
+            ));
+        }
         for (i, word) in words.iter().enumerate() {
             let term = |field| {
                 TermQuery::new(
@@ -670,7 +707,8 @@ fn catch_up(
     // next commit may want the same names. Remove what no commit refers to first.
     writer.garbage_collect_files().wait()?;
     let n = apply(&mut writer, &fields, store, &changes)?;
-    commit(&mut writer, started)?;
+    // Runs at open, before anything serves: nothing else writes meanwhile.
+    commit(&mut writer, started, true)?;
     writer.wait_merging_threads()?;
     Ok(n as u64)
 }
@@ -694,9 +732,7 @@ pub fn verify(dir: &Path, store: &Store) -> SearchResult<VerifyReport> {
     let Some(payload) = payload(&index) else {
         return all_pending(report);
     };
-    let since = OffsetDateTime::from_unix_timestamp_nanos(payload.through_nanos)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-        - CATCH_UP_MARGIN;
+    let since = payload.catch_up_from();
     let pending: HashSet<u128> = store
         .products_changed_since(since)?
         .into_iter()
@@ -841,7 +877,7 @@ impl Indexer {
         // Every change sent was made durable before it was sent (`Catalog::made_durable`): no
         // flush of the store here, where it would hold sled's lock a second time per write.
         apply(&mut self.writer, &self.fields, &self.store, batch)?;
-        commit(&mut self.writer, through)?;
+        commit(&mut self.writer, through, false)?;
         self.reader.reload()?;
         Ok(())
     }
@@ -1001,7 +1037,8 @@ mod tests {
         store
             .insert_product(ns, &product(2, "Walrus hide", clock.now()))
             .unwrap();
-        let (search, opened) = SearchIndex::open(&index, store.clone(), shared).unwrap();
+        clock.advance(time::Duration::seconds(1));
+        let (search, opened) = SearchIndex::open(&index, store.clone(), shared.clone()).unwrap();
         assert_eq!(opened, Opened::CaughtUp(1));
         let (ids, total) = search.page(ns, "walrus", 0, 10).unwrap();
         assert_eq!((ids.len(), total), (2, 2));
@@ -1010,6 +1047,12 @@ mod tests {
             ..ns
         };
         assert_eq!(search.page(other, "walrus", 0, 10).unwrap().1, 0);
+        search.shutdown();
+        drop(search);
+        // The catch-up ran before anything served: the next start has nothing to look at
+        // again (no margin after a quiet commit).
+        let (search, opened) = SearchIndex::open(&index, store.clone(), shared).unwrap();
+        assert_eq!(opened, Opened::CaughtUp(0));
         search.shutdown();
     }
 }

@@ -143,11 +143,14 @@ async fn list_products(
 ) -> Result<HttpResponse, Error> {
     principal.require(Scope::ProductsRead)?;
     let params = params.into_inner();
-    // Answers without a search are kept until the next catalog write (searches follow the
-    // index, which trails the store by a commit).
-    let cacheable = params.search.is_none();
     let ns = principal.namespace();
-    if cacheable && let Some(body) = catalog.cached_page(ns, req.query_string()) {
+    if params.search.is_some() {
+        // The index first takes in every write acknowledged so far: a client finds what it has
+        // just written, whether the answer is computed or kept.
+        catalog.search_ready().await;
+    }
+    // Answers are kept until the next catalog write or index commit.
+    if let Some(body) = catalog.cached_page(ns, req.query_string()) {
         return Ok(json_body(body));
     }
     let epoch = catalog.epoch();
@@ -170,9 +173,6 @@ async fn list_products(
                 crate::search::MAX_SEARCH_CHARS
             ),
         )]));
-    }
-    if search.is_some() {
-        catalog.search_ready().await;
     }
     let query = ListQuery {
         search,
@@ -202,9 +202,7 @@ async fn list_products(
     }
     .map_err(Error::internal)?;
     let body: std::sync::Arc<[u8]> = body.into();
-    if cacheable {
-        catalog.keep_page(ns, req.query_string(), epoch, body.clone());
-    }
+    catalog.keep_page(ns, req.query_string(), epoch, body.clone());
     Ok(json_body(body))
 }
 

@@ -224,16 +224,21 @@ impl ListQuery {
     }
 }
 
-/// Rendered list answers, each kept with the store's catalog epoch it was computed at and
-/// reused only while that epoch holds (any product write moves it). A read-mostly catalog
-/// answers its popular pages without reading or serializing them again.
+/// Rendered list answers, each kept with the epoch it was computed at and reused only while
+/// that epoch holds: the store's catalog epoch (any product write moves it) and the search
+/// index's commit count (a search answer computed before the index took a write in is not
+/// kept past the commit that brings it). A read-mostly catalog answers its popular pages and
+/// searches without reading or serializing them again.
 #[derive(Default)]
 pub struct PageCache {
     pages: std::sync::Mutex<std::collections::HashMap<(Namespace, String), CachedPage>>,
 }
 
-/// The catalog epoch an answer was computed at, and the answer.
-type CachedPage = (u64, Arc<[u8]>);
+/// What a kept answer is valid for: the store's catalog epoch and the search index's commits.
+pub type Epoch = (u64, u64);
+
+/// The epoch an answer was computed at, and the answer.
+type CachedPage = (Epoch, Arc<[u8]>);
 
 /// Pages kept at most; the cache starts over when it is full.
 const CACHED_PAGES: usize = 1024;
@@ -458,14 +463,16 @@ impl Catalog {
         Ok(deleted)
     }
 
-    /// The store's catalog epoch: read it before computing a list answer that may be kept.
-    pub fn epoch(&self) -> u64 {
-        self.store.catalog_epoch()
+    /// The epoch of what a list reads: read it before computing an answer that may be kept
+    /// (for a search, after [`Catalog::search_ready`]).
+    pub fn epoch(&self) -> Epoch {
+        (self.store.catalog_epoch(), self.search.generation())
     }
 
     /// A rendered answer kept for `key` (the request's query) in `ns`, if no write came since.
+    /// A search asks after [`Catalog::search_ready`], so its own writes are in the index.
     pub fn cached_page(&self, ns: Namespace, key: &str) -> Option<Arc<[u8]>> {
-        let epoch = self.store.catalog_epoch();
+        let epoch = self.epoch();
         let pages = self.pages.pages.lock().ok()?;
         pages
             .get(&(ns, key.to_owned()))
@@ -474,7 +481,7 @@ impl Catalog {
     }
 
     /// Keeps a rendered answer computed at `epoch` (read before computing it).
-    pub fn keep_page(&self, ns: Namespace, key: &str, epoch: u64, body: Arc<[u8]>) {
+    pub fn keep_page(&self, ns: Namespace, key: &str, epoch: Epoch, body: Arc<[u8]>) {
         if let Ok(mut pages) = self.pages.pages.lock() {
             if pages.len() >= CACHED_PAGES {
                 pages.clear();
@@ -702,5 +709,42 @@ impl Catalog {
             }
         }
         Ok((items, total))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+
+    #[tokio::test]
+    async fn a_kept_search_answer_goes_when_the_index_takes_in_a_write_it_lacked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let clock: SharedClock = Arc::new(crate::clock::ManualClock::new(
+            OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(),
+        ));
+        let (search, _) =
+            SearchIndex::open(&dir.path().join("search"), store.clone(), clock.clone()).unwrap();
+        let catalog = Catalog::new(store.clone(), clock.clone(), search.clone());
+        let ns = Namespace {
+            tenant: crate::domain::TenantId::generate(),
+            environment: crate::domain::Environment::Live,
+        };
+        // A write the store holds but the index does not have yet (between its commit and
+        // its indexing); an answer computed now lacks it.
+        let mut p = blank(ProductId::generate(), clock.now());
+        p.ean = crate::domain::Ean::from_body(7).as_str().to_owned();
+        p.name = "Narwhal".into();
+        store.insert_product(ns, &p).unwrap();
+        let epoch = catalog.epoch();
+        catalog.keep_page(ns, "search=narwhal", epoch, Arc::from(&b"[]"[..]));
+        assert!(catalog.cached_page(ns, "search=narwhal").is_some());
+        search.changed(ns, [p.id]);
+        catalog.search_ready().await;
+        assert!(catalog.cached_page(ns, "search=narwhal").is_none());
+        let (ids, total) = search.page(ns, "narwhal", 0, 10).unwrap();
+        assert_eq!((ids, total), (vec![p.id], 1));
+        search.shutdown();
     }
 }
