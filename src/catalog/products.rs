@@ -715,7 +715,6 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::Clock;
 
     #[tokio::test]
     async fn a_kept_search_answer_goes_when_the_index_takes_in_a_write_it_lacked() {
