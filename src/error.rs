@@ -52,8 +52,14 @@ impl ErrorKind {
 pub struct Error {
     pub kind: ErrorKind,
     pub detail: String,
-    pub errors: Vec<Invalid>,
-    pub retry_after: Option<u64>,
+    pub errors: Box<[Invalid]>,
+    /// Seconds (a lockout or a rate window: far below `u32::MAX`).
+    pub retry_after: Option<u32>,
+    /// The scope a 403 is about (the `/ext` and `/windev` envelopes name it).
+    pub missing_scope: Option<crate::domain::Scope>,
+    /// The message the `/ext` and `/windev` envelopes show, in French as the hosted API
+    /// writes them; when absent, one is chosen from the kind (`api/envelope.rs`).
+    pub french: Option<Box<str>>,
     /// Logged for 500s, never sent.
     #[source]
     pub cause: Option<Box<dyn std::error::Error + Send + Sync>>,
@@ -66,8 +72,10 @@ impl Error {
         Error {
             kind,
             detail: detail.into(),
-            errors: Vec::new(),
+            errors: Box::default(),
             retry_after: None,
+            missing_scope: None,
+            french: None,
             cause: None,
         }
     }
@@ -90,7 +98,7 @@ impl Error {
             _ => "some fields are not valid".to_owned(),
         };
         Error {
-            errors,
+            errors: errors.into_boxed_slice(),
             ..Error::new(ErrorKind::Validation, detail)
         }
     }
@@ -107,8 +115,15 @@ impl Error {
         self
     }
 
+    /// The message the French-speaking surfaces (`/ext`, `/windev`) show instead of the
+    /// kind's generic one.
+    pub fn in_french(mut self, message: impl Into<String>) -> Self {
+        self.french = Some(message.into().into_boxed_str());
+        self
+    }
+
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
-        self.retry_after = Some(seconds.max(1));
+        self.retry_after = Some(u32::try_from(seconds.max(1)).unwrap_or(u32::MAX));
         self
     }
 }

@@ -54,7 +54,7 @@ fn problem_body(
     code: &str,
     detail: &str,
     errors: &[Invalid],
-    retry_after: Option<u64>,
+    retry_after: Option<u32>,
 ) -> serde_json::Value {
     let mut body = serde_json::json!({
         "type": "about:blank",
@@ -93,7 +93,7 @@ impl ResponseError for Error {
         if let Some(seconds) = self.retry_after {
             res.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
-        res.body(
+        let mut res = res.body(
             problem_body(
                 status,
                 self.kind.code(),
@@ -102,7 +102,11 @@ impl ResponseError for Error {
                 self.retry_after,
             )
             .to_string(),
-        )
+        );
+        // For the partner surfaces, whose envelopes the middleware builds from it.
+        res.extensions_mut()
+            .insert(crate::api::envelope::ErrorInfo::of(self));
+        res
     }
 }
 
@@ -162,11 +166,23 @@ pub async fn request_middleware(
         req.head_mut().method = Method::GET;
     }
     let path = req.path().to_owned();
+    let surface = crate::api::envelope::Surface::of(&path);
     // The routing layer turns handler and extractor errors into responses, so `Err` here is
     // rare (and still becomes a response further out).
     let mut res = REQUEST_ID
         .scope(request_id.clone(), async move {
             let res = next.call(req).await?;
+            // Under `/ext` and `/windev` every error takes the surface's envelope.
+            if let (Some(surface), true) = (surface, res.status().as_u16() >= 400) {
+                let info = res
+                    .response()
+                    .extensions()
+                    .get::<crate::api::envelope::ErrorInfo>()
+                    .cloned();
+                let enveloped = crate::api::envelope::rewrite(surface, res.response(), info);
+                let (r, _) = res.into_parts();
+                return Ok(ServiceResponse::new(r, enveloped).map_into_right_body());
+            }
             let bare_error =
                 res.status().as_u16() >= 400 && !res.headers().contains_key(header::CONTENT_TYPE);
             Ok::<_, actix_web::Error>(if bare_error {
@@ -287,6 +303,10 @@ pub struct Tls(pub bool);
 #[derive(Debug, Clone, Copy)]
 pub struct JsonLimit(pub usize);
 
+/// On a route's resource: its bodies may be this many times [`JsonLimit`] (batch routes).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyScale(pub usize);
+
 /// A JSON body: requires `Content-Type: application/json`, enforces the size limit (413),
 /// tells malformed JSON (400) from wrong or missing fields (422, naming the field).
 ///
@@ -331,7 +351,11 @@ pub fn is_json(req: &HttpRequest) -> bool {
 
 /// The configured JSON limit and the declared Content-Length, if any.
 fn body_limits(req: &HttpRequest) -> (usize, Option<usize>) {
-    let limit = req.app_data::<JsonLimit>().map_or(1 << 20, |l| l.0);
+    let scale = req.app_data::<BodyScale>().map_or(1, |s| s.0.max(1));
+    let limit = req
+        .app_data::<JsonLimit>()
+        .map_or(1 << 20, |l| l.0)
+        .saturating_mul(scale);
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

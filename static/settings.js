@@ -20,11 +20,11 @@
     ['imports:write', 'start and manage imports'],
     ['exports:read', 'view export jobs'],
     ['exports:write', 'create and download exports'],
-    ['ext:products:read', 'External API: read the product catalog'],
-    ['ext:products:write', 'External API: create and update products'],
-    ['windev:read', 'WinDev: read products, categories, suppliers'],
-    ['windev:write', 'WinDev: update products, stock and prices'],
-    ['windev:sync', 'WinDev: sync products'],
+    ['ext:products:read', 'External API (/api/v1/ext): status, product list, product by EAN'],
+    ['ext:products:write', 'External API (/api/v1/ext): create, replace, patch and batch products by EAN'],
+    ['windev:read', 'WinDev (/api/v1/windev): products, change feed, categories, suppliers'],
+    ['windev:write', 'WinDev (/api/v1/windev): edit, activate products; stock and price updates'],
+    ['windev:sync', 'WinDev (/api/v1/windev): sync products by reference'],
   ];
 
   let accessToken = null;

@@ -31,7 +31,7 @@ struct DeleteParams {
 }
 
 #[derive(Serialize)]
-struct CategoryOut {
+pub(super) struct CategoryOut {
     id: Uuid,
     name: String,
     parent_id: Option<Uuid>,
@@ -49,7 +49,7 @@ struct CategoryOut {
 }
 
 impl CategoryOut {
-    fn new(c: CategoryRecord, children: Option<Vec<CategoryOut>>) -> Self {
+    pub(super) fn new(c: CategoryRecord, children: Option<Vec<CategoryOut>>) -> Self {
         CategoryOut {
             id: c.id,
             name: c.name,

@@ -4,9 +4,13 @@ mod accounts;
 mod api_keys;
 mod auth;
 mod categories;
+pub mod envelope;
+mod ext;
 mod meta;
+mod partner;
 mod products;
 mod suppliers;
+mod windev;
 
 use crate::error::{Error, ErrorKind};
 use actix_web::web;
@@ -21,6 +25,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(products::configure)
             .configure(suppliers::configure)
             .configure(categories::configure)
+            .configure(ext::configure)
+            .configure(windev::configure)
             .configure(meta::configure_api),
     );
     // After the API: the page's `/settings/{name}` pattern is then never tried for API paths.

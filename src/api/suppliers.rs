@@ -26,7 +26,7 @@ struct DeleteParams {
 }
 
 #[derive(Serialize)]
-struct SupplierOut {
+pub(super) struct SupplierOut {
     id: Uuid,
     code: String,
     name: String,

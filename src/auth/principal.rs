@@ -66,10 +66,10 @@ impl Principal {
             Subject::ApiKey { .. } => "this key lacks",
             Subject::User { .. } => "your role lacks",
         };
-        Err(Error::forbidden(format!(
-            "{who} the scope {}",
-            scope.as_str()
-        )))
+        Err(Error {
+            missing_scope: Some(scope),
+            ..Error::forbidden(format!("{who} the scope {}", scope.as_str()))
+        })
     }
 
     pub fn require_session(&self) -> Result<SessionUser, Error> {

@@ -289,8 +289,10 @@ impl Categories {
                     products.extend(self.store.product_ids_in_category(ns, c.id)?);
                 }
             }
+            // Products taken out of the categories change (change feeds wait for it).
+            let stamp = self.store.write_stamp(|| self.clock.now());
             self.store
-                .delete_category(ns, &subtree, &products, cascade, version, self.clock.now())
+                .delete_category(ns, &subtree, &products, cascade, version, stamp.at)
         });
         let detached = deleted.map_err(not_found)?;
         self.store.flush().await?;

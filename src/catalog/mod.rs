@@ -1,5 +1,6 @@
 //! The product catalog: business rules over the store, no HTTP. Every call takes a
 //! [`Namespace`](crate::store::Namespace), so tenant and environment isolation is structural.
+pub mod batch;
 pub mod categories;
 pub mod field;
 pub mod products;

@@ -345,7 +345,11 @@ impl Catalog {
     /// Turns the patch's supplier fields into a consistent pair: a code or an id names a
     /// supplier (422 when it names none) and fills in the other; `null` or an empty code on
     /// either, with nothing naming a supplier, clears both.
-    fn resolve_supplier(&self, ns: Namespace, patch: &mut ProductPatch) -> Result<(), Error> {
+    pub(super) fn resolve_supplier(
+        &self,
+        ns: Namespace,
+        patch: &mut ProductPatch,
+    ) -> Result<(), Error> {
         let id = match &patch.supplier_id {
             Field::Value(i) => Some(*i),
             _ => None,
@@ -376,8 +380,10 @@ impl Catalog {
         mut patch: ProductPatch,
     ) -> Result<ProductRecord, Error> {
         self.resolve_supplier(ns, &mut patch)?;
-        let product = complete(patch, blank(ProductId::generate(), self.clock.now()))?;
+        let stamp = self.stamp();
+        let product = complete(patch, blank(ProductId::generate(), stamp.at))?;
         self.store.insert_product(ns, &product)?;
+        drop(stamp);
         self.made_durable(ns, [product.id]).await?;
         Ok(product)
     }
@@ -396,14 +402,15 @@ impl Catalog {
         mut patch: ProductPatch,
     ) -> Result<ProductRecord, Error> {
         self.resolve_supplier(ns, &mut patch)?;
-        let now = self.clock.now();
-        let template = complete(patch, blank(id, now))?;
+        let stamp = self.stamp();
+        let template = complete(patch, blank(id, stamp.at))?;
         let updated = self.store.update_product(ns, id, |old| {
             Ok(ProductRecord {
                 created_at: old.created_at,
                 ..template.clone()
             })
         });
+        drop(stamp);
         self.finish_update(ns, updated).await
     }
 
@@ -415,19 +422,20 @@ impl Catalog {
         mut patch: ProductPatch,
     ) -> Result<ProductRecord, Error> {
         self.resolve_supplier(ns, &mut patch)?;
-        let now = self.clock.now();
         // Field checks do not depend on the stored values: run them once up front so a bad
         // patch is a 422 before any store work.
         let mut scratch = self.get(ns, id)?;
         patch.clone().apply(&mut scratch).map_err(Error::invalid)?;
+        let stamp = self.stamp();
         let updated = self.store.update_product(ns, id, |old| {
             let mut next = old.clone();
             patch.clone().apply(&mut next).map_err(|_| {
                 StoreError::Conflict("the product changed during the update; retry")
             })?;
-            next.updated_at = now;
+            next.updated_at = stamp.at;
             Ok(next)
         });
+        drop(stamp);
         self.finish_update(ns, updated).await
     }
 
@@ -447,7 +455,7 @@ impl Catalog {
     /// Makes the write durable, then tells the search index which products it changed: the
     /// indexer only ever reads what a flush already covered (a newer write of the same product
     /// that a crash loses is within the catch-up's reach at the next start).
-    async fn made_durable(
+    pub(super) async fn made_durable(
         &self,
         ns: Namespace,
         changed: impl IntoIterator<Item = ProductId>,
@@ -458,9 +466,25 @@ impl Catalog {
     }
 
     pub async fn delete(&self, ns: Namespace, ids: &[ProductId]) -> Result<Vec<ProductId>, Error> {
-        let deleted = self.store.delete_products(ns, ids, self.clock.now())?;
+        let stamp = self.stamp();
+        let deleted = self.store.delete_products(ns, ids, stamp.at)?;
+        drop(stamp);
         self.made_durable(ns, deleted.iter().copied()).await?;
         Ok(deleted)
+    }
+
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(super) fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// The time for a product write, held until its transaction committed (change feeds
+    /// answer only up to the oldest such time still held: `store/horizon.rs`).
+    pub(super) fn stamp(&self) -> crate::store::WriteStamp {
+        self.store.write_stamp(|| self.clock.now())
     }
 
     /// The epoch of what a list reads: read it before computing an answer that may be kept

@@ -222,7 +222,9 @@ impl Suppliers {
         patch.clone().apply(&mut scratch).map_err(Error::invalid)?;
         let updated = super::retrying(RETRIES, || {
             let referencing = self.store.product_ids_of_supplier(ns, id)?;
-            let now = self.clock.now();
+            // Products that reference the supplier change with it (change feeds wait for it).
+            let stamp = self.store.write_stamp(|| self.clock.now());
+            let now = stamp.at;
             self.store
                 .update_supplier(ns, id, &referencing, now, |old| {
                     let mut next = old.clone();
@@ -243,8 +245,9 @@ impl Suppliers {
     pub async fn delete(&self, ns: Namespace, id: Uuid, detach: bool) -> Result<u64, Error> {
         let deleted = super::retrying(RETRIES, || {
             let referencing = self.store.product_ids_of_supplier(ns, id)?;
+            let stamp = self.store.write_stamp(|| self.clock.now());
             self.store
-                .delete_supplier(ns, id, detach, &referencing, self.clock.now())
+                .delete_supplier(ns, id, detach, &referencing, stamp.at)
         });
         let detached = deleted.map_err(|e| not_found_or(e, "supplier"))?;
         self.store.flush().await?;

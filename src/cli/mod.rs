@@ -200,7 +200,7 @@ fn read_password() -> Result<String, StartError> {
 
 fn api_err(e: crate::error::Error) -> StartError {
     let mut line = e.detail;
-    for f in e.errors {
+    for f in e.errors.iter() {
         line = format!("{}: {}", f.field, f.message);
     }
     StartError::Other(line)

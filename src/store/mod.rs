@@ -15,6 +15,7 @@ mod categories;
 mod check;
 mod codec;
 mod group_commit;
+mod horizon;
 pub mod keys;
 mod products;
 mod sessions;
@@ -24,11 +25,13 @@ mod tombstones;
 mod users;
 
 use std::path::Path;
+use time::OffsetDateTime;
 
 pub use api_keys::{ApiKeyRecord, KeyUsage};
 pub use audit::AuditEvent;
 pub use categories::{CategoryPlacement, CategoryRecord, MAX_DEPTH, MappingRecord};
 pub use check::CheckReport;
+pub use horizon::WriteStamp;
 pub use products::ProductRecord;
 pub use sessions::{RefreshRecord, SessionRecord, SessionSweep, SpendOutcome};
 pub use suppliers::SupplierRecord;
@@ -148,6 +151,8 @@ pub struct Store {
     /// the category and supplier writes that go through `product_tx`, bulk loads, tombstone
     /// sweeps): a list answer computed at one value is still exact while it stays.
     catalog_epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The stamps of product writes not yet committed (change feeds answer up to the oldest).
+    horizon: std::sync::Arc<horizon::Horizon>,
     pub(crate) meta: sled::Tree,
     pub(crate) tenants: sled::Tree,
     pub(crate) tenant_by_name: sled::Tree,
@@ -241,6 +246,7 @@ impl Store {
             caches: std::sync::Arc::new(Caches::new()),
             group_commit: group_commit::GroupCommit::new(),
             catalog_epoch: Default::default(),
+            horizon: Default::default(),
             db,
         };
         store.migrate_session_index()?;
@@ -248,6 +254,18 @@ impl Store {
         store.migrate_category_index()?;
         store.migrate_inactive_index()?;
         Ok(store)
+    }
+
+    /// The time for a product write (its `updated_at`, or a deletion's `deleted_at`): hold the
+    /// stamp until the write's transaction has committed. See `horizon.rs`.
+    pub fn write_stamp(&self, now: impl FnOnce() -> OffsetDateTime) -> WriteStamp {
+        self.horizon.stamp(now)
+    }
+
+    /// Every product change stamped before this time is committed: what a change feed may
+    /// answer without a later commit appearing behind it.
+    pub fn feed_horizon(&self, now: impl FnOnce() -> OffsetDateTime) -> OffsetDateTime {
+        self.horizon.horizon(now)
     }
 
     /// See the field: read it before computing a list answer, compare it before reusing one.

@@ -389,6 +389,22 @@ impl Store {
         }
     }
 
+    /// The product holding `reference` (the WinDev key) in the namespace.
+    pub fn product_by_reference(
+        &self,
+        ns: Namespace,
+        reference: &str,
+    ) -> StoreResult<Option<ProductRecord>> {
+        match self
+            .product_by_ref
+            .get(keys::ns_str(ns, reference))?
+            .and_then(|v| codec::unraw(&v).and_then(ProductId::from_slice))
+        {
+            Some(id) => self.product(ns, id),
+            None => Ok(None),
+        }
+    }
+
     pub fn product_count(&self, ns: Namespace) -> StoreResult<u64> {
         Ok(self
             .counters
@@ -417,6 +433,22 @@ impl Store {
         } else {
             Box::new(range.map(id))
         }
+    }
+
+    /// The namespace's product changes from `since` on (inclusive), oldest first, as
+    /// (`updated_at` in Unix nanoseconds, id): a walk of the updated_at index, keys only.
+    pub fn product_changes_from(
+        &self,
+        ns: Namespace,
+        since: OffsetDateTime,
+    ) -> impl Iterator<Item = StoreResult<(i128, ProductId)>> + '_ {
+        super::time_range(&self.products_by_updated, ns, Some(since)).map(|item| {
+            let (k, _) = item?;
+            let at = keys::updated_key_nanos(&k);
+            let id = k.get(33..).and_then(ProductId::from_slice);
+            at.zip(id)
+                .ok_or_else(|| StoreError::Corrupt("products_by_updated: short key".into()))
+        })
     }
 
     /// Products of the namespace in creation order (newest first when `newest_first`).

@@ -61,11 +61,26 @@ PASSWORD_FIELDS = {
 
 @schemathesis.hook
 def before_call(context, case, kwargs):
+    method, path = case.operation.method.upper(), case.operation.path
+    params = case.path_parameters if case.path_parameters is not None else {}
+    # An EAN in a path gets its check digit; PUT creates, so its EAN must be one.
+    ean = params.get("ean")
+    if isinstance(ean, str) and re.fullmatch(r"[0-9]{8}|[0-9]{13}", ean):
+        params["ean"] = ean_with_check_digit(ean)
+    elif "ean" in params and method == "PUT":
+        params["ean"] = "96385074"
+    # The feed's position must be a time (tests/api/partner.rs tries bad ones).
+    ts = params.get("ts")
+    if "ts" in params and not (isinstance(ts, str) and re.fullmatch(r"[0-9]{1,10}", ts)):
+        params["ts"] = "0"
     body = case.body
     if not isinstance(body, dict):
         return
-    method, path = case.operation.method.upper(), case.operation.path
-    if path.startswith("/api/v1/products") and path != "/api/v1/products/bulk-delete":
+    partner = path.startswith("/api/v1/ext/products") or path.startswith("/api/v1/windev/products")
+    if partner and "{ean}" in path:
+        # A body may repeat the path's EAN, never name another (tests/api/partner.rs).
+        body.pop("ean", None)
+    if partner or (path.startswith("/api/v1/products") and path != "/api/v1/products/bulk-delete"):
         ean = body.get("ean")
         if isinstance(ean, str) and re.fullmatch(r"[0-9]{8}|[0-9]{13}", ean):
             body["ean"] = ean_with_check_digit(ean)
@@ -440,8 +455,29 @@ fn operations() -> BTreeMap<String, Op> {
 impl Table {
     fn req(&self, op: &str, id: &str) -> RequestBuilder {
         let op = &self.ops[op];
-        let url = format!("{}{}", self.base, op.path.replace("{id}", id));
-        self.client.request(op.method.clone(), url)
+        let mut path = op.path.clone();
+        for param in ["{id}", "{ean}", "{ref}", "{ts}"] {
+            path = path.replace(param, id);
+        }
+        self.client
+            .request(op.method.clone(), format!("{}{path}", self.base))
+    }
+
+    /// A new live key with these scopes (each partner scenario takes fresh rate windows).
+    async fn key(&self, scopes: &[&str]) -> String {
+        let res = self
+            .client
+            .post(format!("{}/api/v1/api-keys", self.base))
+            .bearer_auth(&self.admin)
+            .json(&json!({"name": "contract partner", "scopes": scopes}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 201);
+        res.json::<Value>().await.unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// Sends `rb`, which must answer `status`, a status the document lists for `op`.
@@ -490,6 +526,10 @@ impl Table {
             _ => NOWHERE,
         };
         if status == 404 && !o.path.contains("{id}") {
+            return None;
+        }
+        // The partner surfaces take keys only: their scenarios are in `partner_statuses`.
+        if o.path.starts_with("/api/v1/ext/") || o.path.starts_with("/api/v1/windev/") {
             return None;
         }
         let rb = self.req(op, id);
@@ -569,6 +609,193 @@ async fn password_change_meets_a_lock(t: &mut Table, addr: &str, email: &str, pa
     let status = answer.split(' ').nth(1).unwrap_or("");
     assert_eq!(status, "423", "{answer}");
     t.reached.insert(("changePassword".to_owned(), 423));
+}
+
+/// The `/ext` and `/windev` operations: every documented status, with keys (a fresh one per
+/// operation, so the 20-a-minute windows of this server hold).
+async fn partner_statuses(t: &mut Table) {
+    const EXT: &[&str] = &["ext:products:read", "ext:products:write"];
+    const WINDEV: &[&str] = &["windev:read", "windev:write", "windev:sync"];
+    let ean = |n: u64| {
+        pixee_pim::domain::Ean::from_body(700_000_000_000 + n)
+            .as_str()
+            .to_owned()
+    };
+    let (a, b, unknown) = (ean(1), ean(2), ean(3));
+    let none = t.key(&["products:read"]).await;
+    let ops: Vec<(String, bool)> = t
+        .ops
+        .iter()
+        .filter(|(_, o)| {
+            o.path.starts_with("/api/v1/ext/") || o.path.starts_with("/api/v1/windev/")
+        })
+        .map(|(id, o)| (id.clone(), o.method != Method::GET))
+        .collect();
+    // What every authenticated operation answers the same way: 401, 403, 400, and for bodies
+    // 413 and 415.
+    for (op, writes) in &ops {
+        if op == "windevStatus" {
+            continue;
+        }
+        let statuses = t.ops[op.as_str()].statuses.clone();
+        let (scopes, target) = if op.starts_with("ext") {
+            (EXT, a.as_str())
+        } else {
+            (WINDEV, a.as_str())
+        };
+        let key = t.key(scopes).await;
+        let body = || json!({"products": [], "items": []});
+        let rb = t.req(op, target).json(&body());
+        t.probe(op, 401, rb).await;
+        let rb = t.req(op, target).header("X-API-Key", &none).json(&body());
+        t.probe(op, 403, rb).await;
+        let rb = t
+            .req(op, target)
+            .header("X-API-Key", &key)
+            .header("X-Tenant-ID", "not-a-tenant-id")
+            .json(&body());
+        t.probe(op, 400, rb).await;
+        if *writes && statuses.contains(&413) {
+            let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(20 * 1024));
+            let rb = t
+                .req(op, target)
+                .header("X-API-Key", &key)
+                .header("content-type", "application/json")
+                .body(huge);
+            t.probe(op, 413, rb).await;
+            let rb = t
+                .req(op, target)
+                .header("X-API-Key", &key)
+                .header("content-type", "text/plain")
+                .body("{}");
+            t.probe(op, 415, rb).await;
+            let rb = t
+                .req(op, target)
+                .header("X-API-Key", &key)
+                .header("content-type", "application/json")
+                .body("{");
+            t.probe(op, 400, rb).await;
+        }
+    }
+
+    // The answers themselves, and 404, 409 and 422.
+    let ext = t.key(EXT).await;
+    let with = |t: &Table, op: &str, id: &str, key: &str| t.req(op, id).header("X-API-Key", key);
+    let rb = with(t, "extStatus", "", &ext);
+    t.probe("extStatus", 200, rb).await;
+    let rb = with(t, "extCreateProduct", "", &ext).json(&json!({"ean": a, "name": "Partner A"}));
+    t.probe("extCreateProduct", 201, rb).await;
+    let rb = with(t, "extCreateProduct", "", &ext).json(&json!({"ean": a, "name": "Again"}));
+    t.probe("extCreateProduct", 409, rb).await;
+    let rb = with(t, "extCreateProduct", "", &ext).json(&json!({"ean": "1", "name": "Bad"}));
+    t.probe("extCreateProduct", 422, rb).await;
+    let rb = with(t, "extListProducts", "", &ext);
+    t.probe("extListProducts", 200, rb).await;
+    let url = format!("{}/api/v1/ext/products?page_size=0", t.base);
+    let rb = t.client.get(url).header("X-API-Key", &ext);
+    t.probe("extListProducts", 422, rb).await;
+    let rb = with(t, "extGetProduct", &a, &ext);
+    t.probe("extGetProduct", 200, rb).await;
+    let rb = with(t, "extGetProduct", &unknown, &ext);
+    t.probe("extGetProduct", 404, rb).await;
+    let rb = with(t, "extPatchProduct", &a, &ext).json(&json!({"reference": "PARTNER-A"}));
+    t.probe("extPatchProduct", 200, rb).await;
+    let rb = with(t, "extPatchProduct", &unknown, &ext).json(&json!({"stock": 1}));
+    t.probe("extPatchProduct", 404, rb).await;
+    let rb = with(t, "extPatchProduct", &a, &ext).json(&json!({"price": -1}));
+    t.probe("extPatchProduct", 422, rb).await;
+    let rb = with(t, "extPutProduct", &b, &ext).json(&json!({"name": "Partner B"}));
+    t.probe("extPutProduct", 201, rb).await;
+    let rb = with(t, "extPutProduct", &b, &ext).json(&json!({"name": "Partner B2"}));
+    t.probe("extPutProduct", 200, rb).await;
+    let rb = with(t, "extPutProduct", &b, &ext)
+        .json(&json!({"name": "Clash", "reference": "PARTNER-A"}));
+    t.probe("extPutProduct", 409, rb).await;
+    let rb = with(t, "extPutProduct", &b, &ext).json(&json!({"ean": a, "name": "Moved"}));
+    t.probe("extPutProduct", 422, rb).await;
+    let rb = with(t, "extPatchProduct", &b, &ext).json(&json!({"reference": "PARTNER-A"}));
+    t.probe("extPatchProduct", 409, rb).await;
+    for op in ["extBatchUpsert", "extBatchPatch"] {
+        let rb = with(t, op, "", &ext).json(&json!({"products": [{"ean": a, "stock": 2}]}));
+        t.probe(op, 200, rb).await;
+        let rb = with(t, op, "", &ext).json(&json!({"products": []}));
+        t.probe(op, 422, rb).await;
+    }
+
+    let wd = t.key(WINDEV).await;
+    let rb = t.req("windevStatus", "");
+    t.probe("windevStatus", 200, rb).await;
+    let rb = with(t, "windevListProducts", "", &wd);
+    t.probe("windevListProducts", 200, rb).await;
+    let url = format!("{}/api/v1/windev/products?per_page=0", t.base);
+    let rb = t.client.get(url).header("X-API-Key", &wd);
+    t.probe("windevListProducts", 422, rb).await;
+    let rb = with(t, "windevSince", "0", &wd);
+    t.probe("windevSince", 200, rb).await;
+    let rb = with(t, "windevSince", "yesterday", &wd);
+    t.probe("windevSince", 422, rb).await;
+    for op in ["windevCategories", "windevSuppliers"] {
+        let rb = with(t, op, "", &wd);
+        t.probe(op, 200, rb).await;
+    }
+    for op in ["windevGetProduct", "windevActivate", "windevDeactivate"] {
+        let rb = with(t, op, "PARTNER-A", &wd);
+        t.probe(op, 200, rb).await;
+        let rb = with(t, op, "PARTNER-NONE", &wd);
+        t.probe(op, 404, rb).await;
+    }
+    let rb = with(t, "windevPatchProduct", "PARTNER-A", &wd).json(&json!({"stock": 4}));
+    t.probe("windevPatchProduct", 200, rb).await;
+    let rb = with(t, "windevPatchProduct", "PARTNER-NONE", &wd).json(&json!({"stock": 4}));
+    t.probe("windevPatchProduct", 404, rb).await;
+    let rb = with(t, "windevPatchProduct", &b, &wd).json(&json!({"reference": "PARTNER-A"}));
+    t.probe("windevPatchProduct", 409, rb).await;
+    let rb = with(t, "windevPatchProduct", "PARTNER-A", &wd).json(&json!({"price": -1}));
+    t.probe("windevPatchProduct", 422, rb).await;
+    let wd2 = t.key(WINDEV).await;
+    for (op, line) in [
+        (
+            "windevStockUpdate",
+            json!({"reference": "PARTNER-A", "stock": 3}),
+        ),
+        (
+            "windevPricesUpdate",
+            json!({"reference": "PARTNER-A", "price": 3.5}),
+        ),
+    ] {
+        let rb = with(t, op, "", &wd2).json(&json!({"items": [line]}));
+        t.probe(op, 200, rb).await;
+        let rb = with(t, op, "", &wd2).json(&json!({"items": []}));
+        t.probe(op, 422, rb).await;
+    }
+    let rb = with(t, "windevSync", "", &wd2)
+        .json(&json!({"products": [{"reference": "PARTNER-A", "name": "Synced"}]}));
+    t.probe("windevSync", 200, rb).await;
+    let rb = with(t, "windevSync", "", &wd2).json(&json!({"products": []}));
+    t.probe("windevSync", 422, rb).await;
+
+    // 429: one key's read window, then its write window, spent.
+    for (scopes, read_op, write_op) in [
+        (EXT, "extStatus", "extBatchUpsert"),
+        (WINDEV, "windevCategories", "windevStockUpdate"),
+    ] {
+        let key = t.key(scopes).await;
+        for op in [read_op, write_op] {
+            for _ in 0..20 {
+                with(t, op, "", &key)
+                    .json(&json!({"items": [], "products": []}))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+        for (op, _) in ops.iter().filter(|(op, _)| {
+            op.starts_with(if scopes == EXT { "ext" } else { "windev" }) && op != "windevStatus"
+        }) {
+            let rb = with(t, op, &a, &key).json(&json!({}));
+            t.probe(op, 429, rb).await;
+        }
+    }
 }
 
 /// Every (operation, status) the document lists, except 500, is answered by the live server to
@@ -916,6 +1143,8 @@ async fn every_documented_status_is_reachable() {
             rb.send().await.unwrap();
         }
     }
+
+    partner_statuses(&mut t).await;
 
     // Whatever is left: the generic request for each status.
     let pending: Vec<(String, u16)> = t

@@ -1,5 +1,5 @@
 //! Crash durability of the compiled binary on a real data dir: rounds of one random
-//! security-relevant write, each followed by `kill -9` at a random moment 0–5 ms after its
+//! security-relevant write (or `/ext` batch), each followed by `kill -9` at a random moment 0–5 ms after its
 //! response. After every kill, `pixee-pim check` must find every record whole and every index
 //! consistent, the server must start cleanly, and every promise made so far must hold: each
 //! confirmed write is there and each revocation, logout, password change and lock still bites,
@@ -40,9 +40,10 @@ enum Op {
     FailLoginsToLock,
     CreateProduct,
     DeleteProduct,
+    ExtBatch,
 }
 
-const OPS: [Op; 8] = [
+const OPS: [Op; 9] = [
     Op::CreateKey,
     Op::RotateKey,
     Op::RevokeKey,
@@ -51,6 +52,7 @@ const OPS: [Op; 8] = [
     Op::FailLoginsToLock,
     Op::CreateProduct,
     Op::DeleteProduct,
+    Op::ExtBatch,
 ];
 
 struct Session {
@@ -72,6 +74,8 @@ struct Promises {
     locked: Vec<String>,
     products: Vec<String>,
     deleted_products: Vec<String>,
+    /// Products written through `/ext` batches: EAN and the name the last batch gave.
+    batch_products: std::collections::BTreeMap<String, String>,
     serial: u64,
 }
 
@@ -90,6 +94,8 @@ struct Run {
     client: reqwest::Client,
     base: String,
     admin: String,
+    /// A live key with the `/ext` scopes (never revoked by the run).
+    ext_key: String,
     p: Promises,
     rng: StdRng,
 }
@@ -261,6 +267,52 @@ impl Run {
                     .products
                     .push(body["id"].as_str().unwrap().to_owned());
             }
+            Op::ExtBatch => {
+                // New EANs (one of them twice: the later item wins) and products of earlier
+                // batches renamed, in one batch answered once every item is durable.
+                let round = self.p.serial;
+                let mut items = Vec::new();
+                let mut expected = Vec::new();
+                for _ in 0..3 {
+                    let ean = ean13(self.p.serial);
+                    self.p.serial += 1;
+                    items.push(json!({"ean": ean, "name": format!("batch {round}")}));
+                    expected.push((ean, format!("batch {round}")));
+                }
+                let (twice, _) = expected[0].clone();
+                items.push(json!({"ean": twice, "name": format!("batch {round} again")}));
+                expected.push((twice, format!("batch {round} again")));
+                for ean in self
+                    .p
+                    .batch_products
+                    .keys()
+                    .take(2)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                {
+                    items.push(json!({"ean": ean, "name": format!("renamed {round}")}));
+                    expected.push((ean, format!("renamed {round}")));
+                }
+                let body = self
+                    .expect(
+                        self.client
+                            .post(self.url("/ext/products/batch"))
+                            .header("X-API-Key", &self.ext_key)
+                            .json(&json!({"products": items})),
+                        200,
+                        "ext batch",
+                    )
+                    .await;
+                let results = body["data"].as_array().unwrap();
+                assert_eq!(results.len(), expected.len());
+                for (r, (ean, name)) in results.iter().zip(expected) {
+                    assert!(
+                        matches!(r["status"].as_str(), Some("created" | "updated")),
+                        "batch item {r}"
+                    );
+                    self.p.batch_products.insert(ean, name);
+                }
+            }
             Op::DeleteProduct => {
                 if self.p.products.is_empty() {
                     return Box::pin(self.perform(Op::CreateProduct)).await;
@@ -347,6 +399,16 @@ impl Run {
             self.expect(product(id), 404, &format!("deleted product {id} is back"))
                 .await;
         }
+        for (ean, name) in &self.p.batch_products {
+            let rb = self
+                .client
+                .get(self.url(&format!("/ext/products/{ean}")))
+                .header("X-API-Key", &self.ext_key);
+            let body = self
+                .expect(rb, 200, &format!("batch product {ean} is gone"))
+                .await;
+            assert_eq!(body["data"]["name"], name.as_str(), "batch product {ean}");
+        }
         // The search index caught up at start: it finds exactly the confirmed products, none
         // lost between the store commit and the index commit, no deleted one invented.
         let found = self
@@ -422,10 +484,23 @@ async fn fifty_random_writes_each_killed_0_to_5_ms_after_their_response_keep_eve
         .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
     let first = create_key(&server.base, &admin, "first").await;
+    let ext = insecure_client()
+        .post(format!("{}/api/v1/api-keys", server.base))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "ext", "scopes": ["ext:products:read", "ext:products:write"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ext.status(), StatusCode::CREATED);
+    let ext_key = ext.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let mut run = Run {
         client: insecure_client(),
         base: server.base.clone(),
         admin,
+        ext_key,
         p: Promises {
             password: user_password,
             live_keys: vec![(
@@ -439,7 +514,7 @@ async fn fifty_random_writes_each_killed_0_to_5_ms_after_their_response_keep_eve
 
     let mut done = Vec::new();
     for round in 0..ROUNDS {
-        // Each kind of operation once in the first eight rounds, then at random.
+        // Each kind of operation once in the first nine rounds, then at random.
         let op = match OPS.get(round) {
             Some(op) => *op,
             None => OPS[run.rng.random_range(0..OPS.len())],

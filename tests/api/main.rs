@@ -14,6 +14,7 @@ mod hardening;
 mod hostile;
 mod lockout;
 mod openapi;
+mod partner;
 mod products;
 mod rate_limits;
 mod search;
