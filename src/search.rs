@@ -539,27 +539,26 @@ impl SearchIndex {
             ));
         }
         for (i, word) in words.iter().enumerate() {
-            let term = |field| {
-                TermQuery::new(
-                    Term::from_field_text(field, word),
-                    IndexRecordOption::WithFreqs,
-                )
-            };
-            let mut either: Vec<(Occur, Box<dyn Query>)> = vec![
-                (
-                    Occur::Should,
-                    Box::new(BoostQuery::new(Box::new(term(f.name)), 2.0)),
-                ),
-                (Occur::Should, Box::new(term(f.body))),
-            ];
+            // Alternatives of a field that holds no such word are left out: each one kept
+            // wraps the word's postings in a union the other words must seek through.
+            let mut either: Vec<(Occur, Box<dyn Query>)> = Vec::with_capacity(4);
+            for (field, boost) in [(f.name, 2.0), (f.body, 1.0)] {
+                let term = Term::from_field_text(field, word);
+                if searcher.doc_freq(&term)? == 0 {
+                    continue;
+                }
+                let q = TermQuery::new(term, IndexRecordOption::WithFreqs);
+                either.push((Occur::Should, Box::new(BoostQuery::new(Box::new(q), boost))));
+            }
             if i == last && word.chars().count() >= 2 {
                 for (field, score) in [(f.name, 0.5), (f.body, 0.25)] {
-                    let words = expand(searcher, field, word)?;
+                    let mut words = expand(searcher, field, word)?;
                     // A few words stay lazy term walks that the other words' postings can
                     // skip through; many become one set (a bitset of their documents).
                     let prefix: Box<dyn Query> = match words.len() {
                         0 => continue,
-                        1..=LAZY_EXPANSIONS => Box::new(BooleanQuery::new(
+                        1 => Box::new(TermQuery::new(words.remove(0), IndexRecordOption::Basic)),
+                        2..=LAZY_EXPANSIONS => Box::new(BooleanQuery::new(
                             words
                                 .into_iter()
                                 .map(|t| {
@@ -574,7 +573,13 @@ impl SearchIndex {
                     either.push((Occur::Should, Box::new(ConstScoreQuery::new(prefix, score))));
                 }
             }
-            clauses.push((Occur::Must, Box::new(BooleanQuery::new(either))));
+            // A word no document holds (nor, for the last, starts): nothing matches them all.
+            let clause: Box<dyn Query> = match either.len() {
+                0 => return Ok(None),
+                1 => either.remove(0).1,
+                _ => Box::new(BooleanQuery::new(either)),
+            };
+            clauses.push((Occur::Must, clause));
         }
         Ok(Some(BooleanQuery::new(clauses)))
     }

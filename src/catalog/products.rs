@@ -231,7 +231,14 @@ impl ListQuery {
 /// searches without reading or serializing them again.
 #[derive(Default)]
 pub struct PageCache {
-    pages: std::sync::Mutex<std::collections::HashMap<(Namespace, String), CachedPage>>,
+    pages: std::sync::Mutex<Pages>,
+}
+
+#[derive(Default)]
+struct Pages {
+    map: std::collections::HashMap<(Namespace, String), CachedPage>,
+    /// What the kept answers and their keys weigh.
+    bytes: usize,
 }
 
 /// What a kept answer is valid for: the store's catalog epoch and the search index's commits.
@@ -240,8 +247,10 @@ pub type Epoch = (u64, u64);
 /// The epoch an answer was computed at, and the answer.
 type CachedPage = (Epoch, Arc<[u8]>);
 
-/// Pages kept at most; the cache starts over when it is full.
+/// Pages kept at most, and their weight at most: the cache starts over when either is reached.
+/// An answer heavier than a sixteenth of the budget (a long change feed) is not kept.
 const CACHED_PAGES: usize = 1024;
+const CACHED_BYTES: usize = 8 << 20;
 
 #[derive(Clone)]
 pub struct Catalog {
@@ -499,6 +508,7 @@ impl Catalog {
         let epoch = self.epoch();
         let pages = self.pages.pages.lock().ok()?;
         pages
+            .map
             .get(&(ns, key.to_owned()))
             .filter(|(at, _)| *at == epoch)
             .map(|(_, body)| body.clone())
@@ -506,11 +516,19 @@ impl Catalog {
 
     /// Keeps a rendered answer computed at `epoch` (read before computing it).
     pub fn keep_page(&self, ns: Namespace, key: &str, epoch: Epoch, body: Arc<[u8]>) {
+        let weight = body.len() + key.len();
+        if weight > CACHED_BYTES / 16 {
+            return;
+        }
         if let Ok(mut pages) = self.pages.pages.lock() {
-            if pages.len() >= CACHED_PAGES {
-                pages.clear();
+            if pages.map.len() >= CACHED_PAGES || pages.bytes + weight > CACHED_BYTES {
+                pages.map.clear();
+                pages.bytes = 0;
             }
-            pages.insert((ns, key.to_owned()), (epoch, body));
+            if let Some((_, old)) = pages.map.insert((ns, key.to_owned()), (epoch, body)) {
+                pages.bytes = pages.bytes.saturating_sub(old.len() + key.len());
+            }
+            pages.bytes += weight;
         }
     }
 
@@ -740,8 +758,14 @@ impl Catalog {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_kept_search_answer_goes_when_the_index_takes_in_a_write_it_lacked() {
+    fn fixture() -> (
+        tempfile::TempDir,
+        Store,
+        SharedClock,
+        SearchIndex,
+        Catalog,
+        Namespace,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
         let clock: SharedClock = Arc::new(crate::clock::ManualClock::new(
@@ -754,6 +778,39 @@ mod tests {
             tenant: crate::domain::TenantId::generate(),
             environment: crate::domain::Environment::Live,
         };
+        (dir, store, clock, search, catalog, ns)
+    }
+
+    #[tokio::test]
+    async fn kept_answers_stay_within_their_weight() {
+        let (_dir, _store, _clock, search, catalog, ns) = fixture();
+        let epoch = catalog.epoch();
+        let body = |n: usize| -> Arc<[u8]> { vec![b' '; n].into() };
+        // Too heavy to keep at all.
+        catalog.keep_page(ns, "huge", epoch, body(CACHED_BYTES / 8));
+        assert!(catalog.cached_page(ns, "huge").is_none());
+        // Kept until the next one would pass the budget; then the cache starts over.
+        let third = CACHED_BYTES / 3;
+        let big = CACHED_BYTES / 20;
+        for i in 0..(third / big) {
+            catalog.keep_page(ns, &format!("p{i}"), epoch, body(big));
+        }
+        assert!(catalog.cached_page(ns, "p0").is_some());
+        for i in 100..(100 + 2 * third / big + 2) {
+            catalog.keep_page(ns, &format!("p{i}"), epoch, body(big));
+        }
+        assert!(catalog.cached_page(ns, "p0").is_none());
+        assert!(
+            catalog
+                .cached_page(ns, &format!("p{}", 100 + 2 * third / big + 1))
+                .is_some()
+        );
+        search.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_kept_search_answer_goes_when_the_index_takes_in_a_write_it_lacked() {
+        let (_dir, store, clock, search, catalog, ns) = fixture();
         // A write the store holds but the index does not have yet (between its commit and
         // its indexing); an answer computed now lacks it.
         let mut p = blank(ProductId::generate(), clock.now());
