@@ -6,10 +6,12 @@
 //!   text is only ever split into words: quotes, colons or brackets are separators, never syntax.
 //! - **Written after the store**: each product write, once durable, names the products it
 //!   changed; one indexer thread reads their current records (or their absence) and commits
-//!   the index. It may read a newer write of the same product that is not durable yet; a crash
-//!   that loses it leaves a product changed moments ago, which the catch-up reads again. A
-//!   search first waits (at most [`FRESHNESS_WAIT`]) until every write acknowledged before it
-//!   is in the index: a client finds what it has just written.
+//!   the index: at once when writes are rare, at most once a second while they stream in, and
+//!   at once whenever a search waits for them. It may read a newer write of the same product
+//!   that is not durable yet; a crash that loses it leaves a product changed moments ago, which
+//!   the catch-up reads again. A search first waits (at most [`FRESHNESS_WAIT`]) until every
+//!   write acknowledged before it is in the index, waking the indexer: a client finds what it
+//!   has just written.
 //! - **Caught up at start**: each commit records when its batch began. At start, every product
 //!   changed or deleted since then (less [`CATCH_UP_MARGIN`], for writes whose transaction was
 //!   still running) is indexed again from the store: a crash between a store commit and the
@@ -58,8 +60,9 @@ const MAX_WORD_BYTES: usize = 100;
 /// while rebuilding, when it is the only work of the process.
 const SERVING_HEAP: usize = 24_000_000;
 const REBUILD_HEAP: usize = 128_000_000;
-/// The shortest time between two index commits while writes stream in.
-const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// While writes stream in and no search waits for them, the index commits at most this often
+/// (each commit syncs files and writes a segment); a search that waits wakes the indexer.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// Most longer words a prefix stands for (per field): a two-letter prefix in a large catalog
 /// matches the first ones in alphabetical order.
 const MAX_EXPANSIONS: usize = 256;
@@ -207,9 +210,12 @@ fn id_parts(id: ProductId) -> (u64, u64) {
     ((n >> 64) as u64, n as u64)
 }
 
-/// One product change for the indexer: look at this product again.
+/// What the indexer is sent.
 enum Message {
+    /// Look at this product again.
     Changed(Namespace, ProductId),
+    /// A search waits for the changes sent so far: commit them now.
+    Urgent,
     Stop,
 }
 
@@ -497,6 +503,11 @@ impl SearchIndex {
         let mut rx = self.inner.committed.subscribe();
         if *rx.borrow_and_update() >= target {
             return;
+        }
+        if let Ok(sender) = self.inner.sender.lock()
+            && let Some(sender) = sender.as_ref()
+        {
+            let _ = sender.send(Message::Urgent);
         }
         if tokio::time::timeout(FRESHNESS_WAIT, rx.wait_for(|c| *c >= target))
             .await
@@ -801,40 +812,62 @@ impl Indexer {
         let mut done: u64 = 0;
         let mut stop = false;
         let mut last_commit = Instant::now()
-            .checked_sub(MIN_COMMIT_INTERVAL)
+            .checked_sub(COMMIT_INTERVAL)
             .unwrap_or_else(Instant::now);
         while !stop {
             let Ok(first) = receiver.recv() else {
                 break;
             };
-            // Under a stream of writes, commits are spaced out and batches grow instead: each
-            // commit syncs the store and writes a new segment.
-            if let Some(wait) = MIN_COMMIT_INTERVAL.checked_sub(last_commit.elapsed()) {
-                std::thread::sleep(wait);
-            }
-            last_commit = Instant::now();
-            let started = self.clock.now();
             let mut batch = Vec::new();
-            let mut queue =
-                std::iter::once(first).chain(std::iter::from_fn(|| receiver.try_recv().ok()));
+            let mut urgent = false;
+            /// Files a message; true when it says to stop.
+            fn take(
+                message: Message,
+                batch: &mut Vec<(Namespace, ProductId)>,
+                urgent: &mut bool,
+            ) -> bool {
+                match message {
+                    Message::Changed(ns, id) => {
+                        batch.push((ns, id));
+                        false
+                    }
+                    Message::Urgent => {
+                        *urgent = true;
+                        false
+                    }
+                    Message::Stop => true,
+                }
+            }
+            stop = take(first, &mut batch, &mut urgent);
+            // Under a stream of writes, changes gather until a second after the last commit,
+            // unless a search waits for them (or the batch is full, or the server stops).
+            while !stop && !urgent && batch.len() < MAX_BATCH {
+                let Some(wait) = COMMIT_INTERVAL.checked_sub(last_commit.elapsed()) else {
+                    break;
+                };
+                match receiver.recv_timeout(wait) {
+                    Ok(message) => stop = take(message, &mut batch, &mut urgent),
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => stop = true,
+                }
+            }
+            // Every change sent before this moment is in the batch once the queue is drained.
+            let started = self.clock.now();
             let mut cut = false;
-            loop {
+            while !stop {
                 if batch.len() >= MAX_BATCH {
                     cut = true;
                     break;
                 }
-                match queue.next() {
-                    Some(Message::Changed(ns, id)) => batch.push((ns, id)),
-                    Some(Message::Stop) => {
-                        stop = true;
-                        break;
-                    }
-                    None => break,
+                match receiver.try_recv() {
+                    Ok(message) => stop = take(message, &mut batch, &mut urgent),
+                    Err(_) => break,
                 }
             }
             if batch.is_empty() {
                 continue;
             }
+            last_commit = Instant::now();
             // A batch that left changes queued does not move the catch-up point: those changes
             // may be older than its start.
             let through = if cut { self.through } else { started };

@@ -166,7 +166,9 @@ pub async fn request_middleware(
         req.head_mut().method = Method::GET;
     }
     let path = req.path().to_owned();
-    let surface = crate::api::envelope::Surface::of(&path);
+    // The path as the router matches it (percent-encoded letters decoded), so no spelling of
+    // a partner path escapes its envelope.
+    let surface = crate::api::envelope::Surface::of(req.match_info().as_str());
     // The routing layer turns handler and extractor errors into responses, so `Err` here is
     // rare (and still becomes a response further out).
     let mut res = REQUEST_ID

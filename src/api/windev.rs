@@ -118,11 +118,12 @@ async fn list(
     )
     .await?;
     let data: Vec<ProductOut> = items.into_iter().map(ProductOut::from).collect();
-    let count = data.len() as u64;
+    // `count` is the number found, as the hosted API answers ("125 produits trouvés", count
+    // 125, pages 10); the page holds `per_page` of them.
     Ok(envelope::windev(
         format!("{} trouvés", plural(total, "produit", "produits")),
         data,
-        count,
+        total,
         json!({
             "page": page.page,
             "per_page": page.per_page,
@@ -287,7 +288,12 @@ async fn since(
         ),
         data,
         count,
-        json!({"next_since": next, "has_more": page.more}),
+        json!({
+            "next_since": next,
+            "has_more": page.more,
+            // Deletions older than this were swept: a client last in step before it resyncs.
+            "deletions_known_since": page.deletions_known_since.map(crate::web::rfc3339),
+        }),
     ))
 }
 
@@ -442,8 +448,16 @@ fn batch_answer(what: &str, results: Vec<ItemResult>) -> HttpResponse {
 
 /// A stock line: `{reference or ean, stock}`, stock a whole number from 0.
 fn stock_patch(raw: Value) -> Result<ProductPatch, Error> {
+    // A whole number, also written as `5.0` (JSON has one number type).
+    let whole = |n: &serde_json::Number| {
+        n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        })
+    };
     match raw.get("stock") {
-        Some(Value::Number(n)) => match n.as_i64() {
+        Some(Value::Number(n)) => match whole(n) {
             Some(s) if s >= 0 => Ok(ProductPatch {
                 stock: Field::Value(s),
                 ..ProductPatch::default()

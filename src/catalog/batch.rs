@@ -29,6 +29,14 @@ pub enum ProductKey {
 }
 
 impl ProductKey {
+    /// Whether `p` holds this key.
+    fn names(&self, p: &ProductRecord) -> bool {
+        match self {
+            ProductKey::Ean(e) => p.ean == *e,
+            ProductKey::Reference(r) => p.reference.as_deref() == Some(r.as_str()),
+        }
+    }
+
     /// The 404 for this key, with the hosted API's French message.
     pub fn not_found(&self) -> Error {
         let french = match self {
@@ -89,6 +97,8 @@ pub enum FeedStart {
 pub struct FeedPage {
     pub changes: Vec<Change>,
     pub more: bool,
+    /// Deletions are known from this time on (older tombstones are swept); `None`: all kept.
+    pub deletions_known_since: Option<OffsetDateTime>,
 }
 
 impl Catalog {
@@ -128,18 +138,27 @@ impl Catalog {
         items: Vec<Result<(ProductKey, ProductPatch), Error>>,
         missing: WhenMissing,
     ) -> Result<Vec<Outcome>, Error> {
-        let mut outcomes = Vec::with_capacity(items.len());
-        let mut changed = Vec::new();
-        for item in items {
-            let outcome = match item {
-                Ok((key, patch)) => self.write_one(ns, &key, patch, missing),
-                Err(e) => Outcome::Failed(e),
-            };
-            if let Outcome::Created(p) | Outcome::Updated(p) = &outcome {
-                changed.push(p.id);
-            }
-            outcomes.push(outcome);
-        }
+        // Thousands of store transactions in a row: off the async workers, which would
+        // otherwise stall every connection they serve meanwhile.
+        let catalog = self.clone();
+        let outcomes = tokio::task::spawn_blocking(move || {
+            items
+                .into_iter()
+                .map(|item| match item {
+                    Ok((key, patch)) => catalog.write_one(ns, &key, patch, missing),
+                    Err(e) => Outcome::Failed(e),
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(Error::internal)?;
+        let changed: Vec<ProductId> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Created(p) | Outcome::Updated(p) => Some(p.id),
+                Outcome::Failed(_) => None,
+            })
+            .collect();
         if !changed.is_empty() {
             self.made_durable(ns, changed).await?;
         }
@@ -160,7 +179,7 @@ impl Catalog {
         for _ in 0..ATTEMPTS {
             let step = match self.find(ns, key) {
                 Err(e) => return Outcome::Failed(e),
-                Ok(Some(current)) => match self.update_one(ns, current, &patch) {
+                Ok(Some(current)) => match self.update_one(ns, key, current, &patch) {
                     Step::Wrote(p) => return Outcome::Updated(*p),
                     other => other,
                 },
@@ -185,7 +204,13 @@ impl Catalog {
         })
     }
 
-    fn update_one(&self, ns: Namespace, current: ProductRecord, patch: &ProductPatch) -> Step {
+    fn update_one(
+        &self,
+        ns: Namespace,
+        key: &ProductKey,
+        current: ProductRecord,
+        patch: &ProductPatch,
+    ) -> Step {
         // Field checks first, so a bad item is a validation error, not a store conflict.
         let mut scratch = current.clone();
         if let Err(errors) = patch.clone().apply(&mut scratch) {
@@ -193,6 +218,11 @@ impl Catalog {
         }
         let stamp = self.stamp();
         let updated = self.store().update_product(ns, current.id, |old| {
+            // Another write may have moved the key to another product since the lookup: then
+            // this one is not the product the item names (look again).
+            if !key.names(old) {
+                return Err(StoreError::NotFound);
+            }
             let mut next = old.clone();
             patch.clone().apply(&mut next).map_err(|_| {
                 StoreError::Conflict("the product changed during the update; retry")
@@ -244,6 +274,9 @@ impl Catalog {
             .store()
             .feed_horizon(|| self.clock().now())
             .unix_timestamp_nanos();
+        let deletions_known_since = self
+            .tombstone_retention()
+            .map(|keep| self.clock().now() - keep);
         let (since, after) = match start {
             FeedStart::Since(t) => (t, None),
             FeedStart::After(at, id) => (
@@ -276,6 +309,7 @@ impl Catalog {
                     return Ok(FeedPage {
                         changes,
                         more: false,
+                        deletions_known_since,
                     });
                 }
                 (Some(p), Some(d)) => p <= d,
@@ -286,6 +320,7 @@ impl Catalog {
                 return Ok(FeedPage {
                     changes,
                     more: true,
+                    deletions_known_since,
                 });
             }
             if take_product {
@@ -326,5 +361,84 @@ fn head<T>(
             Some(Err(e)) => Err(e.into()),
             _ => Ok(None),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock, SharedClock};
+    use crate::search::SearchIndex;
+    use crate::store::Store;
+    use std::sync::Arc;
+
+    fn product(n: u64, reference: &str, at: OffsetDateTime) -> ProductRecord {
+        let mut p = blank(ProductId::generate(), at);
+        p.ean = crate::domain::Ean::from_body(n).as_str().to_owned();
+        p.name = reference.into();
+        p.reference = Some(reference.into());
+        p
+    }
+
+    fn references(page: &FeedPage) -> Vec<String> {
+        page.changes
+            .iter()
+            .map(|c| match c {
+                Change::Product(p) => p.reference.clone().unwrap_or_default(),
+                Change::Deleted(t) => t.reference.clone().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_feed_waits_for_a_write_stamped_earlier_that_commits_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let start = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let manual = Arc::new(ManualClock::new(start));
+        let clock: SharedClock = manual.clone();
+        let (search, _) =
+            SearchIndex::open(&dir.path().join("search"), store.clone(), clock.clone()).unwrap();
+        let catalog = Catalog::new(store.clone(), clock, search.clone());
+        let ns = Namespace {
+            tenant: crate::domain::TenantId::generate(),
+            environment: crate::domain::Environment::Live,
+        };
+        // A slow write takes its time at t, and has not committed yet.
+        manual.advance(time::Duration::seconds(1));
+        let slow = store.write_stamp(|| manual.now());
+        // A quick one at t + 1 s commits at once.
+        manual.advance(time::Duration::seconds(1));
+        let quick = ProductPatch {
+            ean: Field::Value(crate::domain::Ean::from_body(2).as_str().to_owned()),
+            name: Field::Value("quick".into()),
+            ..ProductPatch::default()
+        };
+        let written = catalog
+            .write_by(
+                ns,
+                ProductKey::Reference("quick".into()),
+                quick,
+                WhenMissing::Create,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(written, Outcome::Created(_)));
+        manual.advance(time::Duration::seconds(1));
+        // The feed stops before the slow write's time: nothing yet.
+        let first = catalog.changes(ns, FeedStart::Since(start), 100).unwrap();
+        assert_eq!(references(&first), Vec::<String>::new());
+        // The slow write commits; from where the client stands, both follow, oldest first.
+        store
+            .insert_product(ns, &product(1, "slow", slow.at))
+            .unwrap();
+        drop(slow);
+        let next = catalog.changes(ns, FeedStart::Since(start), 100).unwrap();
+        assert_eq!(references(&next), ["slow", "quick"]);
+        // Paging on from the first entry's position gives the second alone.
+        let (at, id) = next.changes[0].position();
+        let rest = catalog.changes(ns, FeedStart::After(at, id), 100).unwrap();
+        assert_eq!(references(&rest), ["quick"]);
+        search.shutdown();
     }
 }

@@ -482,6 +482,11 @@ impl Catalog {
         Ok(deleted)
     }
 
+    /// How long tombstones are kept (`None`: for ever).
+    pub(super) fn tombstone_retention(&self) -> Option<time::Duration> {
+        self.tombstone_retention
+    }
+
     pub(super) fn store(&self) -> &Store {
         &self.store
     }

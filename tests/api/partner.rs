@@ -118,6 +118,15 @@ async fn every_ext_error_is_in_the_envelope_even_before_a_handler_runs() {
             .contains("ext:products:read"),
         "{body}"
     );
+    // However the path is spelled.
+    ext_error(
+        app.req(Method::GET, "/api/v1/%65xt/status")
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
     ext_error(
         app.with_key(Method::GET, "/api/v1/ext/nothing/here", &k)
             .send()
@@ -645,6 +654,7 @@ async fn windev_products_by_reference_or_ean_stock_prices_and_activation() {
                 {"reference": "REF-404", "stock": 3},
                 {"stock": 3},
                 {"reference": "REF-002", "stock": 1.5},
+                {"reference": "REF-002", "stock": 2.0},
             ]}))
             .send()
             .await
@@ -660,7 +670,9 @@ async fn windev_products_by_reference_or_ean_stock_prices_and_activation() {
         .collect();
     assert_eq!(
         statuses,
-        ["updated", "updated", "error", "error", "error", "error"]
+        [
+            "updated", "updated", "error", "error", "error", "error", "updated"
+        ]
     );
     assert_eq!(body["data"][3]["reference"], "REF-404");
     assert_eq!(
@@ -669,7 +681,7 @@ async fn windev_products_by_reference_or_ean_stock_prices_and_activation() {
     );
     assert_eq!(
         ok(get("REF-002".into()).await.unwrap(), 200).await["data"]["stock"],
-        0
+        2
     );
 
     let body = ok(
@@ -753,8 +765,9 @@ async fn windev_products_by_reference_or_ean_stock_prices_and_activation() {
             list["count"].as_u64(),
             list["page"].as_u64()
         ),
-        (Some(2), Some(2), Some(1), Some(1))
+        (Some(2), Some(2), Some(2), Some(1))
     );
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
     assert_eq!(list["message"], "2 produits trouvés");
 }
 
@@ -894,6 +907,13 @@ async fn the_since_feed_orders_changes_reports_deletions_once_and_pages_by_posit
     assert_eq!(all["data"][1]["ean"], ean(2).as_str());
     assert_eq!(all["data"][2]["name"], "A2");
     assert_eq!(all["has_more"], false);
+    // Tombstones are kept 90 days by default: deletions are known from then on.
+    let known = time::OffsetDateTime::parse(
+        all["deletions_known_since"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(known, app.clock.now() - time::Duration::days(90));
     // Unix seconds work as well.
     let unix = since(start.unix_timestamp().to_string()).await;
     assert_eq!(unix["count"], 3);
