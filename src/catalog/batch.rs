@@ -18,7 +18,7 @@ use super::field::Field;
 use super::products::{Catalog, ProductPatch, blank, complete};
 use crate::domain::ProductId;
 use crate::error::{Error, ErrorKind};
-use crate::store::{Namespace, ProductRecord, StoreError, Tombstone};
+use crate::store::{Namespace, ProductRecord, ProductWrite, StoreError, Tombstone};
 use time::OffsetDateTime;
 
 /// How a request names a product.
@@ -29,6 +29,17 @@ pub enum ProductKey {
 }
 
 impl ProductKey {
+    /// A new product holds its key: sets it in `patch` unless the patch sets it.
+    fn fill(&self, patch: &mut ProductPatch) {
+        match self {
+            ProductKey::Ean(e) if patch.ean.is_absent() => patch.ean = Field::Value(e.clone()),
+            ProductKey::Reference(r) if patch.reference.is_absent() => {
+                patch.reference = Field::Value(r.clone())
+            }
+            _ => {}
+        }
+    }
+
     /// Whether `p` holds this key.
     fn names(&self, p: &ProductRecord) -> bool {
         match self {
@@ -141,17 +152,9 @@ impl Catalog {
         // Thousands of store transactions in a row: off the async workers, which would
         // otherwise stall every connection they serve meanwhile.
         let catalog = self.clone();
-        let outcomes = tokio::task::spawn_blocking(move || {
-            items
-                .into_iter()
-                .map(|item| match item {
-                    Ok((key, patch)) => catalog.write_one(ns, &key, patch, missing),
-                    Err(e) => Outcome::Failed(e),
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(Error::internal)?;
+        let outcomes = tokio::task::spawn_blocking(move || catalog.write_items(ns, items, missing))
+            .await
+            .map_err(Error::internal)?;
         let changed: Vec<ProductId> = outcomes
             .iter()
             .filter_map(|o| match o {
@@ -163,6 +166,124 @@ impl Catalog {
             self.made_durable(ns, changed).await?;
         }
         Ok(outcomes)
+    }
+
+    /// The items in order: looked up and checked first, then written [`CHUNK`] to a store
+    /// transaction (an item refused there is skipped by the transaction and written alone
+    /// afterwards, looking its key up again: another item of the batch may have created or
+    /// renamed what it names).
+    fn write_items(
+        &self,
+        ns: Namespace,
+        items: Vec<Result<(ProductKey, ProductPatch), Error>>,
+        missing: WhenMissing,
+    ) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(items.len());
+        let mut plans: Vec<Plan> = Vec::new();
+        let mut again: Vec<(usize, ProductKey, ProductPatch)> = Vec::new();
+        let stamp = self.stamp();
+        for (i, item) in items.into_iter().enumerate() {
+            outcomes.push(None);
+            let (key, mut patch) = match item {
+                Ok(item) => item,
+                Err(e) => {
+                    outcomes[i] = Some(Outcome::Failed(e));
+                    continue;
+                }
+            };
+            let planned = self
+                .resolve_supplier(ns, &mut patch)
+                .and_then(|()| self.find(ns, &key))
+                .and_then(|found| match found {
+                    Some(current) => {
+                        let mut scratch = current.clone();
+                        patch.clone().apply(&mut scratch).map_err(Error::invalid)?;
+                        Ok(Write::Update(current.id))
+                    }
+                    None if missing == WhenMissing::Refuse => Err(key.not_found()),
+                    None => {
+                        let mut full = patch.clone();
+                        key.fill(&mut full);
+                        complete(full, blank(ProductId::generate(), stamp.at))
+                            .map(|p| Write::Insert(Box::new(p)))
+                    }
+                });
+            match planned {
+                Ok(write) => plans.push(Plan {
+                    index: i,
+                    key,
+                    patch,
+                    write,
+                }),
+                Err(e) => outcomes[i] = Some(Outcome::Failed(e)),
+            }
+        }
+        for chunk in plans.chunks(CHUNK) {
+            let rewrites: Vec<Box<Rewrite<'_>>> = chunk
+                .iter()
+                .map(|plan| {
+                    let at = stamp.at;
+                    let rewrite: Box<Rewrite<'_>> = Box::new(move |old: &ProductRecord| {
+                        // The key may have moved to another product since the lookup.
+                        if !plan.key.names(old) {
+                            return Err(StoreError::NotFound);
+                        }
+                        let mut next = old.clone();
+                        plan.patch.clone().apply(&mut next).map_err(|_| {
+                            StoreError::Conflict("the product changed during the update")
+                        })?;
+                        next.updated_at = at;
+                        Ok(next)
+                    });
+                    rewrite
+                })
+                .collect();
+            let writes: Vec<ProductWrite<'_>> = chunk
+                .iter()
+                .zip(&rewrites)
+                .map(|(plan, rewrite)| match &plan.write {
+                    Write::Insert(p) => ProductWrite::Insert(p.clone()),
+                    Write::Update(id) => ProductWrite::Update(*id, rewrite.as_ref()),
+                })
+                .collect();
+            let results = match self.store().product_writes(ns, &writes) {
+                Ok(results) => results,
+                // The transaction itself failed: each item on its own.
+                Err(_) => chunk.iter().map(|_| Err(StoreError::Retry)).collect(),
+            };
+            for (plan, result) in chunk.iter().zip(results) {
+                let outcome = match (result, &plan.write) {
+                    (Ok(p), Write::Insert(_)) => Outcome::Created(p),
+                    (Ok(p), Write::Update(_)) => Outcome::Updated(p),
+                    (
+                        Err(
+                            StoreError::NotFound
+                            | StoreError::Duplicate(_)
+                            | StoreError::Conflict(_)
+                            | StoreError::Retry,
+                        ),
+                        _,
+                    ) => {
+                        again.push((plan.index, plan.key.clone(), plan.patch.clone()));
+                        continue;
+                    }
+                    (Err(e), _) => Outcome::Failed(e.into()),
+                };
+                outcomes[plan.index] = Some(outcome);
+            }
+        }
+        drop(stamp);
+        for (index, key, patch) in again {
+            outcomes[index] = Some(self.write_one(ns, &key, patch, missing));
+        }
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Outcome::Failed(Error::new(ErrorKind::Internal, "an item was not written"))
+                })
+            })
+            .collect()
     }
 
     fn write_one(
@@ -240,14 +361,7 @@ impl Catalog {
 
     fn create_one(&self, ns: Namespace, key: &ProductKey, patch: &ProductPatch) -> Step {
         let mut patch = patch.clone();
-        // The key is the product's own field: a new product holds it.
-        match key {
-            ProductKey::Ean(e) if patch.ean.is_absent() => patch.ean = Field::Value(e.clone()),
-            ProductKey::Reference(r) if patch.reference.is_absent() => {
-                patch.reference = Field::Value(r.clone())
-            }
-            _ => {}
-        }
+        key.fill(&mut patch);
         let stamp = self.stamp();
         let product = match complete(patch, blank(ProductId::generate(), stamp.at)) {
             Ok(p) => p,
@@ -339,6 +453,25 @@ impl Catalog {
             }
         }
     }
+}
+
+/// Items written per store transaction.
+const CHUNK: usize = 256;
+
+/// What an item's store change becomes: `old` to new, or refused.
+type Rewrite<'a> = dyn Fn(&ProductRecord) -> Result<ProductRecord, StoreError> + Sync + 'a;
+
+/// An item looked up and checked, waiting for its chunk's transaction.
+struct Plan {
+    index: usize,
+    key: ProductKey,
+    patch: ProductPatch,
+    write: Write,
+}
+
+enum Write {
+    Insert(Box<ProductRecord>),
+    Update(ProductId),
 }
 
 /// What one attempt at an item did.

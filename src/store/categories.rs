@@ -625,7 +625,7 @@ mod tests {
             );
             p.id
         };
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = crate::store::reopen(dir.path());
         assert_eq!(store.product_ids_in_category(ns, legacy).unwrap(), vec![id]);
         store
             .check_integrity::<LockoutState>()

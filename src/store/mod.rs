@@ -32,7 +32,7 @@ pub use audit::AuditEvent;
 pub use categories::{CategoryPlacement, CategoryRecord, MAX_DEPTH, MappingRecord};
 pub use check::CheckReport;
 pub use horizon::WriteStamp;
-pub use products::ProductRecord;
+pub use products::{ProductRecord, ProductWrite};
 pub use sessions::{RefreshRecord, SessionRecord, SessionSweep, SpendOutcome};
 pub use suppliers::SupplierRecord;
 pub use tenants::TenantRecord;
@@ -486,4 +486,20 @@ pub(crate) fn from_tx(e: sled::transaction::TransactionError<StoreError>) -> Sto
         sled::transaction::TransactionError::Abort(e) => e,
         sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
     }
+}
+
+/// Opens the store in `dir` again right after a test dropped it: sled's background thread may
+/// hold the file lock a moment longer (tests under load saw the reopen refused).
+#[cfg(test)]
+pub(crate) fn reopen(dir: &Path) -> Store {
+    for _ in 0..100 {
+        match Store::open(dir, 1 << 20) {
+            Ok(store) => return store,
+            Err(e) if format!("{e:?}").contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    }
+    panic!("reopen: the store stayed locked");
 }

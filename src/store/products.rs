@@ -53,8 +53,78 @@ pub(super) struct ProductTrees<'a> {
 }
 
 type Tx<T> = Result<T, UnabortableTransactionError>;
+/// A write inside a transaction: the outer error aborts the transaction (storage), the inner
+/// one is the write refused by its checks (nothing of it written).
+type Checked<T> =
+    Result<Result<T, StoreError>, sled::transaction::ConflictableTransactionError<StoreError>>;
+
+/// One write of [`Store::product_writes`].
+pub enum ProductWrite<'a> {
+    Insert(Box<ProductRecord>),
+    /// The product and what it becomes (`Err` skips the write with that error).
+    Update(
+        ProductId,
+        &'a (dyn Fn(&ProductRecord) -> Result<ProductRecord, StoreError> + Sync),
+    ),
+}
 
 impl ProductTrees<'_> {
+    /// Inserts `p` once it passes the checks; a check's failure is the inner error (nothing
+    /// written).
+    fn insert(&self, ns: Namespace, p: &ProductRecord) -> Checked<()> {
+        for check in [
+            self.check_unique(ns, p)?,
+            self.check_supplier(ns, None, p)?,
+            self.check_categories(ns, None, p)?,
+        ] {
+            if let Err(e) = check {
+                return Ok(Err(e));
+            }
+        }
+        self.add_indexes(ns, p)?;
+        self.move_supplier(ns, None, Some(p))?;
+        self.move_categories(ns, None, Some(p))?;
+        self.move_active(ns, None, Some(p))?;
+        self.products
+            .insert(&keys::ns_id(ns, p.id.as_bytes())[..], codec::encode(p))?;
+        self.bump_count(ns, 1)?;
+        Ok(Ok(()))
+    }
+
+    /// Replaces product `id` with `change(current)` once it passes the checks.
+    fn update(
+        &self,
+        ns: Namespace,
+        id: ProductId,
+        change: &dyn Fn(&ProductRecord) -> Result<ProductRecord, StoreError>,
+    ) -> Checked<ProductRecord> {
+        let old = match self.load(ns, id)? {
+            Ok(old) => old,
+            Err(e) => return Ok(Err(e)),
+        };
+        let new = match change(&old) {
+            Ok(new) => new,
+            Err(e) => return Ok(Err(e)),
+        };
+        for check in [
+            self.check_unique(ns, &new)?,
+            self.check_supplier(ns, Some(&old), &new)?,
+            self.check_categories(ns, Some(&old), &new)?,
+        ] {
+            if let Err(e) = check {
+                return Ok(Err(e));
+            }
+        }
+        self.remove_indexes(ns, &old)?;
+        self.add_indexes(ns, &new)?;
+        self.move_supplier(ns, Some(&old), Some(&new))?;
+        self.move_categories(ns, Some(&old), Some(&new))?;
+        self.move_active(ns, Some(&old), Some(&new))?;
+        self.products
+            .insert(&keys::ns_id(ns, id.as_bytes())[..], codec::encode(&new))?;
+        Ok(Ok(new))
+    }
+
     fn index_owner(&self, tree: &TransactionalTree, key: &[u8]) -> Tx<Option<ProductId>> {
         Ok(tree
             .get(key)?
@@ -295,18 +365,26 @@ impl Store {
     }
 
     pub fn insert_product(&self, ns: Namespace, p: &ProductRecord) -> StoreResult<()> {
+        self.product_tx(|t| t.insert(ns, p)?.or_else(abort))
+    }
+
+    /// Several product writes in one transaction: each is checked as alone (and sees the ones
+    /// before it), and one that fails its checks is skipped with its error while the others
+    /// are written. One commit, one catalog epoch move.
+    pub fn product_writes(
+        &self,
+        ns: Namespace,
+        writes: &[ProductWrite<'_>],
+    ) -> StoreResult<Vec<StoreResult<ProductRecord>>> {
         self.product_tx(|t| {
-            t.check_unique(ns, p)?.or_else(abort)?;
-            t.check_supplier(ns, None, p)?.or_else(abort)?;
-            t.check_categories(ns, None, p)?.or_else(abort)?;
-            t.add_indexes(ns, p)?;
-            t.move_supplier(ns, None, Some(p))?;
-            t.move_categories(ns, None, Some(p))?;
-            t.move_active(ns, None, Some(p))?;
-            t.products
-                .insert(&keys::ns_id(ns, p.id.as_bytes())[..], codec::encode(p))?;
-            t.bump_count(ns, 1)?;
-            Ok(())
+            let mut out = Vec::with_capacity(writes.len());
+            for w in writes {
+                out.push(match w {
+                    ProductWrite::Insert(p) => t.insert(ns, p)?.map(|()| (**p).clone()),
+                    ProductWrite::Update(id, change) => t.update(ns, *id, change)?,
+                });
+            }
+            Ok(out)
         })
     }
 
@@ -320,21 +398,7 @@ impl Store {
     where
         F: Fn(&ProductRecord) -> Result<ProductRecord, StoreError>,
     {
-        self.product_tx(|t| {
-            let old = t.load(ns, id)?.or_else(abort)?;
-            let new = change(&old).or_else(abort)?;
-            t.check_unique(ns, &new)?.or_else(abort)?;
-            t.check_supplier(ns, Some(&old), &new)?.or_else(abort)?;
-            t.check_categories(ns, Some(&old), &new)?.or_else(abort)?;
-            t.remove_indexes(ns, &old)?;
-            t.add_indexes(ns, &new)?;
-            t.move_supplier(ns, Some(&old), Some(&new))?;
-            t.move_categories(ns, Some(&old), Some(&new))?;
-            t.move_active(ns, Some(&old), Some(&new))?;
-            t.products
-                .insert(&keys::ns_id(ns, id.as_bytes())[..], codec::encode(&new))?;
-            Ok(new)
-        })
+        self.product_tx(|t| t.update(ns, id, &change)?.or_else(abort))
     }
 
     /// Deletes the given products, leaving a tombstone for each (change feeds report the
@@ -659,7 +723,7 @@ mod tests {
             store.db.flush().unwrap();
             assert!(store.check_integrity::<LockoutState>().is_err());
         }
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = crate::store::reopen(dir.path());
         assert_eq!(store.inactive_count(ns).unwrap(), 1);
         store
             .check_integrity::<LockoutState>()
