@@ -269,20 +269,24 @@ async fn batch_patch(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    // Unknown paths under `/ext` fall to the app's default service; the middleware gives its
-    // 404 the envelope.
-    cfg.service(web::resource("/ext/status").get(status))
-        .service(web::resource("/ext/products").get(list).post(create))
-        .service(
-            web::resource("/ext/products/batch")
-                .app_data(crate::web::BodyScale(partner::BATCH_BODY_SCALE))
-                .post(batch_upsert)
-                .patch(batch_patch),
-        )
-        .service(
-            web::resource("/ext/products/{ean}")
-                .get(get)
-                .put(put)
-                .patch(patch),
-        );
+    // One scope: the router tells `/ext` paths by their prefix instead of trying every
+    // pattern of the API on them. Unknown paths under it fall to the app's default service,
+    // whose 404 the middleware gives the envelope.
+    cfg.service(
+        web::scope("/ext")
+            .service(web::resource("/status").get(status))
+            .service(web::resource("/products").get(list).post(create))
+            .service(
+                web::resource("/products/batch")
+                    .app_data(crate::web::BodyScale(partner::BATCH_BODY_SCALE))
+                    .post(batch_upsert)
+                    .patch(batch_patch),
+            )
+            .service(
+                web::resource("/products/{ean}")
+                    .get(get)
+                    .put(put)
+                    .patch(patch),
+            ),
+    );
 }

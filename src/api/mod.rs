@@ -19,14 +19,15 @@ use serde::{Deserialize, Serialize};
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api/v1")
+            // The partner surfaces first: their prefixes are told apart at once.
+            .configure(ext::configure)
+            .configure(windev::configure)
             .configure(auth::configure)
             .configure(api_keys::configure)
             .configure(accounts::configure)
             .configure(products::configure)
             .configure(suppliers::configure)
             .configure(categories::configure)
-            .configure(ext::configure)
-            .configure(windev::configure)
             .configure(meta::configure_api),
     );
     // After the API: the page's `/settings/{name}` pattern is then never tried for API paths.

@@ -571,33 +571,27 @@ async fn sync(
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let batch = || crate::web::BodyScale(partner::BATCH_BODY_SCALE);
-    // Unknown paths under `/windev` fall to the app's default service; the middleware gives
-    // its 404 the envelope.
-    cfg.service(web::resource("/windev/status").get(status))
-        .service(web::resource("/windev/products").get(list))
-        .service(
-            web::resource("/windev/products/sync")
-                .app_data(batch())
-                .post(sync),
-        )
-        .service(web::resource("/windev/products/since/{ts}").get(since))
-        .service(web::resource("/windev/products/{ref}/activate").post(activate))
-        .service(web::resource("/windev/products/{ref}/deactivate").post(deactivate))
-        .service(
-            web::resource("/windev/products/{ref}")
-                .get(get)
-                .patch(patch),
-        )
-        .service(web::resource("/windev/categories").get(categories))
-        .service(web::resource("/windev/suppliers").get(suppliers))
-        .service(
-            web::resource("/windev/stock/update")
-                .app_data(batch())
-                .post(stock_update),
-        )
-        .service(
-            web::resource("/windev/prices/update")
-                .app_data(batch())
-                .post(prices_update),
-        );
+    // One scope (see `ext.rs`); unknown paths under it get the app's 404, in the envelope.
+    cfg.service(
+        web::scope("/windev")
+            .service(web::resource("/status").get(status))
+            .service(web::resource("/products").get(list))
+            .service(web::resource("/products/sync").app_data(batch()).post(sync))
+            .service(web::resource("/products/since/{ts}").get(since))
+            .service(web::resource("/products/{ref}/activate").post(activate))
+            .service(web::resource("/products/{ref}/deactivate").post(deactivate))
+            .service(web::resource("/products/{ref}").get(get).patch(patch))
+            .service(web::resource("/categories").get(categories))
+            .service(web::resource("/suppliers").get(suppliers))
+            .service(
+                web::resource("/stock/update")
+                    .app_data(batch())
+                    .post(stock_update),
+            )
+            .service(
+                web::resource("/prices/update")
+                    .app_data(batch())
+                    .post(prices_update),
+            ),
+    );
 }

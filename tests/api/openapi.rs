@@ -78,6 +78,15 @@ fn every_registered_route_is_documented() {
     for entry in std::fs::read_dir(root.join("src/api")).unwrap() {
         let file = entry.unwrap().path();
         let source = std::fs::read_to_string(&file).unwrap();
+        // A file whose routes live in one `web::scope(...)` prefixes them with it.
+        let scope = source
+            .find("web::scope(\"")
+            .map(|i| {
+                let rest = &source[i + "web::scope(\"".len()..];
+                rest[..rest.find('"').unwrap()].to_owned()
+            })
+            .filter(|s| s != "/api/v1")
+            .unwrap_or_default();
         for (i, _) in source.match_indices("web::resource(\"") {
             let rest = &source[i + "web::resource(\"".len()..];
             let path = &rest[..rest.find('"').unwrap()];
@@ -93,7 +102,7 @@ fn every_registered_route_is_documented() {
             let full = if path == "/healthz" {
                 path.to_owned()
             } else {
-                format!("/api/v1{path}")
+                format!("/api/v1{scope}{path}")
             };
             for method in ["get", "post", "put", "patch", "delete"] {
                 if chain.contains(&format!(".{method}(")) {
