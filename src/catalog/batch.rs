@@ -15,7 +15,7 @@
 //!   only up to the store's write horizon (`store/horizon.rs`): no change can later commit
 //!   behind a position a client has already passed.
 use super::field::Field;
-use super::products::{Catalog, ProductPatch, blank, complete};
+use super::products::{Catalog, ProductPatch, blank, complete, patched};
 use crate::domain::ProductId;
 use crate::error::{Error, ErrorKind};
 use crate::store::{Namespace, ProductRecord, ProductWrite, StoreError, Tombstone};
@@ -228,12 +228,7 @@ impl Catalog {
                         if !plan.key.names(old) {
                             return Err(StoreError::NotFound);
                         }
-                        let mut next = old.clone();
-                        plan.patch.clone().apply(&mut next).map_err(|_| {
-                            StoreError::Conflict("the product changed during the update")
-                        })?;
-                        next.updated_at = at;
-                        Ok(next)
+                        patched(&plan.patch, old, at)
                     });
                     rewrite
                 })
@@ -344,12 +339,7 @@ impl Catalog {
             if !key.names(old) {
                 return Err(StoreError::NotFound);
             }
-            let mut next = old.clone();
-            patch.clone().apply(&mut next).map_err(|_| {
-                StoreError::Conflict("the product changed during the update; retry")
-            })?;
-            next.updated_at = stamp.at;
-            Ok(next)
+            patched(patch, old, stamp.at)
         });
         drop(stamp);
         match updated {

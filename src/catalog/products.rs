@@ -290,6 +290,22 @@ pub fn blank(id: ProductId, now: OffsetDateTime) -> ProductRecord {
     }
 }
 
+/// `old` with `patch` applied and stamped `at`, inside a store update. The patch was checked
+/// against the record read before; failing now means the record changed meanwhile.
+pub(super) fn patched(
+    patch: &ProductPatch,
+    old: &ProductRecord,
+    at: OffsetDateTime,
+) -> Result<ProductRecord, StoreError> {
+    let mut next = old.clone();
+    patch
+        .clone()
+        .apply(&mut next)
+        .map_err(|_| StoreError::Conflict("the product changed during the update; retry"))?;
+    next.updated_at = at;
+    Ok(next)
+}
+
 /// A full record built from a patch: `ean` and `name` are required.
 pub fn complete(patch: ProductPatch, mut base: ProductRecord) -> Result<ProductRecord, Error> {
     let mut missing = Vec::new();
@@ -436,14 +452,9 @@ impl Catalog {
         let mut scratch = self.get(ns, id)?;
         patch.clone().apply(&mut scratch).map_err(Error::invalid)?;
         let stamp = self.stamp();
-        let updated = self.store.update_product(ns, id, |old| {
-            let mut next = old.clone();
-            patch.clone().apply(&mut next).map_err(|_| {
-                StoreError::Conflict("the product changed during the update; retry")
-            })?;
-            next.updated_at = stamp.at;
-            Ok(next)
-        });
+        let updated = self
+            .store
+            .update_product(ns, id, |old| patched(&patch, old, stamp.at));
         drop(stamp);
         self.finish_update(ns, updated).await
     }
