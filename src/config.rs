@@ -90,6 +90,12 @@ pub struct ServeArgs {
     /// How often the retention sweep runs
     #[arg(long, env = "PIXEE_SWEEP_INTERVAL")]
     pub sweep_interval: Option<Span>,
+    /// Import and export jobs run at once (each on its own thread)
+    #[arg(long, env = "PIXEE_JOB_WORKERS")]
+    pub job_workers: Option<usize>,
+    /// How long a finished export's file can be downloaded (then it is removed)
+    #[arg(long, env = "PIXEE_EXPORT_RETENTION")]
+    pub export_retention: Option<Span>,
     /// Email of the superadmin created on first start
     #[arg(long, env = "PIXEE_ADMIN_EMAIL")]
     pub admin_email: Option<String>,
@@ -182,6 +188,8 @@ pub struct Settings {
     pub spent_token_retention: Span,
     pub tombstone_retention: Span,
     pub sweep_interval: Span,
+    pub job_workers: usize,
+    pub export_retention: Span,
     pub admin_email: String,
     pub admin_password: Option<String>,
 }
@@ -225,6 +233,11 @@ impl Settings {
                 .sweep_interval
                 .filter(|s| s.0.is_some())
                 .unwrap_or(Span::hours(1)),
+            job_workers: a.job_workers.unwrap_or(1).clamp(1, 64),
+            export_retention: a
+                .export_retention
+                .filter(|s| s.0.is_some())
+                .unwrap_or(Span::hours(24)),
             admin_email: a.admin_email.unwrap_or_else(|| "admin@localhost".into()),
             admin_password: a.admin_password.filter(|p| !p.is_empty()),
         }
@@ -265,6 +278,8 @@ pub fn merge_config_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
         spent_token_retention,
         tombstone_retention,
         sweep_interval,
+        job_workers,
+        export_retention,
         admin_email
     );
     if args.tls_cert.is_some() != args.tls_key.is_some() {

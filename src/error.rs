@@ -22,6 +22,10 @@ pub enum ErrorKind {
     PayloadTooLarge,
     UnsupportedMediaType,
     MethodNotAllowed,
+    /// 410: what the request names existed but is gone for good (an expired export).
+    Gone,
+    /// An import job whose every row failed (the job's `error_code`; never a response).
+    ImportFailed,
     Internal,
 }
 
@@ -42,6 +46,8 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorKind::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             ErrorKind::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ErrorKind::Gone => "EXPORT_EXPIRED",
+            ErrorKind::ImportFailed => "IMPORT_FAILED",
             ErrorKind::Internal => "INTERNAL_ERROR",
         }
     }

@@ -157,6 +157,7 @@ pub struct Application {
     port: u16,
     auth: web::Data<Auth>,
     catalog: web::Data<Catalog>,
+    jobs: web::Data<crate::jobs::Jobs>,
     pub bootstrap: Option<Bootstrap>,
     sweep_every: std::time::Duration,
     _data_dir: DataDir,
@@ -208,18 +209,37 @@ impl Application {
             .map_err(|e| other(format!("first start failed: {}", e.detail)))?;
         let suppliers = web::Data::new(Suppliers::new(store.clone(), clock.clone()));
         let categories = web::Data::new(Categories::new(store.clone(), clock.clone()));
+        let clock_for_jobs = clock.clone();
         let catalog = web::Data::new(
             Catalog::new(store, clock, search)
                 .with_tombstone_retention(settings.tombstone_retention.duration()),
+        );
+        let jobs = web::Data::new(
+            crate::jobs::Jobs::start(
+                catalog.store_handle(),
+                catalog.get_ref().clone(),
+                clock_for_jobs,
+                crate::jobs::JobsConfig {
+                    dir: settings.data_dir.join("jobs"),
+                    workers: settings.job_workers,
+                    export_retention: settings
+                        .export_retention
+                        .duration()
+                        .unwrap_or(Duration::hours(24)),
+                },
+            )
+            .map_err(other)?,
         );
         let limit = JsonLimit(settings.json_limit_bytes);
         let tls_enabled = settings.tls.is_some();
         let app_auth = auth.clone();
         let app_catalog = catalog.clone();
+        let app_jobs = jobs.clone();
         let http = HttpServer::new(move || {
             App::new()
                 .app_data(app_auth.clone())
                 .app_data(app_catalog.clone())
+                .app_data(app_jobs.clone())
                 .app_data(suppliers.clone())
                 .app_data(categories.clone())
                 .app_data(limit)
@@ -246,6 +266,7 @@ impl Application {
             port,
             auth,
             catalog,
+            jobs,
             bootstrap,
             sweep_every: std::time::Duration::from_secs(settings.sweep_interval.0.unwrap_or(3600)),
             _data_dir: data_dir,
@@ -269,16 +290,26 @@ impl Application {
         self.catalog.clone()
     }
 
+    pub fn jobs(&self) -> web::Data<crate::jobs::Jobs> {
+        self.jobs.clone()
+    }
+
     /// Serves until SIGINT/SIGTERM (or the server handle stops); in-flight requests finish, then
     /// buffered key usage is written and the store flushed.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let sweeper = actix_web::rt::spawn(sweep_periodically(
             self.auth.clone(),
             self.catalog.clone(),
+            self.jobs.clone(),
             self.sweep_every,
         ));
         let result = self.server.await;
         sweeper.abort();
+        // Job workers finish the batch they are writing; their jobs resume at the next start.
+        let jobs = self.jobs.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || jobs.shutdown()).await {
+            tracing::warn!(error = %e, "the job workers did not stop cleanly");
+        }
         // The indexer commits what it was sent before the data dir is let go.
         let catalog = self.catalog.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || catalog.close_search()).await {
@@ -292,11 +323,12 @@ impl Application {
     }
 }
 
-/// Every `every`, off the workers: the retention sweep (`auth/retention.rs`) and the sweep of
-/// product tombstones.
+/// Every `every`, off the workers: the retention sweep (`auth/retention.rs`), the sweep of
+/// product tombstones and the expiry of finished exports.
 async fn sweep_periodically(
     auth: web::Data<Auth>,
     catalog: web::Data<Catalog>,
+    jobs: web::Data<crate::jobs::Jobs>,
     every: std::time::Duration,
 ) {
     loop {
@@ -327,6 +359,13 @@ async fn sweep_periodically(
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e.detail, "tombstone sweep failed"),
             Err(e) => tracing::warn!(error = %e, "tombstone sweep did not finish"),
+        }
+        let jobs = jobs.clone();
+        match tokio::task::spawn_blocking(move || jobs.sweep()).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(exports = n, "expired exports removed"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e.detail, "export sweep failed"),
+            Err(e) => tracing::warn!(error = %e, "export sweep did not finish"),
         }
     }
 }

@@ -121,6 +121,8 @@ impl ErrorInfo {
                 "Type de contenu non pris en charge : envoyez du JSON (Content-Type: application/json).".into()
             }
             ErrorKind::MethodNotAllowed => "Méthode non autorisée pour cette route.".into(),
+            ErrorKind::Gone => "Ressource expirée.".into(),
+            ErrorKind::ImportFailed => "L'import a échoué.".into(),
             ErrorKind::Internal => "Erreur interne du serveur.".into(),
         }
     }

@@ -5,7 +5,9 @@ mod api_keys;
 mod auth;
 mod categories;
 pub mod envelope;
+mod exports;
 mod ext;
+mod imports;
 mod meta;
 mod partner;
 mod products;
@@ -28,6 +30,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(products::configure)
             .configure(suppliers::configure)
             .configure(categories::configure)
+            .configure(imports::configure)
+            .configure(exports::configure)
             .configure(meta::configure_api),
     );
     // After the API: the page's `/settings/{name}` pattern is then never tried for API paths.

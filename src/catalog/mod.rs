@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod categories;
 pub mod field;
+pub mod import;
 pub mod products;
 pub mod suppliers;
 

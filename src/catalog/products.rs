@@ -475,6 +475,12 @@ impl Catalog {
     /// Makes the write durable, then tells the search index which products it changed: the
     /// indexer only ever reads what a flush already covered (a newer write of the same product
     /// that a crash loses is within the catch-up's reach at the next start).
+    /// Tells the search index about products committed and flushed (a job's batch, off the
+    /// async workers).
+    pub(super) fn search_changed(&self, ns: Namespace, changed: Vec<ProductId>) {
+        self.search.changed(ns, changed);
+    }
+
     pub(super) async fn made_durable(
         &self,
         ns: Namespace,
@@ -496,6 +502,11 @@ impl Catalog {
     /// How long tombstones are kept (`None`: for ever).
     pub(super) fn tombstone_retention(&self) -> Option<time::Duration> {
         self.tombstone_retention
+    }
+
+    /// The store the catalog writes to (the job runner shares it).
+    pub fn store_handle(&self) -> Store {
+        self.store.clone()
     }
 
     pub(super) fn store(&self) -> &Store {
@@ -605,10 +616,60 @@ impl Catalog {
             }
             return Ok((items, total));
         }
-        // A category filter covers the category and every category below it. An id that names
-        // no category (kept by products from before categories were records) matches the
-        // products that list it.
-        let categories: Option<HashSet<Uuid>> = match q.category_id {
+        let categories = self.category_set(ns, q)?;
+        let candidates = self.candidates(ns, q, categories.as_ref())?;
+        let mut all = Vec::new();
+        for p in candidates {
+            let p = p?;
+            if q.matches(&p, categories.as_ref()) {
+                all.push(p);
+            }
+        }
+        // A search keeps the index's relevance order unless an order is asked for.
+        if q.search.is_none() || q.sort_by.is_some() {
+            match sort {
+                SortBy::CreatedAt => all.sort_by_key(|p| p.id),
+                SortBy::UpdatedAt => all.sort_by_key(|p| (p.updated_at, p.id)),
+                SortBy::Name => all.sort_by_key(|p| p.name.to_lowercase()),
+                SortBy::Price => {
+                    all.sort_by(|a, b| a.price.unwrap_or(0.0).total_cmp(&b.price.unwrap_or(0.0)))
+                }
+            }
+            if q.descending {
+                all.reverse();
+            }
+        }
+        let total = all.len() as u64;
+        Ok((
+            all.into_iter().skip(q.offset).take(q.limit).collect(),
+            total,
+        ))
+    }
+
+    /// Every product matching the filters, to `each`, without holding them: in relevance order
+    /// for a search, else in the order of the index the filters read (creation order without
+    /// filters, last change with `updated_since` alone). Exports stream the catalog through it.
+    pub fn each_match(
+        &self,
+        ns: Namespace,
+        q: &ListQuery,
+        mut each: impl FnMut(ProductRecord) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let categories = self.category_set(ns, q)?;
+        for p in self.candidates(ns, q, categories.as_ref())? {
+            let p = p?;
+            if q.matches(&p, categories.as_ref()) {
+                each(p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A category filter covers the category and every category below it. An id that names
+    /// no category (kept by products from before categories were records) matches the
+    /// products that list it.
+    fn category_set(&self, ns: Namespace, q: &ListQuery) -> Result<Option<HashSet<Uuid>>, Error> {
+        Ok(match q.category_id {
             Some(c) => {
                 let mut set: HashSet<Uuid> = self
                     .store
@@ -620,10 +681,20 @@ impl Catalog {
                 Some(set)
             }
             None => None,
-        };
+        })
+    }
+
+    /// The products a filtered list reads: those of the most selective index the filters
+    /// name. Each still has to pass [`ListQuery::matches`].
+    fn candidates<'a>(
+        &'a self,
+        ns: Namespace,
+        q: &ListQuery,
+        categories: Option<&HashSet<Uuid>>,
+    ) -> Result<Box<dyn Iterator<Item = Result<ProductRecord, StoreError>> + 'a>, Error> {
         let read = move |id: ProductId| self.store.product(ns, id).transpose();
-        let candidates: Box<dyn Iterator<Item = Result<ProductRecord, StoreError>> + '_> =
-            match (&q.search, q.supplier_id, &categories, q.updated_since) {
+        Ok(
+            match (&q.search, q.supplier_id, categories, q.updated_since) {
                 // The search hits, best first.
                 (Some(text), _, _, _) => {
                     Box::new(self.search.all(ns, text)?.into_iter().filter_map(read))
@@ -660,33 +731,8 @@ impl Catalog {
                         }),
                 ),
                 (None, None, None, None) => self.store.products_in_order(ns, false, 0),
-            };
-        let mut all = Vec::new();
-        for p in candidates {
-            let p = p?;
-            if q.matches(&p, categories.as_ref()) {
-                all.push(p);
-            }
-        }
-        // A search keeps the index's relevance order unless an order is asked for.
-        if q.search.is_none() || q.sort_by.is_some() {
-            match sort {
-                SortBy::CreatedAt => all.sort_by_key(|p| p.id),
-                SortBy::UpdatedAt => all.sort_by_key(|p| (p.updated_at, p.id)),
-                SortBy::Name => all.sort_by_key(|p| p.name.to_lowercase()),
-                SortBy::Price => {
-                    all.sort_by(|a, b| a.price.unwrap_or(0.0).total_cmp(&b.price.unwrap_or(0.0)))
-                }
-            }
-            if q.descending {
-                all.reverse();
-            }
-        }
-        let total = all.len() as u64;
-        Ok((
-            all.into_iter().skip(q.offset).take(q.limit).collect(),
-            total,
-        ))
+            },
+        )
     }
 
     /// A page in creation order of the active or the inactive products; the total comes from

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod maintenance;
+mod transfer;
 use maintenance::{run_backup, run_check, run_reindex, run_restore, seed};
 
 #[derive(Debug, Parser)]
@@ -56,6 +57,48 @@ pub enum Command {
     Restore {
         #[arg(long)]
         from: PathBuf,
+    },
+    /// Import products from a CSV, JSON, NDJSON or XLSX file (the server must be stopped);
+    /// rows upsert by EAN. Prints the job id.
+    Import {
+        file: PathBuf,
+        /// Tenant id or name
+        #[arg(long)]
+        tenant: String,
+        /// Into the test environment instead of live
+        #[arg(long)]
+        test: bool,
+        /// Column mappings laid over the detected ones: Header=field (repeat or separate with commas)
+        #[arg(long, value_delimiter = ',')]
+        mapping: Vec<String>,
+        /// Check every row and report what would change; write nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Rows before the header row
+        #[arg(long, default_value_t = 0)]
+        skip_header_rows: u32,
+        /// Supplier (by code) of every row that names none
+        #[arg(long)]
+        supplier_code: Option<String>,
+    },
+    /// Export a tenant's products to a file (the server must be stopped)
+    Export {
+        /// Tenant id or name
+        #[arg(long)]
+        tenant: String,
+        /// From the test environment instead of live
+        #[arg(long)]
+        test: bool,
+        #[arg(long, value_parser = ["csv", "json", "ndjson", "xlsx"])]
+        format: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Only products matching this search
+        #[arg(long)]
+        search: Option<String>,
+        /// CSV without the UTF-8 byte-order mark
+        #[arg(long)]
+        no_bom: bool,
     },
     /// Bulk-load synthetic keys and products (for benchmarks; not for production data)
     #[command(hide = true)]
@@ -139,8 +182,67 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
         Command::Restore { from } => run_restore(&cli.data_dir, &from),
         Command::Check => run_check(&cli.data_dir),
         Command::Reindex => run_reindex(&cli.data_dir),
+        Command::Import {
+            file,
+            tenant,
+            test,
+            mapping,
+            dry_run,
+            skip_header_rows,
+            supplier_code,
+        } => {
+            let data_dir = cli.data_dir.clone();
+            run_blocking(move || {
+                transfer::run_import(
+                    &data_dir,
+                    transfer::ImportArgs {
+                        file: &file,
+                        tenant: &tenant,
+                        test,
+                        mapping: &mapping,
+                        dry_run,
+                        skip_header_rows,
+                        supplier_code,
+                    },
+                )
+            })
+            .await
+        }
+        Command::Export {
+            tenant,
+            test,
+            format,
+            out,
+            search,
+            no_bom,
+        } => {
+            let data_dir = cli.data_dir.clone();
+            run_blocking(move || {
+                transfer::run_export(
+                    &data_dir,
+                    transfer::ExportArgs {
+                        tenant: &tenant,
+                        test,
+                        format: &format,
+                        out: &out,
+                        search,
+                        no_bom,
+                    },
+                )
+            })
+            .await
+        }
         other => admin(cli.data_dir, other).await,
     }
+}
+
+/// Runs a long foreground command off the async runtime (it waits on threads and files).
+async fn run_blocking(
+    f: impl FnOnce() -> Result<(), StartError> + Send + 'static,
+) -> Result<(), StartError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))?
 }
 
 fn fail(e: impl std::fmt::Display) -> StartError {
@@ -340,7 +442,9 @@ async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
         | Command::Backup { .. }
         | Command::Restore { .. }
         | Command::Check
-        | Command::Reindex => {}
+        | Command::Reindex
+        | Command::Import { .. }
+        | Command::Export { .. } => {}
     }
     Ok(())
 }

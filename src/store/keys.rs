@@ -32,6 +32,9 @@
 //! | category_mappings | namespace + category id + channel | MappingRecord |
 //! | products_inactive | namespace + product id (the products with `is_active` false) | empty |
 //! | counters | namespace + `inactive` | u64 BE: how many products are inactive |
+//! | jobs | namespace + job id v7 (16) | JobRecord (imports and exports) |
+//! | job_logs | job id (16) + row (8, BE) + entry number (8, BE) | LogRecord |
+//! | import_templates | namespace + template id (16) | TemplateRecord |
 //!
 //! A namespace is tenant id (16) + environment tag (`L` or `T`).
 use super::Namespace;

@@ -16,6 +16,7 @@ mod check;
 mod codec;
 mod group_commit;
 mod horizon;
+mod jobs;
 pub mod keys;
 mod products;
 mod sessions;
@@ -32,6 +33,10 @@ pub use audit::AuditEvent;
 pub use categories::{CategoryPlacement, CategoryRecord, MAX_DEPTH, MappingRecord};
 pub use check::CheckReport;
 pub use horizon::WriteStamp;
+pub use jobs::{
+    ExportSpec, ImportSpec, ImportWrite, JobKind, JobRecord, JobStatus, LogLevel, LogRecord,
+    MAX_LOGS, Progress, RowWrite, TemplateRecord,
+};
 pub use products::{ProductRecord, ProductWrite};
 pub use sessions::{RefreshRecord, SessionRecord, SessionSweep, SpendOutcome};
 pub use suppliers::SupplierRecord;
@@ -116,6 +121,9 @@ pub const TREES: &[&str] = &[
     "products_by_category",
     "category_mappings",
     "products_inactive",
+    "jobs",
+    "job_logs",
+    "import_templates",
 ];
 
 /// The record caches of the auth path, each bounded.
@@ -183,6 +191,9 @@ pub struct Store {
     pub(crate) products_by_category: sled::Tree,
     pub(crate) category_mappings: sled::Tree,
     pub(crate) products_inactive: sled::Tree,
+    pub(crate) jobs: sled::Tree,
+    pub(crate) job_logs: sled::Tree,
+    pub(crate) import_templates: sled::Tree,
 }
 
 /// How often sled writes its log and cleans its segments by default, in milliseconds. Under the
@@ -242,6 +253,9 @@ impl Store {
             products_by_category: tree("products_by_category")?,
             category_mappings: tree("category_mappings")?,
             products_inactive: tree("products_inactive")?,
+            jobs: tree("jobs")?,
+            job_logs: tree("job_logs")?,
+            import_templates: tree("import_templates")?,
             key_lookups: Default::default(),
             caches: std::sync::Arc::new(Caches::new()),
             group_commit: group_commit::GroupCommit::new(),

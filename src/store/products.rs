@@ -125,6 +125,28 @@ impl ProductTrees<'_> {
         Ok(Ok(new))
     }
 
+    /// Replaces the product holding `ean` by `change(current)`, or inserts `create` when none
+    /// does (`None`: nothing to create, the write is refused with [`StoreError::NotFound`]).
+    /// The lookup is inside the transaction, so no concurrent write can make it stale: any
+    /// other refusal here is the item's own (a reference held by another product, an unknown
+    /// supplier or category). `true` when the product was created.
+    pub(super) fn upsert_by_ean(
+        &self,
+        ns: Namespace,
+        ean: &str,
+        create: Option<&ProductRecord>,
+        change: &dyn Fn(&ProductRecord) -> Result<ProductRecord, StoreError>,
+    ) -> Checked<(ProductRecord, bool)> {
+        match (
+            self.index_owner(self.by_ean, &keys::ns_str(ns, ean))?,
+            create,
+        ) {
+            (Some(id), _) => Ok(self.update(ns, id, change)?.map(|p| (p, false))),
+            (None, Some(p)) => Ok(self.insert(ns, p)?.map(|()| (p.clone(), true))),
+            (None, None) => Ok(Err(StoreError::NotFound)),
+        }
+    }
+
     fn index_owner(&self, tree: &TransactionalTree, key: &[u8]) -> Tx<Option<ProductId>> {
         Ok(tree
             .get(key)?
@@ -321,7 +343,19 @@ impl Store {
             &ProductTrees<'_>,
         ) -> Result<T, sled::transaction::ConflictableTransactionError<StoreError>>,
     {
-        let trees: [&sled::Tree; 14] = [
+        self.product_tx_with(&[], |t, _| f(t))
+    }
+
+    /// [`Store::product_tx`] over `extra` trees as well (an import's job record and logs,
+    /// committed with the rows they cover); `f` sees them in the same order.
+    pub(super) fn product_tx_with<T, F>(&self, extra: &[&sled::Tree], f: F) -> StoreResult<T>
+    where
+        F: Fn(
+            &ProductTrees<'_>,
+            &[TransactionalTree],
+        ) -> Result<T, sled::transaction::ConflictableTransactionError<StoreError>>,
+    {
+        let mut trees: Vec<&sled::Tree> = vec![
             &self.products,
             &self.product_by_ean,
             &self.product_by_ref,
@@ -337,23 +371,27 @@ impl Store {
             &self.category_mappings,
             &self.products_inactive,
         ];
+        trees.extend_from_slice(extra);
         let result = <[&sled::Tree] as Transactional<StoreError>>::transaction(&trees[..], |t| {
-            f(&ProductTrees {
-                products: &t[0],
-                by_ean: &t[1],
-                by_ref: &t[2],
-                by_updated: &t[3],
-                counters: &t[4],
-                suppliers: &t[5],
-                supplier_by_code: &t[6],
-                by_supplier: &t[7],
-                tombstones: &t[8],
-                categories: &t[9],
-                category_by_name: &t[10],
-                by_category: &t[11],
-                mappings: &t[12],
-                inactive: &t[13],
-            })
+            f(
+                &ProductTrees {
+                    products: &t[0],
+                    by_ean: &t[1],
+                    by_ref: &t[2],
+                    by_updated: &t[3],
+                    counters: &t[4],
+                    suppliers: &t[5],
+                    supplier_by_code: &t[6],
+                    by_supplier: &t[7],
+                    tombstones: &t[8],
+                    categories: &t[9],
+                    category_by_name: &t[10],
+                    by_category: &t[11],
+                    mappings: &t[12],
+                    inactive: &t[13],
+                },
+                &t[14..],
+            )
         })
         .map_err(from_tx);
         // After the commit, never before: an answer computed at the old epoch may not have

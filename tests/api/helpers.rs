@@ -12,6 +12,8 @@ use tempfile::TempDir;
 
 pub const ADMIN_EMAIL: &str = "admin@example.com";
 pub const ADMIN_PASSWORD: &str = "initial admin pass 1";
+/// A well-formed id that names nothing.
+pub const NOWHERE_ID: &str = "00000000-0000-4000-8000-000000000000";
 
 pub struct TestApp {
     pub address: String,
@@ -23,6 +25,7 @@ pub struct TestApp {
     pub data_dir: Arc<TempDir>,
     pub app_auth: actix_web::web::Data<pixee_pim::auth::Auth>,
     pub app_catalog: actix_web::web::Data<pixee_pim::catalog::Catalog>,
+    pub jobs: actix_web::web::Data<pixee_pim::jobs::Jobs>,
     handle: actix_web::dev::ServerHandle,
     task: Option<actix_web::rt::task::JoinHandle<std::io::Result<()>>>,
     args: ServeArgs,
@@ -82,6 +85,7 @@ async fn start(
     let handle = app.handle();
     let app_auth = app.auth();
     let app_catalog = app.catalog();
+    let jobs = app.jobs();
     let task = actix_web::rt::spawn(app.run_until_stopped());
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -104,6 +108,7 @@ async fn start(
         data_dir: dir,
         app_auth,
         app_catalog,
+        jobs,
         handle,
         task: Some(task),
         args,

@@ -12,6 +12,7 @@ mod crash;
 mod errors;
 mod hardening;
 mod hostile;
+mod jobs;
 mod lockout;
 mod openapi;
 mod partner;
