@@ -203,22 +203,17 @@ impl Application {
         let port = listener.local_addr().map_err(other)?.port();
         let store = data_dir.store.clone();
         let auth = web::Data::new(build_auth(&store, &settings, clock.clone(), cost)?);
-        let bootstrap = auth
-            .bootstrap(&settings.admin_email, settings.admin_password.clone())
-            .await
-            .map_err(|e| other(format!("first start failed: {}", e.detail)))?;
         let suppliers = web::Data::new(Suppliers::new(store.clone(), clock.clone()));
         let categories = web::Data::new(Categories::new(store.clone(), clock.clone()));
-        let clock_for_jobs = clock.clone();
         let catalog = web::Data::new(
-            Catalog::new(store, clock, search)
+            Catalog::new(store.clone(), clock.clone(), search)
                 .with_tombstone_retention(settings.tombstone_retention.duration()),
         );
         let jobs = web::Data::new(
             crate::jobs::Jobs::start(
-                catalog.store_handle(),
+                store.clone(),
                 catalog.get_ref().clone(),
-                clock_for_jobs,
+                clock,
                 crate::jobs::JobsConfig {
                     dir: settings.data_dir.join("jobs"),
                     workers: settings.job_workers,
@@ -230,6 +225,12 @@ impl Application {
             )
             .map_err(other)?,
         );
+        // The services (and the job runner, which may resume jobs) start before the first-start
+        // bootstrap: a failure there must not lose a generated admin password.
+        let bootstrap = auth
+            .bootstrap(&settings.admin_email, settings.admin_password.clone())
+            .await
+            .map_err(|e| other(format!("first start failed: {}", e.detail)))?;
         let limit = JsonLimit(settings.json_limit_bytes);
         let tls_enabled = settings.tls.is_some();
         let app_auth = auth.clone();

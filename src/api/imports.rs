@@ -18,6 +18,15 @@ use uuid::Uuid;
 
 /// What a multipart body may carry besides the file (its headers, boundaries, form fields).
 const FORM_OVERHEAD: u64 = 64 * 1024;
+/// The form fields besides the file.
+const FIELDS: &[&str] = &[
+    "supplier_id",
+    "supplier_code",
+    "template_id",
+    "auto_process",
+    "skip_header_rows",
+    "dry_run",
+];
 /// Longest form field value besides the file.
 const MAX_FIELD: usize = 1024;
 
@@ -150,6 +159,14 @@ fn too_large() -> Error {
 fn form_of(fields: &BTreeMap<String, String>) -> Result<ImportForm, Error> {
     let mut errors = Vec::new();
     let mut form = ImportForm::default();
+    for name in fields.keys() {
+        if !FIELDS.contains(&name.as_str()) {
+            errors.push(Invalid::new(
+                name.as_str(),
+                format!("is not a field of this form (file, {})", FIELDS.join(", ")),
+            ));
+        }
+    }
     let flag = |name: &str, errors: &mut Vec<Invalid>| -> bool {
         match fields
             .get(name)

@@ -504,11 +504,6 @@ impl Catalog {
         self.tombstone_retention
     }
 
-    /// The store the catalog writes to (the job runner shares it).
-    pub fn store_handle(&self) -> Store {
-        self.store.clone()
-    }
-
     pub(super) fn store(&self) -> &Store {
         &self.store
     }

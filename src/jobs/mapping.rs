@@ -211,27 +211,21 @@ fn is_field(target: &str) -> bool {
     FIELDS.contains(&target)
         || target
             .strip_prefix("attributes.")
-            .is_some_and(|k| !k.trim().is_empty() && k.len() <= 100)
+            .is_some_and(|k| !k.trim().is_empty() && k.chars().count() <= 100)
 }
 
-/// Checks a client's mapping against the file's headers: each header exists, each target is
-/// a field (or `ignore`), no field is filled by two columns. Ignored columns are left out.
+/// Checks a client's mapping against the file's headers: each target is a field (or
+/// `ignore`). Ignored columns, and columns the file does not have (a template made for a
+/// wider layout), are left out; the job's answer shows the mapping kept. Several columns may fill one field
+/// (`EAN` and `GTIN`, say): a row's first non-empty one, in file order, wins.
 pub fn check(
     mapping: &BTreeMap<String, String>,
     headers: &[String],
 ) -> Result<BTreeMap<String, String>, Vec<Invalid>> {
     let mut errors = Vec::new();
     let mut out = BTreeMap::new();
-    let mut targets: BTreeMap<&str, &str> = BTreeMap::new();
     for (header, target) in mapping {
         let target = target.trim();
-        if !headers.iter().any(|h| h == header) {
-            errors.push(Invalid::new(
-                format!("mapping.{header}"),
-                "is not a column of the file",
-            ));
-            continue;
-        }
         if target.is_empty() || target == IGNORE {
             continue;
         }
@@ -245,14 +239,9 @@ pub fn check(
             ));
             continue;
         }
-        if let Some(other) = targets.insert(target, header) {
-            errors.push(Invalid::new(
-                format!("mapping.{header}"),
-                format!("'{target}' is already filled by the column '{other}'"),
-            ));
-            continue;
+        if headers.iter().any(|h| h == header) {
+            out.insert(header.clone(), target.to_owned());
         }
-        out.insert(header.clone(), target.to_owned());
     }
     if errors.is_empty() {
         Ok(out)
@@ -299,11 +288,12 @@ impl Plan {
         let mut p = ProductPatch::default();
         let mut errors = Vec::new();
         let mut attributes = BTreeMap::new();
+        let mut filled = std::collections::HashSet::new();
         for (i, field) in &self.columns {
             let Some(raw) = cells.get(*i).map(|c| c.trim()) else {
                 continue;
             };
-            if raw.is_empty() {
+            if raw.is_empty() || !filled.insert(field.as_str()) {
                 continue;
             }
             let value = || Field::Value(raw.to_owned());
@@ -458,21 +448,40 @@ mod tests {
     }
 
     #[test]
-    fn a_client_mapping_names_real_columns_and_fields_once_each() {
+    fn a_client_mapping_names_real_columns_and_fields() {
         let h = headers(&["a", "b", "c"]);
         let mut m = BTreeMap::new();
         m.insert("a".to_string(), "ean".to_string());
-        m.insert("b".to_string(), "ean".to_string());
         m.insert("c".to_string(), "colour".to_string());
         m.insert("z".to_string(), "name".to_string());
         let errors = check(&m, &h).unwrap_err();
-        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        m.remove("c");
+        let kept = check(&m, &h).unwrap();
+        assert_eq!(kept.len(), 1, "a column the file lacks is left out");
         let mut ok = BTreeMap::new();
         ok.insert("a".to_string(), "ean".to_string());
         ok.insert("b".to_string(), "attributes.colour".to_string());
         ok.insert("c".to_string(), "ignore".to_string());
         let checked = check(&ok, &h).unwrap();
         assert_eq!(checked.len(), 2);
+    }
+
+    #[test]
+    fn two_columns_for_one_field_take_the_first_non_empty_cell() {
+        let h = headers(&["EAN", "GTIN", "nom"]);
+        let m = BTreeMap::from([
+            ("EAN".to_string(), "ean".to_string()),
+            ("GTIN".to_string(), "ean".to_string()),
+            ("nom".to_string(), "name".to_string()),
+        ]);
+        let plan = Plan::new(&h, &check(&m, &h).unwrap(), Defaults::default());
+        let p = plan.patch(&headers(&["", "4006381333931", "x"])).unwrap();
+        assert_eq!(p.ean, Field::Value("4006381333931".into()));
+        let p = plan
+            .patch(&headers(&["96385074", "4006381333931", "x"]))
+            .unwrap();
+        assert_eq!(p.ean, Field::Value("96385074".into()));
     }
 
     #[test]

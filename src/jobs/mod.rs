@@ -302,14 +302,12 @@ impl Jobs {
         form: ImportForm,
         created_by: String,
     ) -> Result<JobRecord, Error> {
-        let checked = self.check_import(ns, file_name, &form);
-        let format = match checked {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = std::fs::remove_file(part);
-                return Err(e);
-            }
-        };
+        if let Err(e) = self.check_import(ns, &form) {
+            let _ = std::fs::remove_file(part);
+            return Err(e);
+        }
+        // The name's extension, else the file's first bytes.
+        let format = read::Format::of_name(file_name).unwrap_or_else(|| read::Format::sniff(part));
         let size = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
         let path = self.upload_path(id, format);
         std::fs::rename(part, &path).map_err(Error::internal)?;
@@ -355,20 +353,8 @@ impl Jobs {
         Ok(job)
     }
 
-    fn check_import(
-        &self,
-        ns: Namespace,
-        file_name: &str,
-        form: &ImportForm,
-    ) -> Result<read::Format, Error> {
+    fn check_import(&self, ns: Namespace, form: &ImportForm) -> Result<(), Error> {
         let mut errors = Vec::new();
-        let format = read::Format::of_name(file_name);
-        if format.is_none() {
-            errors.push(Invalid::new(
-                "file",
-                "must be a .csv, .json, .ndjson or .xlsx file",
-            ));
-        }
         if form.supplier_id.is_some() || form.supplier_code.is_some() {
             let found = crate::catalog::suppliers::resolve(
                 &self.inner.store,
@@ -396,9 +382,10 @@ impl Jobs {
         if form.skip_header_rows > 1000 {
             errors.push(Invalid::new("skip_header_rows", "must be at most 1000"));
         }
-        match (format, errors.is_empty()) {
-            (Some(f), true) => Ok(f),
-            _ => Err(Error::invalid(errors)),
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::invalid(errors))
         }
     }
 

@@ -39,6 +39,24 @@ impl Format {
         })
     }
 
+    /// The format a file's first bytes say, for a name that says none: a ZIP archive is a
+    /// workbook, `[` opens a JSON array, `{` an NDJSON line, anything else is read as CSV
+    /// (and refused by analysis if it is not text).
+    pub fn sniff(path: &Path) -> Format {
+        let mut head = [0u8; 512];
+        let n = File::open(path)
+            .and_then(|mut f| f.read(&mut head))
+            .unwrap_or(0);
+        let head = &head[..n];
+        let text = head.strip_prefix(b"\xef\xbb\xbf").unwrap_or(head);
+        match text.iter().find(|b| !b.is_ascii_whitespace()) {
+            _ if head.starts_with(b"PK\x03\x04") => Format::Xlsx,
+            Some(b'[') => Format::Json,
+            Some(b'{') => Format::Ndjson,
+            _ => Format::Csv,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Format> {
         Format::of_name(&format!("f.{s}"))
     }
@@ -205,6 +223,12 @@ fn detect_encoding(path: &Path) -> Result<&'static encoding_rs::Encoding, String
     let head = file.fill_buf().map_err(io_error)?;
     if let Some((enc, _)) = encoding_rs::Encoding::for_bom(head) {
         return Ok(enc);
+    }
+    if head.contains(&0) {
+        return Err(
+            "the file is not text (it holds NUL bytes): not a CSV, JSON, NDJSON or XLSX file"
+                .into(),
+        );
     }
     let mut carry: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -738,7 +762,16 @@ mod tests {
         let path = write(&dir, "f.xlsx", &noise);
         let e = analyze(&path, Format::Xlsx, 0).unwrap_err();
         assert!(e.contains("not a readable XLSX"), "{e}");
+        assert_eq!(
+            Format::sniff(&path),
+            Format::Csv,
+            "noise is no known format"
+        );
+        let png = write(&dir, "p", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR");
+        let e = analyze(&png, Format::sniff(&png), 0).unwrap_err();
+        assert!(e.contains("not text"), "{e}");
         let path = write(&dir, "g.json", b"{\"not\": \"an array\"}");
+        assert_eq!(Format::sniff(&path), Format::Ndjson);
         assert!(analyze(&path, Format::Json, 0).is_err());
         let wide = (0..MAX_COLUMNS + 1)
             .map(|i| format!("c{i}"))

@@ -9,6 +9,7 @@ use super::{
     RefreshRecord, SessionRecord, Store, StoreError, StoreResult, SupplierRecord, TenantRecord,
     Tombstone, UserRecord, codec, keys, products::read_count, suppliers::code_key,
 };
+use super::{JobRecord, LogRecord, TemplateRecord};
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
 
@@ -75,6 +76,49 @@ fn keyed_by_id<T>(recs: &[(Vec<u8>, T)], name: &str, id: impl Fn(&T) -> &[u8]) -
 }
 
 impl Store {
+    /// Jobs keyed by namespace + their id, logs of existing jobs only, templates keyed by
+    /// namespace + their id.
+    fn check_jobs(&self, trees: &mut Vec<(&'static str, usize)>) -> StoreResult<()> {
+        let jobs = records::<JobRecord>(&self.jobs, "jobs")?;
+        let mut ids = HashSet::new();
+        for (k, j) in &jobs {
+            if k.len() != 33 || keys::namespace_of(k).is_none() || &k[17..] != j.id.as_bytes() {
+                return Err(corrupt("jobs", k, "key is not namespace + the record's id"));
+            }
+            ids.insert(j.id);
+        }
+        trees.push(("jobs", jobs.len()));
+        let logs = records::<LogRecord>(&self.job_logs, "job_logs")?;
+        for (k, log) in &logs {
+            let job = k.get(..16).and_then(|b| uuid::Uuid::from_slice(b).ok());
+            let row = k
+                .get(16..24)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            if k.len() != 32 || !job.is_some_and(|j| ids.contains(&j)) || row != Some(log.row) {
+                return Err(corrupt(
+                    "job_logs",
+                    k,
+                    "no such job, or not the entry's row",
+                ));
+            }
+        }
+        trees.push(("job_logs", logs.len()));
+        let templates = records::<TemplateRecord>(&self.import_templates, "import_templates")?;
+        if let Some((k, _)) = templates
+            .iter()
+            .find(|(k, t)| k.len() != 33 || &k[17..] != t.id.as_bytes())
+        {
+            return Err(corrupt(
+                "import_templates",
+                k,
+                "key is not namespace + the record's id",
+            ));
+        }
+        trees.push(("import_templates", templates.len()));
+        Ok(())
+    }
+
     /// Runs the full check. `L` is the lockout state type (owned by the auth layer).
     pub fn check_integrity<L: DeserializeOwned>(&self) -> StoreResult<CheckReport> {
         let mut trees = Vec::new();
@@ -365,6 +409,7 @@ impl Store {
         }
         trees.push(("tombstones", tombstones.len()));
         self.check_categories(&mut trees, &memberships, &by_category)?;
+        self.check_jobs(&mut trees)?;
         Ok(CheckReport { trees })
     }
 

@@ -284,20 +284,27 @@ async fn unknown_columns_wait_for_a_mapping_and_templates_remember_one() {
         .await
         .unwrap();
     assert_problem(res, 409, "CONFLICT").await;
-    // A column the file lacks, a field that does not exist, a field twice: 422, nothing kept.
-    for bad in [
-        json!({"Nope": "ean", "Article": "name"}),
-        json!({"Code": "colour", "Article": "name"}),
-        json!({"Code": "ean", "Article": "ean"}),
-    ] {
-        let res = app
-            .with_key(Method::PUT, &mapping, &key.raw)
-            .json(&json!({"mapping": bad}))
-            .send()
-            .await
-            .unwrap();
-        assert_problem(res, 422, "VALIDATION_ERROR").await;
-    }
+    // A field that does not exist: 422. A column the file lacks is left out (the job still
+    // waits: nothing fills `ean`).
+    let res = app
+        .with_key(Method::PUT, &mapping, &key.raw)
+        .json(&json!({"mapping": {"Code": "colour", "Article": "name"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 422, "VALIDATION_ERROR").await;
+    let res = app
+        .with_key(Method::PUT, &mapping, &key.raw)
+        .json(&json!({"mapping": {"Nope": "ean", "Article": "name"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let j: Value = res.json().await.unwrap();
+    assert_eq!(
+        (j["status"].clone(), j["mapping"].clone()),
+        (json!("awaiting_mapping"), json!({"Article": "name"}))
+    );
     let res = app
         .with_key(Method::PUT, &mapping, &key.raw)
         .json(
@@ -540,8 +547,15 @@ async fn hostile_files_get_a_clear_answer_and_write_nothing() {
     let res = upload(&app, &key.raw, "big.csv", big, &[]).await;
     assert_problem(res, 413, "PAYLOAD_TOO_LARGE").await;
     assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 0);
-    // A name that is no supported type, a bad form value: 422.
-    let res = upload(&app, &key.raw, "notes.pdf", b"%PDF".to_vec(), &[]).await;
+    // A bad form value, a supplier that does not exist: 422.
+    let res = upload(
+        &app,
+        &key.raw,
+        "f.csv",
+        b"ean,name\n".to_vec(),
+        &[("supplier_code", "NOPE")],
+    )
+    .await;
     assert_problem(res, 422, "VALIDATION_ERROR").await;
     let res = upload(
         &app,
@@ -588,7 +602,9 @@ async fn hostile_files_get_a_clear_answer_and_write_nothing() {
         + "\n1,2\n";
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("noise.xlsx", noise.clone(), "not a readable XLSX"),
-        ("noise.json", noise, "JSON"),
+        ("noise.json", noise.clone(), "JSON"),
+        // No extension: the first bytes decide, and binary is no CSV.
+        ("noise", noise, "not text"),
         ("bomb.xlsx", std::fs::read(&bomb).unwrap(), "unpack"),
         ("wide.csv", wide.into_bytes(), "columns"),
         ("empty.csv", b"ean;name\n".to_vec(), "no data rows"),
@@ -966,4 +982,257 @@ async fn an_import_paused_by_a_restart_resumes_where_it_stopped() {
         .await
         .unwrap();
     assert_eq!(list["total"], 6000);
+}
+
+/// An API key with the job scopes, created with the admin's token on a running binary.
+async fn binary_key(base: &str, token: &str) -> String {
+    let res = crate::binary::insecure_client()
+        .post(format!("{base}/api/v1/api-keys"))
+        .bearer_auth(token)
+        .json(&json!({"name": "jobs", "scopes": SCOPES}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    res.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn binary_job(base: &str, key: &str, id: &str) -> Value {
+    crate::binary::insecure_client()
+        .get(format!("{base}/api/v1/imports/jobs/{id}"))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn an_import_killed_by_kill_9_resumes_with_exact_counts_and_no_duplicate() {
+    use crate::binary::{cli, insecure_client, login, serve};
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("PIXEE_ADMIN_EMAIL", "admin@example.com"),
+        ("PIXEE_ADMIN_PASSWORD", "kill nine admin pass 1"),
+    ];
+    let flags = [
+        "--key-reads-per-minute",
+        "1000000",
+        "--key-writes-per-minute",
+        "1000000",
+    ];
+    let mut server = serve(dir.path(), &flags, &env).await;
+    let token = login(&server.base, env[0].1, env[1].1).await;
+    let key = binary_key(&server.base, &token).await;
+    // 20 000 rows: every 97th has a bad EAN, and every 1000th repeats the EAN of the row
+    // before it (the later row wins).
+    let rows = 20_000u64;
+    let mut text = String::from("ean;name;price\n");
+    let (mut good, mut bad) = (std::collections::BTreeSet::new(), 0u64);
+    for n in 0..rows {
+        let e = if n % 97 == 0 {
+            bad += 1;
+            "123".to_owned()
+        } else if n % 1000 == 999 {
+            ean(5000 + n - 1)
+        } else {
+            ean(5000 + n)
+        };
+        if e != "123" {
+            good.insert(e.clone());
+        }
+        text.push_str(&format!("{e};Item {n};{},50\n", n % 50));
+    }
+    let form = Form::new()
+        .part("file", Part::bytes(text.into_bytes()).file_name("big.csv"))
+        .text("auto_process", "true");
+    let res = insecure_client()
+        .post(format!("{}/api/v1/imports/upload", server.base))
+        .header("X-API-Key", &key)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // kill -9 once some batches are committed and before the last.
+    let started = Instant::now();
+    let at_kill = loop {
+        let j = binary_job(&server.base, &key, &id).await;
+        let done = j["processed_rows"].as_u64().unwrap();
+        assert_ne!(
+            j["status"], "completed",
+            "the job ended before it could be killed"
+        );
+        if done >= 2000 {
+            server.child.kill().unwrap();
+            server.child.wait().unwrap();
+            break done;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{j}");
+        actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+    };
+    drop(server);
+    let server = serve(dir.path(), &flags, &env).await;
+    let started = Instant::now();
+    let done = loop {
+        let j = binary_job(&server.base, &key, &id).await;
+        if j["status"] == "completed" || j["status"] == "failed" {
+            break j;
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "{j}");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(at_kill < rows);
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["processed_rows"], rows);
+    assert_eq!(done["failed_rows"], bad);
+    assert_eq!(done["successful_rows"], rows - bad);
+    assert_eq!(done["created_rows"], good.len() as u64, "{done}");
+    assert_eq!(done["updated_rows"], rows - bad - good.len() as u64);
+    // One product per EAN, and exactly one error entry per bad row.
+    let list: Value = insecure_client()
+        .get(format!("{}/api/v1/products?per_page=1", server.base))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], good.len() as u64);
+    let errors: Value = insecure_client()
+        .get(format!(
+            "{}/api/v1/imports/jobs/{id}/logs?level=error&per_page=1",
+            server.base
+        ))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(errors["total"], bad);
+    drop(server);
+    let check = cli(dir.path()).arg("check").output().unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[actix_web::test]
+async fn the_cli_imports_and_exports_a_catalog_on_a_stopped_server() {
+    use crate::binary::cli;
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let out = cli(dir.path())
+        .args(["tenant", "create", "--name", "acme"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let input = files.path().join("in.csv");
+    let text = format!(
+        "Réf;Libellé;PV\n{};Crème;2,50\n{};Thé;1,00\n",
+        ean(90),
+        ean(91)
+    );
+    let (bytes, _, _) = encoding_rs::WINDOWS_1252.encode(&text);
+    std::fs::write(&input, &bytes).unwrap();
+    // `Réf` is the reference, `PV` is unknown: map it on the command line.
+    let out = cli(dir.path())
+        .args([
+            "import",
+            input.to_str().unwrap(),
+            "--tenant",
+            "acme",
+            "--mapping",
+            "PV=price,Réf=ean",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("2 created"), "{stderr}");
+    let csv_out = files.path().join("out.csv");
+    let out = cli(dir.path())
+        .args([
+            "export",
+            "--tenant",
+            "acme",
+            "--format",
+            "csv",
+            "--out",
+            csv_out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_str(&py(
+        "import csv, json, sys\n\
+         with open(sys.argv[1], newline='', encoding='utf-8-sig') as f: print(json.dumps([[r['ean'], r['name'], r['price']] for r in csv.DictReader(f)]))\n",
+        &[csv_out.to_str().unwrap()],
+    ))
+    .unwrap();
+    assert_eq!(
+        rows,
+        json!([[ean(90), "Crème", "2.5"], [ean(91), "Thé", "1"]])
+    );
+    let xlsx_out = files.path().join("out.xlsx");
+    let out = cli(dir.path())
+        .args([
+            "export",
+            "--tenant",
+            "acme",
+            "--format",
+            "xlsx",
+            "--out",
+            xlsx_out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names = py(
+        "import sys, openpyxl\n\
+         wb = openpyxl.load_workbook(sys.argv[1], read_only=True)\n\
+         print(wb.sheetnames, wb['products'].max_row)\n",
+        &[xlsx_out.to_str().unwrap()],
+    );
+    assert_eq!(names.trim(), "['products', 'suppliers'] 3");
+    // The data dir is whole, and a missing mapping is a clear failure.
+    let check = cli(dir.path()).arg("check").output().unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    std::fs::write(&input, "a;b\n1;2\n").unwrap();
+    let out = cli(dir.path())
+        .args(["import", input.to_str().unwrap(), "--tenant", "acme"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mapping"));
 }
