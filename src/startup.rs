@@ -52,6 +52,14 @@ pub fn on_free_memory_release(hook: fn()) {
     let _ = RELEASE_FREE_MEMORY.set(hook);
 }
 
+/// Hands memory freed so far back to the operating system (after a burst of writes, such as
+/// an import's batches, freed pages are otherwise kept by the allocator for a while).
+pub fn release_free_memory() {
+    if let Some(release) = RELEASE_FREE_MEMORY.get() {
+        release();
+    }
+}
+
 /// The exclusive hold on a data directory, for as long as this value lives.
 pub struct DataDir {
     _lock: File,

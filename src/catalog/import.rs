@@ -58,14 +58,16 @@ impl Catalog {
     /// the fields it carries. With `dry_run` nothing of the catalog is written, and each row's
     /// log says what it would do. The job's progress and the batch's log commit with the rows;
     /// an error means nothing of the batch was written (the job was cancelled, or the store
-    /// failed). The batch is durable and sent to the search index when this returns.
+    /// failed). Returns the job as committed and the products written, which the caller hands
+    /// to [`Catalog::import_durable`] (batches are flushed together, not one by one: a crash
+    /// loses only batches the job resumes from).
     pub fn import_batch(
         &self,
         ns: Namespace,
         job: Uuid,
         rows: Vec<ImportRow>,
         dry_run: bool,
-    ) -> Result<JobRecord, Error> {
+    ) -> Result<(JobRecord, Vec<ProductId>), Error> {
         let stamp = self.stamp();
         let at = stamp.at;
         let mut plans = Vec::with_capacity(rows.len());
@@ -170,12 +172,17 @@ impl Catalog {
             .iter()
             .filter_map(|r| r.as_ref().ok().map(|(p, _)| p.id))
             .collect();
+        Ok((job, changed))
+    }
+
+    /// Makes an import's committed batches durable, then hands their products to the search
+    /// index (which only ever takes in what the store holds durably).
+    pub fn import_durable(&self, ns: Namespace, changed: Vec<ProductId>) -> Result<(), Error> {
+        let flushed = self.store().flush_blocking();
         if !changed.is_empty() {
-            let flushed = self.store().flush_blocking();
             self.search_changed(ns, changed);
-            flushed?;
         }
-        Ok(job)
+        Ok(flushed?)
     }
 
     fn plan(
@@ -194,7 +201,7 @@ impl Catalog {
         }
         // Every field is checked on its own first, so a bad cell is reported as such even
         // when the row would update an existing product.
-        let mut scratch = blank(ProductId::generate(), at);
+        let mut scratch = blank(ProductId(Uuid::nil()), at);
         scratch.ean = "0".into();
         if let Err(errors) = patch.clone().apply(&mut scratch) {
             return Planned::Failed(invalids(&errors));

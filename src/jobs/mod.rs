@@ -33,8 +33,11 @@ use std::sync::{Arc, Mutex, mpsc};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
-/// Rows per import batch (one store transaction, one flush).
-pub const BATCH: usize = 1000;
+/// Rows per import batch (one store transaction).
+pub const BATCH: usize = 250;
+/// Committed import batches are made durable (and sent to the search index) together, at
+/// most this often.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 /// Largest upload (SPEC §3).
 pub const MAX_UPLOAD: u64 = 50 << 20;
 /// Exports check for a cancel (or a shutdown) every this many products.
@@ -862,6 +865,7 @@ impl Jobs {
         );
         let rows = read::open(&path, &layout, None).map_err(Halt::Failed)?;
         let done = job.processed_rows;
+        let mut unflushed = Unflushed::default();
         let mut seen: HashMap<u64, u64> = HashMap::new();
         let mut index = 0u64;
         let mut batch: Vec<ImportRow> = Vec::with_capacity(BATCH);
@@ -869,7 +873,8 @@ impl Jobs {
             let row = match item {
                 Ok(row) => row,
                 Err(reason) => {
-                    self.commit(ns, id, &mut batch, job.import.dry_run)?;
+                    self.commit(ns, id, &mut batch, job.import.dry_run, &mut unflushed)?;
+                    self.durable(ns, &mut unflushed)?;
                     return Err(Halt::Failed(reason));
                 }
             };
@@ -901,13 +906,18 @@ impl Jobs {
                 warnings,
             });
             if batch.len() >= BATCH {
-                self.commit(ns, id, &mut batch, job.import.dry_run)?;
+                self.commit(ns, id, &mut batch, job.import.dry_run, &mut unflushed)?;
+                if unflushed.since.elapsed() >= FLUSH_EVERY {
+                    self.durable(ns, &mut unflushed)?;
+                }
                 if self.stopping() {
+                    self.durable(ns, &mut unflushed)?;
                     return Err(Halt::Stopping);
                 }
             }
         }
-        self.commit(ns, id, &mut batch, job.import.dry_run)?;
+        self.commit(ns, id, &mut batch, job.import.dry_run, &mut unflushed)?;
+        self.durable(ns, &mut unflushed)?;
         let now = self.now();
         let job = store
             .update_job(ns, id, |j| {
@@ -945,19 +955,40 @@ impl Jobs {
         id: Uuid,
         batch: &mut Vec<ImportRow>,
         dry_run: bool,
+        unflushed: &mut Unflushed,
     ) -> Result<(), Halt> {
         if batch.is_empty() {
             return Ok(());
         }
         let rows = std::mem::take(batch);
         match self.inner.catalog.import_batch(ns, id, rows, dry_run) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind == ErrorKind::Conflict => Err(Halt::Cancelled),
-            Err(e) => Err(Halt::Failed(format!(
-                "the batch could not be written: {}",
-                e.detail
-            ))),
+            Ok((_, changed)) => {
+                unflushed.changed.extend(changed);
+                Ok(())
+            }
+            Err(e) => {
+                // What was committed before stays; make it durable and searchable.
+                let _ = self.durable(ns, unflushed);
+                Err(if e.kind == ErrorKind::Conflict {
+                    Halt::Cancelled
+                } else {
+                    Halt::Failed(format!("the batch could not be written: {}", e.detail))
+                })
+            }
         }
+    }
+
+    /// Flushes the committed batches and sends their products to the search index.
+    fn durable(&self, ns: Namespace, unflushed: &mut Unflushed) -> Result<(), Halt> {
+        let changed = std::mem::take(&mut unflushed.changed);
+        unflushed.since = std::time::Instant::now();
+        let result = self
+            .inner
+            .catalog
+            .import_durable(ns, changed)
+            .map_err(|e| Halt::Failed(format!("the store could not be flushed: {}", e.detail)));
+        crate::startup::release_free_memory();
+        result
     }
 
     fn export(&self, ns: Namespace, id: Uuid) -> Result<(), Halt> {
@@ -1076,6 +1107,21 @@ impl Jobs {
         };
         sink.finish(&suppliers).map_err(Halt::Failed)?;
         Ok(count)
+    }
+}
+
+/// Import batches committed but not yet flushed, and since when.
+struct Unflushed {
+    changed: Vec<crate::domain::ProductId>,
+    since: std::time::Instant,
+}
+
+impl Default for Unflushed {
+    fn default() -> Self {
+        Unflushed {
+            changed: Vec::new(),
+            since: std::time::Instant::now(),
+        }
     }
 }
 
