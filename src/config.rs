@@ -96,6 +96,14 @@ pub struct ServeArgs {
     /// How long a finished export's file can be downloaded (then it is removed)
     #[arg(long, env = "PIXEE_EXPORT_RETENTION")]
     pub export_retention: Option<Span>,
+    /// Let webhooks deliver to loopback and private addresses (for testing a receiver on this
+    /// machine or your own network); link-local and metadata addresses stay refused
+    #[arg(long, env = "PIXEE_WEBHOOKS_ALLOW_PRIVATE", num_args = 0..=1, default_missing_value = "true")]
+    pub webhooks_allow_private: Option<bool>,
+    /// Wait before a failed webhook delivery's first retry; each further retry waits four
+    /// times longer (with jitter)
+    #[arg(long, env = "PIXEE_WEBHOOK_RETRY_BASE")]
+    pub webhook_retry_base: Option<Span>,
     /// Email of the superadmin created on first start
     #[arg(long, env = "PIXEE_ADMIN_EMAIL")]
     pub admin_email: Option<String>,
@@ -190,6 +198,8 @@ pub struct Settings {
     pub sweep_interval: Span,
     pub job_workers: usize,
     pub export_retention: Span,
+    pub webhooks_allow_private: bool,
+    pub webhook_retry_base: Span,
     pub admin_email: String,
     pub admin_password: Option<String>,
 }
@@ -238,6 +248,11 @@ impl Settings {
                 .export_retention
                 .filter(|s| s.0.is_some())
                 .unwrap_or(Span::hours(24)),
+            webhooks_allow_private: a.webhooks_allow_private.unwrap_or(false),
+            webhook_retry_base: a
+                .webhook_retry_base
+                .filter(|s| s.0.is_some())
+                .unwrap_or(Span(Some(30))),
             admin_email: a.admin_email.unwrap_or_else(|| "admin@localhost".into()),
             admin_password: a.admin_password.filter(|p| !p.is_empty()),
         }
@@ -280,6 +295,8 @@ pub fn merge_config_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
         sweep_interval,
         job_workers,
         export_retention,
+        webhooks_allow_private,
+        webhook_retry_base,
         admin_email
     );
     if args.tls_cert.is_some() != args.tls_key.is_some() {

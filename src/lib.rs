@@ -20,4 +20,6 @@ pub mod seed;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod views;
 pub mod web;
+pub mod webhooks;

@@ -166,6 +166,7 @@ pub struct Application {
     auth: web::Data<Auth>,
     catalog: web::Data<Catalog>,
     jobs: web::Data<crate::jobs::Jobs>,
+    webhooks: web::Data<crate::webhooks::Webhooks>,
     pub bootstrap: Option<Bootstrap>,
     sweep_every: std::time::Duration,
     _data_dir: DataDir,
@@ -221,7 +222,7 @@ impl Application {
             crate::jobs::Jobs::start(
                 store.clone(),
                 catalog.get_ref().clone(),
-                clock,
+                clock.clone(),
                 crate::jobs::JobsConfig {
                     dir: settings.data_dir.join("jobs"),
                     workers: settings.job_workers,
@@ -229,6 +230,19 @@ impl Application {
                         .export_retention
                         .duration()
                         .unwrap_or(Duration::hours(24)),
+                },
+            )
+            .map_err(other)?,
+        );
+        let webhooks = web::Data::new(
+            crate::webhooks::Webhooks::start(
+                store.clone(),
+                clock.clone(),
+                crate::webhooks::WebhooksConfig {
+                    allow_private: settings.webhooks_allow_private,
+                    retry_base: std::time::Duration::from_secs(
+                        settings.webhook_retry_base.0.unwrap_or(30),
+                    ),
                 },
             )
             .map_err(other)?,
@@ -244,11 +258,13 @@ impl Application {
         let app_auth = auth.clone();
         let app_catalog = catalog.clone();
         let app_jobs = jobs.clone();
+        let app_webhooks = webhooks.clone();
         let http = HttpServer::new(move || {
             App::new()
                 .app_data(app_auth.clone())
                 .app_data(app_catalog.clone())
                 .app_data(app_jobs.clone())
+                .app_data(app_webhooks.clone())
                 .app_data(suppliers.clone())
                 .app_data(categories.clone())
                 .app_data(limit)
@@ -276,6 +292,7 @@ impl Application {
             auth,
             catalog,
             jobs,
+            webhooks,
             bootstrap,
             sweep_every: std::time::Duration::from_secs(settings.sweep_interval.0.unwrap_or(3600)),
             _data_dir: data_dir,
@@ -303,6 +320,10 @@ impl Application {
         self.jobs.clone()
     }
 
+    pub fn webhooks(&self) -> web::Data<crate::webhooks::Webhooks> {
+        self.webhooks.clone()
+    }
+
     /// Serves until SIGINT/SIGTERM (or the server handle stops); in-flight requests finish, then
     /// buffered key usage is written and the store flushed.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
@@ -310,6 +331,7 @@ impl Application {
             self.auth.clone(),
             self.catalog.clone(),
             self.jobs.clone(),
+            self.webhooks.clone(),
             self.sweep_every,
         ));
         let result = self.server.await;
@@ -318,6 +340,11 @@ impl Application {
         let jobs = self.jobs.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || jobs.shutdown()).await {
             tracing::warn!(error = %e, "the job workers did not stop cleanly");
+        }
+        // Deliveries in flight are dropped: they are sent again at the next start.
+        let webhooks = self.webhooks.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || webhooks.shutdown()).await {
+            tracing::warn!(error = %e, "the webhook engine did not stop cleanly");
         }
         // The indexer commits what it was sent before the data dir is let go.
         let catalog = self.catalog.clone();
@@ -333,11 +360,12 @@ impl Application {
 }
 
 /// Every `every`, off the workers: the retention sweep (`auth/retention.rs`), the sweep of
-/// product tombstones and the expiry of finished exports.
+/// product tombstones, the expiry of finished exports and of old webhook deliveries.
 async fn sweep_periodically(
     auth: web::Data<Auth>,
     catalog: web::Data<Catalog>,
     jobs: web::Data<crate::jobs::Jobs>,
+    webhooks: web::Data<crate::webhooks::Webhooks>,
     every: std::time::Duration,
 ) {
     loop {
@@ -375,6 +403,13 @@ async fn sweep_periodically(
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e.detail, "export sweep failed"),
             Err(e) => tracing::warn!(error = %e, "export sweep did not finish"),
+        }
+        let webhooks = webhooks.clone();
+        match tokio::task::spawn_blocking(move || webhooks.sweep()).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(deliveries = n, "old webhook deliveries removed"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e.detail, "delivery sweep failed"),
+            Err(e) => tracing::warn!(error = %e, "delivery sweep did not finish"),
         }
     }
 }

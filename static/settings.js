@@ -1,4 +1,4 @@
-// Settings page of the Pixee PIM appliance: log in, pick a tenant, manage API keys.
+// Settings page of the Pixee PIM appliance: log in, pick a tenant, manage API keys and webhooks.
 //
 // Security notes: the access token lives only in the `accessToken` variable below (never in
 // localStorage or sessionStorage); a reload restores the session through the HttpOnly refresh
@@ -27,7 +27,20 @@
     ['windev:sync', 'WinDev (/api/v1/windev): sync products by reference'],
   ];
 
+  const EVENTS = [
+    ['product.created', 'a product was created'],
+    ['product.updated', 'a product was changed'],
+    ['product.deleted', 'a product was deleted'],
+    ['supplier.created', 'a supplier was created'],
+    ['supplier.updated', 'a supplier was changed'],
+    ['import.started', 'an import started'],
+    ['import.completed', 'an import finished'],
+    ['import.failed', 'an import failed'],
+    ['test', 'sent by the Send test button'],
+  ];
+
   let accessToken = null;
+  let shownDeliveries = null; // the webhook whose deliveries are listed
   let tenantId = null; // null: the server picks the user's default tenant
   let currentTenant = null; // the tenant shown on the page
   let tenantNames = new Map(); // id -> name of the tenants the user belongs to
@@ -186,7 +199,10 @@
     $('session-bar').hidden = true;
     $('login-section').hidden = false;
     hideNewKey();
+    hideSecret();
+    hideDeliveries();
     $('keys-body').replaceChildren();
+    $('webhooks-body').replaceChildren();
     $('login-password').value = '';
     $('login-email').focus();
   }
@@ -235,6 +251,7 @@
   async function showApp() {
     await loadSession();
     await loadKeys();
+    await loadWebhooks();
   }
 
   async function loadKeys() {
@@ -252,10 +269,10 @@
     body.replaceChildren(...rows);
   }
 
-  function emptyRow(text) {
+  function emptyRow(text, columns = 9) {
     const tr = el('tr');
     const td = el('td', 'muted', text);
-    td.colSpan = 9;
+    td.colSpan = columns;
     tr.append(td);
     return tr;
   }
@@ -328,6 +345,166 @@
     $('new-key-panel').hidden = true;
     $('new-key-value').textContent = '';
     $('new-key-name').textContent = '';
+  }
+
+  // ---- webhooks ----
+
+  async function loadWebhooks() {
+    const body = $('webhooks-body');
+    let list;
+    try {
+      list = await api('GET', '/webhooks?per_page=100');
+    } catch (e) {
+      body.replaceChildren(emptyRow('Webhooks could not be loaded.', 5));
+      throw e;
+    }
+    const rows = list.items.length ? list.items.map(webhookRow) : [emptyRow('No webhooks yet. Add one below.', 5)];
+    body.replaceChildren(...rows);
+  }
+
+  function webhookRow(w) {
+    const tr = el('tr');
+    tr.dataset.webhookId = w.id;
+    if (!w.is_active) tr.className = 'inactive';
+    const name = cell(tr, 'webhook-name-cell');
+    name.append(el('span', 'webhook-name', w.name), el('div', 'hint webhook-url', w.url));
+    cell(tr, null, el('span', `badge env-${w.environment}`, w.environment));
+    const events = cell(tr, 'scopes');
+    for (const e of w.events) events.append(el('span', 'scope', e), ' ');
+    let status = w.is_active ? 'active' : 'off';
+    if (!w.is_active && w.disabled_at) status = `off after ${w.failed_events} failed events`;
+    cell(tr, null, el('span', `webhook-status status-${w.is_active ? 'active' : 'revoked'}`, status));
+    const actions = el('td', 'actions');
+    const button = (text, cls, label, onClick) => {
+      const b = el('button', `button small ${cls}`, text);
+      b.type = 'button';
+      b.setAttribute('aria-label', `${label} ${w.name}`);
+      b.addEventListener('click', () => onClick(w, b));
+      actions.append(b);
+    };
+    button('Send test', 'secondary test-webhook-button', 'Send a test event to', testWebhook);
+    button('Deliveries', 'secondary deliveries-button', 'Show the deliveries of', (hook, b) => run(b, () => showDeliveries(hook)));
+    button(w.is_active ? 'Turn off' : 'Turn on', 'secondary toggle-webhook-button', w.is_active ? 'Turn off' : 'Turn on', toggleWebhook);
+    button('Delete', 'danger delete-webhook-button', 'Delete', deleteWebhook);
+    tr.append(actions);
+    return tr;
+  }
+
+  function testWebhook(w, control) {
+    run(control, async () => {
+      const d = await api('POST', `/webhooks/${encodeURIComponent(w.id)}/test`, {});
+      if (d.status === 'succeeded') showNotice(`The test event reached ${w.name}: it answered ${d.status_code}.`);
+      else showError(new ApiError(0, `The test event did not reach ${w.name}: ${d.error || `it answered ${d.status_code}`}. It will be retried.`));
+      if (shownDeliveries === w.id) await showDeliveries(w);
+    });
+  }
+
+  function toggleWebhook(w, control) {
+    run(control, async () => {
+      await api('PATCH', `/webhooks/${encodeURIComponent(w.id)}`, { is_active: !w.is_active });
+      await loadWebhooks();
+      showNotice(`The webhook "${w.name}" is ${w.is_active ? 'off' : 'on'}.`);
+    });
+  }
+
+  function deleteWebhook(w, control) {
+    if (!window.confirm(`Delete the webhook "${w.name}"?\n\nIts pending deliveries are not sent.`)) return;
+    run(control, async () => {
+      await api('DELETE', `/webhooks/${encodeURIComponent(w.id)}`);
+      if (shownDeliveries === w.id) hideDeliveries();
+      await loadWebhooks();
+      showNotice(`The webhook "${w.name}" was deleted.`);
+    });
+  }
+
+  async function showDeliveries(w) {
+    const list = await api('GET', `/webhooks/${encodeURIComponent(w.id)}/deliveries?per_page=50`);
+    shownDeliveries = w.id;
+    $('deliveries-title').textContent = `Deliveries to ${w.name}`;
+    const rows = list.items.map((d) => deliveryRow(w, d));
+    if (!rows.length) rows.push(emptyRow('Nothing sent yet.', 8));
+    if (list.total > list.items.length) rows.push(emptyRow(`Showing the newest ${list.items.length} of ${list.total}.`, 8));
+    $('deliveries-body').replaceChildren(...rows);
+    $('deliveries-panel').hidden = false;
+  }
+
+  function deliveryRow(w, d) {
+    const tr = el('tr');
+    tr.dataset.deliveryId = d.id;
+    cell(tr, null, el('code', null, d.event));
+    cell(tr, null, el('span', `delivery-status status-${d.status === 'succeeded' ? 'active' : (d.status === 'failed' ? 'revoked' : 'expired')}`, d.status));
+    cell(tr, 'delivery-attempts', String(d.attempt));
+    cell(tr, 'delivery-code', d.status_code === null ? '—' : String(d.status_code));
+    cell(tr, null, d.duration_ms === null ? '—' : `${d.duration_ms} ms`);
+    cell(tr, 'delivery-error', d.error || '');
+    timeCell(cell(tr, null), d.next_attempt_at, '—');
+    const actions = el('td', 'actions');
+    const again = el('button', 'button secondary small redeliver-button', 'Send again');
+    again.type = 'button';
+    again.addEventListener('click', () => run(again, async () => {
+      await api('POST', `/webhooks/${encodeURIComponent(w.id)}/deliveries/${encodeURIComponent(d.id)}/redeliver`, {});
+      showNotice('The delivery will be sent again in a moment.');
+      await showDeliveries(w);
+    }));
+    actions.append(again);
+    tr.append(actions);
+    return tr;
+  }
+
+  function hideDeliveries() {
+    shownDeliveries = null;
+    $('deliveries-panel').hidden = true;
+    $('deliveries-body').replaceChildren();
+  }
+
+  function showSecret(w) {
+    $('new-secret-name').textContent = w.name;
+    $('new-secret-value').textContent = w.secret;
+    $('new-secret-panel').hidden = false;
+    $('new-secret-panel').scrollIntoView({ block: 'start' });
+    $('new-secret-panel').focus();
+  }
+
+  function hideSecret() {
+    $('new-secret-panel').hidden = true;
+    $('new-secret-value').textContent = '';
+    $('new-secret-name').textContent = '';
+  }
+
+  function onCreateWebhook(ev) {
+    ev.preventDefault();
+    run($('create-webhook-submit'), async () => {
+      const name = $('webhook-name').value.trim();
+      const url = $('webhook-url').value.trim();
+      const events = [...document.querySelectorAll('input[name=event]:checked')].map((c) => c.value);
+      if (!name) throw new ApiError(0, 'Give the webhook a name.');
+      if (!url) throw new ApiError(0, 'Enter the URL that receives the events.');
+      if (!events.length) throw new ApiError(0, 'Choose at least one event.');
+      const payload = {
+        name,
+        url,
+        events,
+        environment: $('webhook-env-test').checked ? 'test' : 'live',
+        max_retries: Number($('webhook-retries').value),
+        timeout_seconds: Number($('webhook-timeout').value),
+      };
+      const created = await api('POST', '/webhooks', payload);
+      $('create-webhook-form').reset();
+      showSecret(created);
+      await loadWebhooks();
+    });
+  }
+
+  function buildEventList() {
+    $('event-list').replaceChildren(...EVENTS.map(([event, text]) => {
+      const label = el('label', 'scope-option');
+      const box = el('input');
+      box.type = 'checkbox';
+      box.name = 'event';
+      box.value = event;
+      label.append(box, el('code', null, event), el('span', 'hint', text));
+      return label;
+    }));
   }
 
   // ---- actions ----
@@ -437,7 +614,10 @@
       const previous = tenantId;
       tenantId = select.value;
       hideNewKey();
+      hideSecret();
+      hideDeliveries();
       $('keys-body').replaceChildren();
+      $('webhooks-body').replaceChildren();
       try {
         await loadSession();
       } catch (e) {
@@ -447,6 +627,7 @@
         throw e;
       }
       await loadKeys();
+      await loadWebhooks();
     });
   }
 
@@ -489,6 +670,7 @@
 
   async function start() {
     buildScopeList();
+    buildEventList();
     limitExpiryInput();
     $('login-form').addEventListener('submit', onLogin);
     $('create-key-form').addEventListener('submit', onCreate);
@@ -496,6 +678,17 @@
     $('tenant-select').addEventListener('change', onTenantChange);
     $('copy-key-button').addEventListener('click', copyKey);
     $('dismiss-key-button').addEventListener('click', hideNewKey);
+    $('create-webhook-form').addEventListener('submit', onCreateWebhook);
+    $('dismiss-secret-button').addEventListener('click', hideSecret);
+    $('close-deliveries-button').addEventListener('click', hideDeliveries);
+    $('refresh-deliveries-button').addEventListener('click', (ev) => {
+      const hook = shownDeliveries;
+      run(ev.currentTarget, async () => {
+        const list = await api('GET', '/webhooks?per_page=100');
+        const w = list.items.find((x) => x.id === hook);
+        if (w) await showDeliveries(w); else hideDeliveries();
+      });
+    });
     try {
       if (await refresh()) {
         await showApp();

@@ -3,12 +3,12 @@
 //! (`envelope.rs`; errors are rewritten into it by the request middleware).
 use super::envelope::{self, ExtMeta};
 use super::partner::{self, ItemResult, ListFilters, ProductsBody};
-use super::products::ProductOut;
 use crate::auth::Principal;
 use crate::catalog::batch::{Outcome, ProductKey, WhenMissing};
 use crate::catalog::{Catalog, ProductPatch};
 use crate::domain::{Ean, Invalid, Scope};
 use crate::error::{Error, ErrorKind};
+use crate::views::ProductOut;
 use crate::web::JsonBody;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};

@@ -6,7 +6,8 @@ use crate::auth::Principal;
 use crate::domain::{Invalid, Scope};
 use crate::error::{Error, ErrorKind};
 use crate::jobs::{ImportForm, Jobs, MAX_UPLOAD};
-use crate::store::{JobKind, JobRecord, LogLevel, LogRecord, TemplateRecord};
+use crate::store::{JobKind, LogLevel, LogRecord, TemplateRecord};
+use crate::views::ImportJobOut;
 use crate::web::{JsonBody, rfc3339};
 use actix_web::http::header;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
@@ -29,63 +30,6 @@ const FIELDS: &[&str] = &[
 ];
 /// Longest form field value besides the file.
 const MAX_FIELD: usize = 1024;
-
-#[derive(Serialize)]
-pub(super) struct ImportJobOut {
-    id: Uuid,
-    status: &'static str,
-    file_name: String,
-    file_type: String,
-    file_size: u64,
-    created_at: String,
-    started_at: Option<String>,
-    finished_at: Option<String>,
-    total_rows: Option<u64>,
-    processed_rows: u64,
-    successful_rows: u64,
-    failed_rows: u64,
-    created_rows: u64,
-    updated_rows: u64,
-    warnings: u64,
-    dry_run: bool,
-    headers: Vec<String>,
-    mapping: BTreeMap<String, String>,
-    supplier_id: Option<Uuid>,
-    supplier_code: Option<String>,
-    template_id: Option<Uuid>,
-    error: Option<String>,
-    error_code: Option<String>,
-}
-
-impl From<JobRecord> for ImportJobOut {
-    fn from(j: JobRecord) -> Self {
-        ImportJobOut {
-            id: j.id,
-            status: j.status.as_str(),
-            file_name: j.file_name,
-            file_type: j.format,
-            file_size: j.file_size,
-            created_at: rfc3339(j.created_at),
-            started_at: j.started_at.map(rfc3339),
-            finished_at: j.finished_at.map(rfc3339),
-            total_rows: j.total_rows,
-            processed_rows: j.processed_rows,
-            successful_rows: j.successful_rows,
-            failed_rows: j.failed_rows,
-            created_rows: j.created_rows,
-            updated_rows: j.updated_rows,
-            warnings: j.warnings,
-            dry_run: j.import.dry_run,
-            headers: j.import.headers,
-            mapping: j.import.mapping,
-            supplier_id: j.import.supplier_id,
-            supplier_code: j.import.supplier_code,
-            template_id: j.import.template_id,
-            error: j.error,
-            error_code: j.error_code,
-        }
-    }
-}
 
 #[derive(Serialize)]
 struct LogOut {

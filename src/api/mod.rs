@@ -12,6 +12,7 @@ mod meta;
 mod partner;
 mod products;
 mod suppliers;
+mod webhooks;
 mod windev;
 
 use crate::error::{Error, ErrorKind};
@@ -32,6 +33,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(categories::configure)
             .configure(imports::configure)
             .configure(exports::configure)
+            .configure(webhooks::configure)
             .configure(meta::configure_api),
     );
     // After the API: the page's `/settings/{name}` pattern is then never tried for API paths.

@@ -6,11 +6,10 @@ use crate::catalog::products::MAX_BULK_DELETE;
 use crate::catalog::{Catalog, ListQuery, ProductPatch, SortBy};
 use crate::domain::{Invalid, ProductId, Scope};
 use crate::error::Error;
-use crate::store::{ProductRecord, Tombstone};
+use crate::views::{DeletedOut, ProductOut};
 use crate::web::JsonBody;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -50,26 +49,6 @@ struct ChangeFeed {
     deleted_more: bool,
 }
 
-#[derive(Serialize)]
-struct DeletedOut {
-    id: String,
-    ean: String,
-    reference: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
-    deleted_at: OffsetDateTime,
-}
-
-impl From<Tombstone> for DeletedOut {
-    fn from(t: Tombstone) -> Self {
-        DeletedOut {
-            id: t.id.to_string(),
-            ean: t.ean,
-            reference: t.reference,
-            deleted_at: t.deleted_at,
-        }
-    }
-}
-
 #[derive(Deserialize)]
 struct BulkDelete {
     ids: Vec<String>,
@@ -79,60 +58,6 @@ struct BulkDelete {
 struct BulkDeleted {
     deleted: usize,
     not_found: Vec<String>,
-}
-
-#[derive(Serialize)]
-pub(crate) struct ProductOut {
-    id: String,
-    ean: String,
-    /// Read-only: always the EAN (older clients read this name).
-    barcode: String,
-    sku: Option<String>,
-    reference: Option<String>,
-    name: String,
-    description: Option<String>,
-    brand: Option<String>,
-    price: Option<f64>,
-    cost_price: Option<f64>,
-    currency: String,
-    weight: Option<f64>,
-    stock: i64,
-    is_active: bool,
-    supplier_id: Option<Uuid>,
-    supplier_code: Option<String>,
-    category_ids: Vec<Uuid>,
-    attributes: BTreeMap<String, String>,
-    #[serde(with = "time::serde::rfc3339")]
-    created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    updated_at: OffsetDateTime,
-}
-
-impl From<ProductRecord> for ProductOut {
-    fn from(p: ProductRecord) -> Self {
-        ProductOut {
-            id: p.id.to_string(),
-            barcode: p.ean.clone(),
-            ean: p.ean,
-            sku: p.sku,
-            reference: p.reference,
-            name: p.name,
-            description: p.description,
-            brand: p.brand,
-            price: p.price,
-            cost_price: p.cost_price,
-            currency: p.currency,
-            weight: p.weight,
-            stock: p.stock,
-            is_active: p.is_active,
-            supplier_id: p.supplier_id,
-            supplier_code: p.supplier_code,
-            category_ids: p.category_ids,
-            attributes: p.attributes,
-            created_at: p.created_at,
-            updated_at: p.updated_at,
-        }
-    }
 }
 
 async fn list_products(

@@ -5,12 +5,10 @@ use crate::auth::Principal;
 use crate::catalog::{SupplierPatch, SupplierQuery, Suppliers};
 use crate::domain::Scope;
 use crate::error::Error;
-use crate::store::SupplierRecord;
+use crate::views::SupplierOut;
 use crate::web::JsonBody;
 use actix_web::{HttpResponse, web};
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-use uuid::Uuid;
+use serde::Deserialize;
 
 #[derive(Deserialize)]
 struct ListParams {
@@ -23,44 +21,6 @@ struct ListParams {
 struct DeleteParams {
     #[serde(default, deserialize_with = "super::query_bool")]
     detach: Option<bool>,
-}
-
-#[derive(Serialize)]
-pub(super) struct SupplierOut {
-    id: Uuid,
-    code: String,
-    name: String,
-    email: Option<String>,
-    phone: Option<String>,
-    country: Option<String>,
-    currency: Option<String>,
-    lead_time_days: Option<u32>,
-    is_active: bool,
-    /// Products that reference this supplier.
-    product_count: u64,
-    #[serde(with = "time::serde::rfc3339")]
-    created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    updated_at: OffsetDateTime,
-}
-
-impl From<SupplierRecord> for SupplierOut {
-    fn from(s: SupplierRecord) -> Self {
-        SupplierOut {
-            id: s.id,
-            code: s.code,
-            name: s.name,
-            email: s.email,
-            phone: s.phone,
-            country: s.country,
-            currency: s.currency,
-            lead_time_days: s.lead_time_days,
-            is_active: s.is_active,
-            product_count: s.product_count,
-            created_at: s.created_at,
-            updated_at: s.updated_at,
-        }
-    }
 }
 
 async fn list_suppliers(

@@ -12,8 +12,6 @@
 use super::categories::CategoryOut;
 use super::envelope;
 use super::partner::{self, ItemResult, ItemsBody, ListFilters, ProductsBody};
-use super::products::ProductOut;
-use super::suppliers::SupplierOut;
 use crate::auth::Principal;
 use crate::catalog::batch::{Change, FeedStart, Outcome, ProductKey, WhenMissing};
 use crate::catalog::field::Field;
@@ -21,6 +19,8 @@ use crate::catalog::{Catalog, Categories, ProductPatch, SupplierQuery, Suppliers
 use crate::domain::{Ean, Invalid, ProductId, Scope};
 use crate::error::Error;
 use crate::store::Namespace;
+use crate::views::ProductOut;
+use crate::views::SupplierOut;
 use crate::web::JsonBody;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};

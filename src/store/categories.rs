@@ -505,6 +505,7 @@ impl Store {
                 }
                 t.products
                     .insert(&keys::ns_id(ns, pid.as_bytes())[..], codec::encode(&new))?;
+                t.emit_product(ns, super::EventKind::ProductUpdated, &new)?;
             }
             if memberships != expected {
                 return abort(StoreError::Retry);

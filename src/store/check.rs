@@ -9,7 +9,7 @@ use super::{
     RefreshRecord, SessionRecord, Store, StoreError, StoreResult, SupplierRecord, TenantRecord,
     Tombstone, UserRecord, codec, keys, products::read_count, suppliers::code_key,
 };
-use super::{JobRecord, LogRecord, TemplateRecord};
+use super::{DeliveryRecord, EventRecord, JobRecord, LogRecord, TemplateRecord, WebhookRecord};
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
 
@@ -116,6 +116,60 @@ impl Store {
             ));
         }
         trees.push(("import_templates", templates.len()));
+        Ok(())
+    }
+
+    /// Webhooks keyed by namespace + id; outbox events that decode; deliveries of existing
+    /// webhooks; exactly one due entry per pending delivery, at its next attempt.
+    fn check_webhooks(&self, trees: &mut Vec<(&'static str, usize)>) -> StoreResult<()> {
+        let hooks = records::<WebhookRecord>(&self.webhooks, "webhooks")?;
+        let mut ids = HashSet::new();
+        for (k, w) in &hooks {
+            if k.len() != 33 || keys::namespace_of(k).is_none() || &k[17..] != w.id.as_bytes() {
+                return Err(corrupt(
+                    "webhooks",
+                    k,
+                    "key is not namespace + the record's id",
+                ));
+            }
+            ids.insert(k.clone());
+        }
+        trees.push(("webhooks", hooks.len()));
+        let events = records::<EventRecord>(&self.webhook_events, "webhook_events")?;
+        if let Some((k, _)) = events.iter().find(|(k, e)| {
+            k.len() != 33 || &k[..16] != e.id.as_bytes() || keys::namespace_of(&k[16..]).is_none()
+        }) {
+            return Err(corrupt(
+                "webhook_events",
+                k,
+                "key is not the event id + namespace",
+            ));
+        }
+        trees.push(("webhook_events", events.len()));
+        let deliveries = records::<DeliveryRecord>(&self.webhook_deliveries, "webhook_deliveries")?;
+        let mut due = HashMap::new();
+        for (k, d) in &deliveries {
+            if k.len() != 49
+                || !ids.contains(&k[..33])
+                || &k[17..33] != d.webhook_id.as_bytes()
+                || &k[33..] != d.id.as_bytes()
+            {
+                return Err(corrupt(
+                    "webhook_deliveries",
+                    k,
+                    "no such webhook, or not the delivery's id",
+                ));
+            }
+            if let Some(at) = d.next_attempt_at {
+                let mut entry = k[..33].to_vec();
+                let ms = u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+                entry.extend_from_slice(&ms.to_be_bytes());
+                entry.extend_from_slice(d.id.as_bytes());
+                due.insert(entry, Vec::new());
+            }
+        }
+        trees.push(("webhook_deliveries", deliveries.len()));
+        trees.push(agrees(&self.webhook_due, "webhook_due", &due)?);
         Ok(())
     }
 
@@ -410,6 +464,7 @@ impl Store {
         trees.push(("tombstones", tombstones.len()));
         self.check_categories(&mut trees, &memberships, &by_category)?;
         self.check_jobs(&mut trees)?;
+        self.check_webhooks(&mut trees)?;
         Ok(CheckReport { trees })
     }
 

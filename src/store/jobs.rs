@@ -3,8 +3,11 @@
 //! of the rows it covers ([`Store::import_batch`]), so a job resumed after a crash starts
 //! exactly after its last committed batch.
 use super::products::ProductTrees;
-use super::{Namespace, ProductRecord, Store, StoreError, StoreResult, abort, codec, keys};
+use super::{
+    Namespace, ProductRecord, Store, StoreError, StoreResult, abort, codec, from_tx, keys,
+};
 use serde::{Deserialize, Serialize};
+use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
@@ -177,6 +180,20 @@ pub type Progress<'a> =
     dyn Fn(&JobRecord, &[RowWrite]) -> Result<(JobRecord, Vec<LogRecord>), StoreError> + 'a;
 
 /// Key of a log entry: job id, row, then the entry's place in the job's log.
+/// The webhook event an import's status change makes, if any (SPEC §13).
+fn job_event(old: &JobRecord, new: &JobRecord) -> Option<super::EventKind> {
+    use super::EventKind;
+    if new.kind != JobKind::Import || old.status == new.status {
+        return None;
+    }
+    match new.status {
+        JobStatus::Processing => Some(EventKind::ImportStarted),
+        JobStatus::Completed => Some(EventKind::ImportCompleted),
+        JobStatus::Failed => Some(EventKind::ImportFailed),
+        _ => None,
+    }
+}
+
 fn log_key(job: Uuid, row: u64, seq: u64) -> [u8; 32] {
     let mut out = [0u8; 32];
     out[..16].copy_from_slice(job.as_bytes());
@@ -225,20 +242,29 @@ impl Store {
         edit: impl Fn(&mut JobRecord) -> Result<(), StoreError>,
     ) -> StoreResult<JobRecord> {
         let key = keys::ns_id(ns, id.as_bytes());
-        loop {
-            let Some(old) = self.jobs.get(key)? else {
-                return Err(StoreError::NotFound);
-            };
-            let mut job: JobRecord = codec::decode(&old)?;
-            edit(&mut job)?;
-            if self
-                .jobs
-                .compare_and_swap(key, Some(old), Some(codec::encode(&job)))?
-                .is_ok()
-            {
-                return Ok(job);
-            }
+        let switch = self.event_switch();
+        let result = (&self.jobs, &self.webhook_events)
+            .transaction(|(jobs, events)| {
+                let Some(old) = jobs.get(key)? else {
+                    return abort(StoreError::NotFound);
+                };
+                let old: JobRecord = codec::decode(&old).or_else(abort)?;
+                let mut job = old.clone();
+                edit(&mut job).or_else(abort)?;
+                jobs.insert(&key[..], codec::encode(&job))?;
+                if let Some(kind) = job_event(&old, &job) {
+                    let at = job.finished_at.or(job.started_at).unwrap_or(job.created_at);
+                    super::webhooks::emit(events, switch, ns, kind, at, || {
+                        super::EventData::Job(Box::new(job.clone()))
+                    })?;
+                }
+                Ok(job)
+            })
+            .map_err(from_tx);
+        if result.is_ok() {
+            self.events_written();
         }
+        result
     }
 
     /// The namespace's jobs of one kind, newest first (ids are time-ordered).

@@ -24,6 +24,7 @@ mod suppliers;
 mod tenants;
 mod tombstones;
 mod users;
+mod webhooks;
 
 use std::path::Path;
 use time::OffsetDateTime;
@@ -43,6 +44,10 @@ pub use suppliers::SupplierRecord;
 pub use tenants::TenantRecord;
 pub use tombstones::Tombstone;
 pub use users::{Membership, UserRecord};
+pub use webhooks::{
+    Attempt, DISABLE_AFTER_FAILED_EVENTS, DeliveryRecord, DeliveryStatus, EventData, EventKind,
+    EventRecord, Recorded, WebhookRecord,
+};
 
 use crate::domain::{Environment, TenantId};
 
@@ -124,6 +129,10 @@ pub const TREES: &[&str] = &[
     "jobs",
     "job_logs",
     "import_templates",
+    "webhooks",
+    "webhook_events",
+    "webhook_deliveries",
+    "webhook_due",
 ];
 
 /// The record caches of the auth path, each bounded.
@@ -194,6 +203,12 @@ pub struct Store {
     pub(crate) jobs: sled::Tree,
     pub(crate) job_logs: sled::Tree,
     pub(crate) import_templates: sled::Tree,
+    pub(crate) webhooks: sled::Tree,
+    pub(crate) webhook_events: sled::Tree,
+    pub(crate) webhook_deliveries: sled::Tree,
+    pub(crate) webhook_due: sled::Tree,
+    /// Which namespaces' changes write webhook events (see `webhooks.rs`).
+    events_on: std::sync::Arc<webhooks::EventSwitch>,
 }
 
 /// How often sled writes its log and cleans its segments by default, in milliseconds. Under the
@@ -256,6 +271,11 @@ impl Store {
             jobs: tree("jobs")?,
             job_logs: tree("job_logs")?,
             import_templates: tree("import_templates")?,
+            webhooks: tree("webhooks")?,
+            webhook_events: tree("webhook_events")?,
+            webhook_deliveries: tree("webhook_deliveries")?,
+            webhook_due: tree("webhook_due")?,
+            events_on: Default::default(),
             key_lookups: Default::default(),
             caches: std::sync::Arc::new(Caches::new()),
             group_commit: group_commit::GroupCommit::new(),

@@ -1,7 +1,9 @@
 //! Product records and their per-namespace indexes (EAN, reference, updated_at, supplier,
 //! category) and counter. Uniqueness of EAN and reference, and the existence of a newly
 //! referenced supplier or category, are checked inside the same transaction that writes.
-use super::{Namespace, Store, StoreError, StoreResult, abort, codec, from_tx, keys};
+use super::{
+    EventData, EventKind, Namespace, Store, StoreError, StoreResult, abort, codec, from_tx, keys,
+};
 use crate::domain::ProductId;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
@@ -50,6 +52,9 @@ pub(super) struct ProductTrees<'a> {
     pub(super) by_category: &'a TransactionalTree,
     pub(super) mappings: &'a TransactionalTree,
     inactive: &'a TransactionalTree,
+    /// The webhook outbox: events are written with the change that causes them.
+    events: &'a TransactionalTree,
+    switch: &'a super::webhooks::EventSwitch,
 }
 
 type Tx<T> = Result<T, UnabortableTransactionError>;
@@ -69,6 +74,23 @@ pub enum ProductWrite<'a> {
 }
 
 impl ProductTrees<'_> {
+    /// Writes a webhook event for this transaction's change (when `ns` has an active webhook).
+    pub(super) fn emit(
+        &self,
+        ns: Namespace,
+        kind: EventKind,
+        at: OffsetDateTime,
+        data: impl FnOnce() -> EventData,
+    ) -> Tx<()> {
+        super::webhooks::emit(self.events, self.switch, ns, kind, at, data)
+    }
+
+    pub(super) fn emit_product(&self, ns: Namespace, kind: EventKind, p: &ProductRecord) -> Tx<()> {
+        self.emit(ns, kind, p.updated_at, || {
+            EventData::Product(Box::new(p.clone()))
+        })
+    }
+
     /// Inserts `p` once it passes the checks; a check's failure is the inner error (nothing
     /// written).
     fn insert(&self, ns: Namespace, p: &ProductRecord) -> Checked<()> {
@@ -88,6 +110,7 @@ impl ProductTrees<'_> {
         self.products
             .insert(&keys::ns_id(ns, p.id.as_bytes())[..], codec::encode(p))?;
         self.bump_count(ns, 1)?;
+        self.emit_product(ns, EventKind::ProductCreated, p)?;
         Ok(Ok(()))
     }
 
@@ -122,6 +145,7 @@ impl ProductTrees<'_> {
         self.move_active(ns, Some(&old), Some(&new))?;
         self.products
             .insert(&keys::ns_id(ns, id.as_bytes())[..], codec::encode(&new))?;
+        self.emit_product(ns, EventKind::ProductUpdated, &new)?;
         Ok(Ok(new))
     }
 
@@ -370,6 +394,7 @@ impl Store {
             &self.products_by_category,
             &self.category_mappings,
             &self.products_inactive,
+            &self.webhook_events,
         ];
         trees.extend_from_slice(extra);
         let result = <[&sled::Tree] as Transactional<StoreError>>::transaction(&trees[..], |t| {
@@ -389,8 +414,10 @@ impl Store {
                     by_category: &t[11],
                     mappings: &t[12],
                     inactive: &t[13],
+                    events: &t[14],
+                    switch: self.event_switch(),
                 },
-                &t[14..],
+                &t[15..],
             )
         })
         .map_err(from_tx);
@@ -398,6 +425,7 @@ impl Store {
         // seen this write.
         if result.is_ok() {
             self.catalog_changed();
+            self.events_written();
         }
         result
     }
@@ -466,6 +494,9 @@ impl Store {
                     &keys::ns_updated(ns, now.unix_timestamp_nanos(), id.as_bytes())[..],
                     codec::encode(&tombstone),
                 )?;
+                t.emit(ns, EventKind::ProductDeleted, now, || {
+                    EventData::Deleted(tombstone.clone())
+                })?;
                 deleted.push(*id);
             }
             t.bump_count(ns, -(deleted.len() as i64))?;

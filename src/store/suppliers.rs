@@ -2,10 +2,9 @@
 //! that reference it: product writes keep the count in the same transaction that changes the
 //! reference, so a delete can tell "still referenced" without a scan racing new references.
 use super::products::{ProductRecord, ProductTrees};
-use super::{Namespace, Store, StoreError, StoreResult, abort, codec, from_tx, keys};
+use super::{Namespace, Store, StoreError, StoreResult, abort, codec, keys};
 use crate::domain::ProductId;
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -58,16 +57,20 @@ impl Store {
 
     pub fn insert_supplier(&self, ns: Namespace, s: &SupplierRecord) -> StoreResult<()> {
         let code = keys::ns_str(ns, &code_key(&s.code));
-        (&self.suppliers, &self.supplier_by_code)
-            .transaction(|(suppliers, by_code)| {
-                if by_code.get(&code)?.is_some() {
-                    return abort(StoreError::Duplicate("a supplier with this code"));
-                }
-                by_code.insert(code.as_slice(), codec::raw(s.id.as_bytes()))?;
-                suppliers.insert(&keys::ns_id(ns, s.id.as_bytes())[..], codec::encode(s))?;
-                Ok(())
-            })
-            .map_err(from_tx)
+        // Through the catalog's transaction, for its webhook outbox.
+        self.product_tx(|t| {
+            if t.supplier_by_code.get(&code)?.is_some() {
+                return abort(StoreError::Duplicate("a supplier with this code"));
+            }
+            t.supplier_by_code
+                .insert(code.as_slice(), codec::raw(s.id.as_bytes()))?;
+            t.suppliers
+                .insert(&keys::ns_id(ns, s.id.as_bytes())[..], codec::encode(s))?;
+            t.emit(ns, super::EventKind::SupplierCreated, s.created_at, || {
+                super::EventData::Supplier(Box::new(s.clone()))
+            })?;
+            Ok(())
+        })
     }
 
     pub fn supplier(&self, ns: Namespace, id: Uuid) -> StoreResult<Option<SupplierRecord>> {
@@ -155,6 +158,12 @@ impl Store {
                 })?;
             }
             t.suppliers.insert(&key[..], codec::encode(&new))?;
+            t.emit(
+                ns,
+                super::EventKind::SupplierUpdated,
+                new.updated_at,
+                || super::EventData::Supplier(Box::new(new.clone())),
+            )?;
             Ok(new)
         })
     }
@@ -220,6 +229,7 @@ fn relink(
         t.move_supplier(ns, Some(&old), Some(&new))?;
         t.products
             .insert(&keys::ns_id(ns, pid.as_bytes())[..], codec::encode(&new))?;
+        t.emit_product(ns, super::EventKind::ProductUpdated, &new)?;
     }
     if found != count {
         return abort(StoreError::Retry);

@@ -384,3 +384,118 @@ async fn settings_page_lets_an_admin_create_use_rotate_and_revoke_a_key() {
     assert_no_script_errors(&driver).await;
     driver.quit().await;
 }
+
+/// The webhooks section: add a webhook (its secret shown once), send a test to a real receiver
+/// on loopback, read the delivery, turn the webhook off, delete it. Each step is checked
+/// against the receiver or the API.
+#[actix_web::test]
+async fn settings_page_adds_a_webhook_tests_it_and_lists_its_deliveries() {
+    use crate::webhooks::{Receiver, signature_ok};
+    let app = crate::helpers::spawn_app_with(pixee_pim::config::ServeArgs {
+        webhooks_allow_private: Some(true),
+        ..Default::default()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let page = format!("{}/settings/", app.address);
+    let mut driver = WebDriver::start().await;
+    driver.screenshot_on_failure(target_file("settings-webhooks-failure.png"));
+    driver.goto(&page).await;
+    submit_login(&driver, &app.admin_email, &app.admin_password).await;
+    wait_logged_in(&driver, &app).await;
+
+    fill(&driver, "#webhook-name", "Shop").await;
+    fill(&driver, "#webhook-url", &receiver.url).await;
+    for event in ["product.created", "test"] {
+        driver
+            .click_on(&format!("input[name=event][value=\"{event}\"]"))
+            .await;
+    }
+    driver.click_on("#create-webhook-submit").await;
+    let secret_shown = async || {
+        driver
+            .text_of("#new-secret-value")
+            .await
+            .starts_with("whsec_")
+    };
+    driver
+        .wait_until("the one-time secret panel", secret_shown)
+        .await;
+    let secret = raw_text(&driver, "new-secret-value").await;
+    let script = "return [...document.querySelectorAll('#webhooks-table tr[data-webhook-id]')]\
+                  .map(r => r.dataset.webhookId);";
+    let ids = driver.execute(script, vec![]).await;
+    let id = ids[0].as_str().expect("one webhook row").to_owned();
+    let row = |css: &str| format!("#webhooks-table tr[data-webhook-id=\"{id}\"] {css}");
+    driver.click_on("#dismiss-secret-button").await;
+    driver.wait_hidden("#new-secret-panel").await;
+    assert_eq!(raw_text(&driver, "new-secret-value").await, "");
+
+    driver.click_on(&row(".test-webhook-button")).await;
+    let reached = async || driver.text_of("#notice").await.contains("answered 200");
+    driver.wait_until("the test's outcome", reached).await;
+    let got = receiver.wait_for(1).await;
+    assert_eq!(got[0].event, "test");
+    assert!(
+        signature_ok(&secret, &got[0].signature, &got[0].body),
+        "signed with the secret shown"
+    );
+
+    driver.click_on(&row(".deliveries-button")).await;
+    let listed = async || {
+        driver
+            .text_of("#deliveries-body .delivery-status")
+            .await
+            .contains("succeeded")
+    };
+    driver.wait_until("the delivery in the list", listed).await;
+    assert_eq!(
+        driver
+            .text_of("#deliveries-body .delivery-code")
+            .await
+            .trim(),
+        "200"
+    );
+
+    driver.click_on(&row(".toggle-webhook-button")).await;
+    let off = async || {
+        driver
+            .text_of(&row(".webhook-status"))
+            .await
+            .contains("off")
+    };
+    driver.wait_until("the webhook to be off", off).await;
+    let admin = app.admin().await;
+    let stored: serde_json::Value = app
+        .with_token(
+            reqwest::Method::GET,
+            &format!("/api/v1/webhooks/{id}"),
+            &admin.token,
+        )
+        .send()
+        .await
+        .expect("get the webhook")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(stored["is_active"], false);
+    assert_eq!(stored["events"], json!(["product.created", "test"]));
+
+    driver.click_on(&row(".delete-webhook-button")).await;
+    let question = driver.accept_dialog().await;
+    assert!(question.contains("Shop"), "{question:?}");
+    let gone = async || driver.try_find(&row(".webhook-name")).await.is_none();
+    driver.wait_until("the row to go", gone).await;
+    let list: serde_json::Value = app
+        .with_token(reqwest::Method::GET, "/api/v1/webhooks", &admin.token)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list["total"], 0);
+    assert_no_script_errors(&driver).await;
+    driver.quit().await;
+    receiver.stop().await;
+}

@@ -23,3 +23,4 @@ mod sessions;
 mod suppliers;
 mod tenant_keys;
 mod webdriver;
+mod webhooks;

@@ -1,0 +1,769 @@
+//! Webhooks (SPEC §13): their records, the outbox of events and the deliveries.
+//!
+//! - `webhooks`: namespace + id → [`WebhookRecord`].
+//! - `webhook_events`, the outbox: event id (UUID v7, so time order) + namespace →
+//!   [`EventRecord`]. An event is written in the same transaction as the change that causes it
+//!   ([`Store::product_tx`], [`Store::update_job`]), and only while its namespace has an active
+//!   webhook ([`EventSwitch`]); the delivery engine fans it out and removes it.
+//! - `webhook_deliveries`: namespace + webhook id + delivery id (UUID v7) → [`DeliveryRecord`],
+//!   one per event and webhook, kept with the outcome of its latest attempt.
+//! - `webhook_due`: namespace + webhook id + due time (ms, BE) + delivery id → nothing: the
+//!   deliveries still to attempt, per webhook in due order, so one slow receiver never stands
+//!   in front of another webhook's deliveries.
+use super::{JobRecord, ProductRecord, SupplierRecord, Tombstone};
+use super::{Namespace, Store, StoreError, StoreResult, abort, codec, from_tx, keys};
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::RwLock;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Consecutive failed events after which a webhook is turned off (SPEC §13).
+pub const DISABLE_AFTER_FAILED_EVENTS: u32 = 10;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub url: String,
+    /// Event type names (`product.created`, …).
+    pub events: Vec<String>,
+    /// Signs every delivery; shown to the admin once, at creation.
+    pub secret: String,
+    pub headers: BTreeMap<String, String>,
+    pub max_retries: u32,
+    pub timeout_seconds: u32,
+    pub is_active: bool,
+    /// Events in a row whose delivery failed for good; a success sets it back to 0.
+    pub failed_events: u32,
+    /// When and why the webhook was turned off by its failures (cleared when turned on again).
+    pub disabled_at: Option<OffsetDateTime>,
+    pub created_by: String,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    ProductCreated,
+    ProductUpdated,
+    ProductDeleted,
+    ImportStarted,
+    ImportCompleted,
+    ImportFailed,
+    SupplierCreated,
+    SupplierUpdated,
+    Test,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 9] = [
+        EventKind::ProductCreated,
+        EventKind::ProductUpdated,
+        EventKind::ProductDeleted,
+        EventKind::ImportStarted,
+        EventKind::ImportCompleted,
+        EventKind::ImportFailed,
+        EventKind::SupplierCreated,
+        EventKind::SupplierUpdated,
+        EventKind::Test,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ProductCreated => "product.created",
+            EventKind::ProductUpdated => "product.updated",
+            EventKind::ProductDeleted => "product.deleted",
+            EventKind::ImportStarted => "import.started",
+            EventKind::ImportCompleted => "import.completed",
+            EventKind::ImportFailed => "import.failed",
+            EventKind::SupplierCreated => "supplier.created",
+            EventKind::SupplierUpdated => "supplier.updated",
+            EventKind::Test => "test",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// What an event carries; rendered as the API shows it when the event is fanned out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EventData {
+    Product(Box<ProductRecord>),
+    Deleted(Tombstone),
+    Job(Box<JobRecord>),
+    Supplier(Box<SupplierRecord>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub id: Uuid,
+    pub kind: EventKind,
+    pub at: OffsetDateTime,
+    pub data: EventData,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryStatus {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// Sent as `X-PM-Delivery`: the same on every attempt.
+    pub id: Uuid,
+    pub webhook_id: Uuid,
+    pub event_id: Uuid,
+    pub event: EventKind,
+    /// The exact body every attempt sends.
+    pub body: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Attempts made before the latest redelivery: the retry budget counts from here.
+    pub budget_from: u32,
+    pub status: DeliveryStatus,
+    pub status_code: Option<u16>,
+    pub duration_ms: Option<u64>,
+    pub error: Option<String>,
+    pub last_attempt_at: Option<OffsetDateTime>,
+    pub next_attempt_at: Option<OffsetDateTime>,
+    pub created_at: OffsetDateTime,
+}
+
+/// What one attempt found.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub at: OffsetDateTime,
+    pub status_code: Option<u16>,
+    pub duration_ms: u64,
+    /// `None` for a success (any 2xx).
+    pub error: Option<String>,
+}
+
+/// What recording an attempt did.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub delivery: DeliveryRecord,
+    /// This failure was the webhook's tenth failed event in a row: it is now off.
+    pub disabled: Option<WebhookRecord>,
+}
+
+/// Which namespaces have an active webhook, so only their changes write events. Kept by the
+/// webhook service from the records (at start and after every webhook write); a product write
+/// reads it inside its transaction, which costs a read lock.
+#[derive(Default)]
+pub(crate) struct EventSwitch {
+    namespaces: RwLock<HashSet<Namespace>>,
+    written: tokio::sync::Notify,
+}
+
+impl EventSwitch {
+    fn on(&self, ns: Namespace) -> bool {
+        self.namespaces
+            .read()
+            .map(|set| !set.is_empty() && set.contains(&ns))
+            .unwrap_or(true)
+    }
+
+    fn any(&self) -> bool {
+        self.namespaces
+            .read()
+            .map(|s| !s.is_empty())
+            .unwrap_or(true)
+    }
+}
+
+type Tx<T> = Result<T, UnabortableTransactionError>;
+
+fn event_key(ns: Namespace, id: Uuid) -> Vec<u8> {
+    let mut k = Vec::with_capacity(33);
+    k.extend_from_slice(id.as_bytes());
+    k.extend_from_slice(&keys::namespace(ns));
+    k
+}
+
+fn delivery_key(ns: Namespace, webhook: Uuid, delivery: Uuid) -> [u8; 49] {
+    keys::ns_pair(ns, webhook.as_bytes(), delivery.as_bytes())
+}
+
+fn due_ms(t: OffsetDateTime) -> u64 {
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+fn due_key(ns: Namespace, webhook: Uuid, at: OffsetDateTime, delivery: Uuid) -> Vec<u8> {
+    let mut k = Vec::with_capacity(57);
+    k.extend_from_slice(&keys::ns_id(ns, webhook.as_bytes()));
+    k.extend_from_slice(&due_ms(at).to_be_bytes());
+    k.extend_from_slice(delivery.as_bytes());
+    k
+}
+
+/// Writes an event into the outbox inside the caller's transaction, when `ns` has an active
+/// webhook. `data` is only built then.
+pub(super) fn emit(
+    outbox: &TransactionalTree,
+    switch: &EventSwitch,
+    ns: Namespace,
+    kind: EventKind,
+    at: OffsetDateTime,
+    data: impl FnOnce() -> EventData,
+) -> Tx<()> {
+    if !switch.on(ns) {
+        return Ok(());
+    }
+    let event = EventRecord {
+        id: Uuid::now_v7(),
+        kind,
+        at,
+        data: data(),
+    };
+    outbox.insert(event_key(ns, event.id), codec::encode(&event))?;
+    Ok(())
+}
+
+/// Puts `d` (with its due entry, when it has a next attempt) inside a transaction.
+fn put_delivery(
+    deliveries: &TransactionalTree,
+    due: &TransactionalTree,
+    ns: Namespace,
+    d: &DeliveryRecord,
+) -> Tx<()> {
+    deliveries.insert(&delivery_key(ns, d.webhook_id, d.id)[..], codec::encode(d))?;
+    if let Some(at) = d.next_attempt_at {
+        due.insert(due_key(ns, d.webhook_id, at, d.id), codec::raw(&[]))?;
+    }
+    Ok(())
+}
+
+fn drop_due(due: &TransactionalTree, ns: Namespace, d: &DeliveryRecord) -> Tx<()> {
+    if let Some(at) = d.next_attempt_at {
+        due.remove(due_key(ns, d.webhook_id, at, d.id))?;
+    }
+    Ok(())
+}
+
+impl Store {
+    pub(super) fn event_switch(&self) -> &EventSwitch {
+        &self.events_on
+    }
+
+    /// Sets the namespaces whose changes write events (those with an active webhook).
+    pub fn set_event_namespaces(&self, namespaces: HashSet<Namespace>) {
+        if let Ok(mut set) = self.events_on.namespaces.write() {
+            *set = namespaces;
+        }
+    }
+
+    /// Wakes the delivery engine after a commit that may have written events.
+    pub(super) fn events_written(&self) {
+        if self.events_on.any() {
+            self.events_on.written.notify_one();
+        }
+    }
+
+    /// Resolves when a write may have put events in the outbox since the last call.
+    pub async fn events_notified(&self) {
+        self.events_on.written.notified().await
+    }
+
+    pub fn wake_event_waiter(&self) {
+        self.events_on.written.notify_one();
+    }
+
+    pub fn put_webhook(&self, ns: Namespace, w: &WebhookRecord) -> StoreResult<()> {
+        self.webhooks
+            .insert(&keys::ns_id(ns, w.id.as_bytes())[..], codec::encode(w))?;
+        Ok(())
+    }
+
+    pub fn webhook(&self, ns: Namespace, id: Uuid) -> StoreResult<Option<WebhookRecord>> {
+        self.webhooks
+            .get(keys::ns_id(ns, id.as_bytes()))?
+            .map(|v| codec::decode(&v))
+            .transpose()
+    }
+
+    /// Applies `edit` to a webhook (compare-and-swap, so a concurrent attempt's failure count
+    /// is never lost).
+    pub fn update_webhook(
+        &self,
+        ns: Namespace,
+        id: Uuid,
+        edit: impl Fn(&mut WebhookRecord) -> Result<(), StoreError>,
+    ) -> StoreResult<WebhookRecord> {
+        let key = keys::ns_id(ns, id.as_bytes());
+        loop {
+            let Some(old) = self.webhooks.get(key)? else {
+                return Err(StoreError::NotFound);
+            };
+            let mut w: WebhookRecord = codec::decode(&old)?;
+            edit(&mut w)?;
+            if self
+                .webhooks
+                .compare_and_swap(key, Some(old), Some(codec::encode(&w)))?
+                .is_ok()
+            {
+                return Ok(w);
+            }
+        }
+    }
+
+    /// The namespace's webhooks, oldest first.
+    pub fn webhooks(&self, ns: Namespace) -> StoreResult<Vec<WebhookRecord>> {
+        let mut out: Vec<WebhookRecord> = self
+            .webhooks
+            .scan_prefix(keys::namespace(ns))
+            .values()
+            .map(|v| codec::decode(&v?))
+            .collect::<StoreResult<_>>()?;
+        out.sort_by_key(|w| w.created_at);
+        Ok(out)
+    }
+
+    pub fn all_webhooks(&self) -> StoreResult<Vec<(Namespace, WebhookRecord)>> {
+        let mut out = Vec::new();
+        for item in self.webhooks.iter() {
+            let (k, v) = item?;
+            let ns = keys::namespace_of(&k)
+                .ok_or_else(|| StoreError::Corrupt("webhooks: short key".into()))?;
+            out.push((ns, codec::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Deletes a webhook with its deliveries, in one transaction (a crash leaves all or
+    /// nothing); `false` when there was none. A delivery fanned out meanwhile is not lost to a
+    /// race: fan-out checks the webhook inside its own transaction.
+    pub fn delete_webhook(&self, ns: Namespace, id: Uuid) -> StoreResult<bool> {
+        let prefix = keys::ns_id(ns, id.as_bytes());
+        let gather = |tree: &sled::Tree| -> StoreResult<Vec<sled::IVec>> {
+            tree.scan_prefix(prefix)
+                .keys()
+                .map(|k| k.map_err(StoreError::from))
+                .collect()
+        };
+        let (deliveries, due) = (
+            gather(&self.webhook_deliveries)?,
+            gather(&self.webhook_due)?,
+        );
+        (&self.webhooks, &self.webhook_deliveries, &self.webhook_due)
+            .transaction(|(hooks, stored, pending)| {
+                if hooks.remove(&prefix[..])?.is_none() {
+                    return Ok(false);
+                }
+                for k in &deliveries {
+                    stored.remove(k)?;
+                }
+                for k in &due {
+                    pending.remove(k)?;
+                }
+                Ok(true)
+            })
+            .map_err(from_tx)
+    }
+
+    /// Finished deliveries (succeeded or failed for good) created before `before` are removed;
+    /// returns how many. Pending ones stay whatever their age.
+    pub fn sweep_deliveries(&self, before: OffsetDateTime) -> StoreResult<usize> {
+        let mut removed = 0;
+        for item in self.webhook_deliveries.iter() {
+            let (k, v) = item?;
+            let Ok(d) = codec::decode::<DeliveryRecord>(&v) else {
+                continue;
+            };
+            if d.status != DeliveryStatus::Pending
+                && d.created_at < before
+                && self
+                    .webhook_deliveries
+                    .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?
+                    .is_ok()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The oldest events of the outbox, at most `limit`.
+    pub fn pending_events(
+        &self,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Namespace, EventRecord)>> {
+        let mut out = Vec::new();
+        for item in self.webhook_events.iter().take(limit) {
+            let (k, v) = item?;
+            let ns = k
+                .get(16..)
+                .and_then(keys::namespace_of)
+                .ok_or_else(|| StoreError::Corrupt("webhook_events: short key".into()))?;
+            out.push((k.to_vec(), ns, codec::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Replaces the outbox events `keys` by `deliveries`, in one transaction: a crash leaves
+    /// either the events (fanned out again) or the deliveries.
+    pub fn fan_out(
+        &self,
+        events: &[Vec<u8>],
+        deliveries: &[(Namespace, DeliveryRecord)],
+    ) -> StoreResult<()> {
+        (
+            &self.webhook_events,
+            &self.webhook_deliveries,
+            &self.webhook_due,
+            &self.webhooks,
+        )
+            .transaction(|(outbox, stored, due, hooks)| {
+                for k in events {
+                    outbox.remove(&k[..])?;
+                }
+                for (ns, d) in deliveries {
+                    // Read inside the transaction: a webhook deleted meanwhile gets nothing.
+                    if hooks
+                        .get(keys::ns_id(*ns, d.webhook_id.as_bytes()))?
+                        .is_some()
+                    {
+                        put_delivery(stored, due, *ns, d)?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(from_tx)
+    }
+
+    /// Stores a new delivery (a `test` event) due at its `next_attempt_at`.
+    pub fn insert_delivery(&self, ns: Namespace, d: &DeliveryRecord) -> StoreResult<()> {
+        self.fan_out(&[], &[(ns, d.clone())])
+    }
+
+    pub fn delivery(
+        &self,
+        ns: Namespace,
+        webhook: Uuid,
+        id: Uuid,
+    ) -> StoreResult<Option<DeliveryRecord>> {
+        self.webhook_deliveries
+            .get(delivery_key(ns, webhook, id))?
+            .map(|v| codec::decode(&v))
+            .transpose()
+    }
+
+    /// A webhook's deliveries, newest first: `skip`, then at most `take`; and the total.
+    pub fn deliveries_page(
+        &self,
+        ns: Namespace,
+        webhook: Uuid,
+        skip: usize,
+        take: usize,
+    ) -> StoreResult<(Vec<DeliveryRecord>, usize)> {
+        let prefix = keys::ns_id(ns, webhook.as_bytes());
+        let total = self.webhook_deliveries.scan_prefix(prefix).count();
+        let items = self
+            .webhook_deliveries
+            .scan_prefix(prefix)
+            .values()
+            .rev()
+            .skip(skip)
+            .take(take)
+            .map(|v| codec::decode(&v?))
+            .collect::<StoreResult<_>>()?;
+        Ok((items, total))
+    }
+
+    /// The deliveries of one webhook due at `now` or before, in due order, leaving out those
+    /// `busy` names, at most `limit`; and the due time of the first one left out by the time
+    /// (when the engine should look again).
+    pub fn due_deliveries(
+        &self,
+        ns: Namespace,
+        webhook: Uuid,
+        now: OffsetDateTime,
+        limit: usize,
+        busy: impl Fn(Uuid) -> bool,
+    ) -> StoreResult<(Vec<DeliveryRecord>, Option<OffsetDateTime>)> {
+        let now_ms = due_ms(now);
+        let mut out = Vec::new();
+        for k in self
+            .webhook_due
+            .scan_prefix(keys::ns_id(ns, webhook.as_bytes()))
+            .keys()
+        {
+            let k = k?;
+            let (Some(at), Some(id)) = (
+                k.get(33..41)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes),
+                k.get(41..57).and_then(|b| Uuid::from_slice(b).ok()),
+            ) else {
+                return Err(StoreError::Corrupt("webhook_due: short key".into()));
+            };
+            if at > now_ms {
+                let next =
+                    OffsetDateTime::from_unix_timestamp_nanos(i128::from(at) * 1_000_000).ok();
+                return Ok((out, next));
+            }
+            if out.len() >= limit {
+                return Ok((out, Some(now)));
+            }
+            if busy(id) {
+                continue;
+            }
+            match self.delivery(ns, webhook, id)? {
+                Some(d) => out.push(d),
+                // A due entry without its delivery (the webhook was deleted meanwhile).
+                None => {
+                    self.webhook_due.remove(&k)?;
+                }
+            }
+        }
+        Ok((out, None))
+    }
+
+    /// Records an attempt at delivery `id`: a success ends it; a failure schedules the next
+    /// attempt at `retry_at(attempts made)`, or, past the webhook's `max_retries`, ends it as
+    /// failed and counts a failed event against the webhook, which the tenth in a row turns
+    /// off. One transaction over the webhook, the delivery and its due entry.
+    pub fn record_attempt(
+        &self,
+        ns: Namespace,
+        webhook: Uuid,
+        id: Uuid,
+        attempt: &Attempt,
+        retry_at: impl Fn(u32) -> OffsetDateTime,
+    ) -> StoreResult<Recorded> {
+        let wkey = keys::ns_id(ns, webhook.as_bytes());
+        let dkey = delivery_key(ns, webhook, id);
+        (&self.webhooks, &self.webhook_deliveries, &self.webhook_due)
+            .transaction(|(hooks, deliveries, due)| {
+                let Some(hook) = hooks.get(wkey)? else {
+                    return abort(StoreError::NotFound);
+                };
+                let mut hook: WebhookRecord = codec::decode(&hook).or_else(abort)?;
+                let Some(d) = deliveries.get(dkey)? else {
+                    return abort(StoreError::NotFound);
+                };
+                let old: DeliveryRecord = codec::decode(&d).or_else(abort)?;
+                let mut d = old.clone();
+                d.attempts += 1;
+                d.last_attempt_at = Some(attempt.at);
+                d.status_code = attempt.status_code;
+                d.duration_ms = Some(attempt.duration_ms);
+                d.error = attempt.error.clone();
+                let mut disabled = None;
+                let hook_before = hook.clone();
+                if attempt.error.is_none() {
+                    d.status = DeliveryStatus::Succeeded;
+                    d.next_attempt_at = None;
+                    hook.failed_events = 0;
+                } else if d.attempts - d.budget_from > hook.max_retries {
+                    d.status = DeliveryStatus::Failed;
+                    d.next_attempt_at = None;
+                    hook.failed_events = hook.failed_events.saturating_add(1);
+                    if hook.failed_events >= DISABLE_AFTER_FAILED_EVENTS && hook.is_active {
+                        hook.is_active = false;
+                        hook.disabled_at = Some(attempt.at);
+                        hook.updated_at = attempt.at;
+                        disabled = Some(hook.clone());
+                    }
+                } else {
+                    d.status = DeliveryStatus::Pending;
+                    d.next_attempt_at = Some(retry_at(d.attempts));
+                }
+                drop_due(due, ns, &old)?;
+                put_delivery(deliveries, due, ns, &d)?;
+                if hook != hook_before {
+                    hooks.insert(&wkey[..], codec::encode(&hook))?;
+                }
+                Ok(Recorded {
+                    delivery: d,
+                    disabled,
+                })
+            })
+            .map_err(from_tx)
+    }
+
+    /// Sends a delivery again at `now`, with a fresh retry budget; the id stays, so a receiver
+    /// that has already processed it can tell.
+    pub fn redeliver(
+        &self,
+        ns: Namespace,
+        webhook: Uuid,
+        id: Uuid,
+        now: OffsetDateTime,
+    ) -> StoreResult<DeliveryRecord> {
+        self.edit_delivery(ns, webhook, id, |d| {
+            d.status = DeliveryStatus::Pending;
+            d.budget_from = d.attempts;
+            d.next_attempt_at = Some(now);
+            Ok(())
+        })
+    }
+
+    fn edit_delivery(
+        &self,
+        ns: Namespace,
+        webhook: Uuid,
+        id: Uuid,
+        edit: impl Fn(&mut DeliveryRecord) -> Result<(), StoreError>,
+    ) -> StoreResult<DeliveryRecord> {
+        let dkey = delivery_key(ns, webhook, id);
+        (&self.webhook_deliveries, &self.webhook_due)
+            .transaction(|(deliveries, due)| {
+                let Some(d) = deliveries.get(dkey)? else {
+                    return abort(StoreError::NotFound);
+                };
+                let old: DeliveryRecord = codec::decode(&d).or_else(abort)?;
+                let mut d = old.clone();
+                edit(&mut d).or_else(abort)?;
+                drop_due(due, ns, &old)?;
+                put_delivery(deliveries, due, ns, &d)?;
+                Ok(d)
+            })
+            .map_err(from_tx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Environment, TenantId};
+
+    fn hook(now: OffsetDateTime) -> WebhookRecord {
+        WebhookRecord {
+            id: Uuid::now_v7(),
+            name: "h".into(),
+            url: "https://example.com/".into(),
+            events: vec!["product.created".into()],
+            secret: "whsec_0123456789abcdef".into(),
+            headers: BTreeMap::new(),
+            max_retries: 1,
+            timeout_seconds: 10,
+            is_active: true,
+            failed_events: 0,
+            disabled_at: None,
+            created_by: "test".into(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn delivery(webhook: Uuid, now: OffsetDateTime) -> DeliveryRecord {
+        DeliveryRecord {
+            id: Uuid::now_v7(),
+            webhook_id: webhook,
+            event_id: Uuid::now_v7(),
+            event: EventKind::Test,
+            body: "{}".into(),
+            attempts: 0,
+            budget_from: 0,
+            status: DeliveryStatus::Pending,
+            status_code: None,
+            duration_ms: None,
+            error: None,
+            last_attempt_at: None,
+            next_attempt_at: Some(now),
+            created_at: now,
+        }
+    }
+
+    fn check(store: &Store) -> StoreResult<crate::store::CheckReport> {
+        store.check_integrity::<crate::auth::lockout::LockoutState>()
+    }
+
+    #[test]
+    fn attempts_retry_then_end_and_every_state_passes_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let ns = Namespace {
+            tenant: TenantId::generate(),
+            environment: Environment::Live,
+        };
+        let now = OffsetDateTime::now_utc();
+        let w = hook(now);
+        store.put_webhook(ns, &w).unwrap();
+        let d = delivery(w.id, now);
+        store.insert_delivery(ns, &d).unwrap();
+        check(&store).unwrap();
+        let (due, _) = store.due_deliveries(ns, w.id, now, 10, |_| false).unwrap();
+        assert_eq!(due.len(), 1);
+        let failed = Attempt {
+            at: now,
+            status_code: Some(500),
+            duration_ms: 3,
+            error: Some("500".into()),
+        };
+        let later = now + time::Duration::seconds(30);
+        let r = store
+            .record_attempt(ns, w.id, d.id, &failed, |_| later)
+            .unwrap();
+        assert_eq!(r.delivery.status, DeliveryStatus::Pending);
+        assert_eq!(r.delivery.next_attempt_at, Some(later));
+        check(&store).unwrap();
+        let (due, next) = store.due_deliveries(ns, w.id, now, 10, |_| false).unwrap();
+        assert!(due.is_empty(), "not due before its time");
+        assert_eq!(
+            next.map(|t| t.unix_timestamp()),
+            Some(later.unix_timestamp())
+        );
+        // max_retries 1: the second failure ends it and counts a failed event.
+        let r = store
+            .record_attempt(ns, w.id, d.id, &failed, |_| later)
+            .unwrap();
+        assert_eq!(r.delivery.status, DeliveryStatus::Failed);
+        assert_eq!(r.delivery.next_attempt_at, None);
+        assert_eq!(store.webhook(ns, w.id).unwrap().unwrap().failed_events, 1);
+        check(&store).unwrap();
+        // Old finished deliveries are swept; pending ones stay.
+        let pending = delivery(w.id, now - time::Duration::days(60));
+        store.insert_delivery(ns, &pending).unwrap();
+        assert_eq!(
+            store
+                .sweep_deliveries(now + time::Duration::days(1))
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.deliveries_page(ns, w.id, 0, 10).unwrap().1, 1);
+        check(&store).unwrap();
+        // Deleting the webhook takes its deliveries and due entries; a fan-out for it after
+        // that writes nothing.
+        assert!(store.delete_webhook(ns, w.id).unwrap());
+        store.insert_delivery(ns, &delivery(w.id, now)).unwrap();
+        assert_eq!(store.webhook_deliveries.len(), 0);
+        assert_eq!(store.webhook_due.len(), 0);
+        check(&store).unwrap();
+        assert!(!store.delete_webhook(ns, w.id).unwrap());
+    }
+
+    #[test]
+    fn the_check_finds_a_pending_delivery_without_its_due_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let ns = Namespace {
+            tenant: TenantId::generate(),
+            environment: Environment::Test,
+        };
+        let now = OffsetDateTime::now_utc();
+        let w = hook(now);
+        store.put_webhook(ns, &w).unwrap();
+        store.insert_delivery(ns, &delivery(w.id, now)).unwrap();
+        store.webhook_due.clear().unwrap();
+        assert!(check(&store).is_err());
+    }
+}
