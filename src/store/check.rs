@@ -9,7 +9,9 @@ use super::{
     RefreshRecord, SessionRecord, Store, StoreError, StoreResult, SupplierRecord, TenantRecord,
     Tombstone, UserRecord, codec, keys, products::read_count, suppliers::code_key,
 };
-use super::{DeliveryRecord, EventRecord, JobRecord, LogRecord, TemplateRecord, WebhookRecord};
+use super::{
+    BodyRecord, DeliveryRecord, EventRecord, JobRecord, LogRecord, TemplateRecord, WebhookRecord,
+};
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
 
@@ -146,6 +148,11 @@ impl Store {
             ));
         }
         trees.push(("webhook_events", events.len()));
+        let bodies = records::<BodyRecord>(&self.webhook_bodies, "webhook_bodies")?;
+        if let Some((k, _)) = bodies.iter().find(|(k, _)| k.len() != 16) {
+            return Err(corrupt("webhook_bodies", k, "key is not an event id"));
+        }
+        trees.push(("webhook_bodies", bodies.len()));
         let deliveries = records::<DeliveryRecord>(&self.webhook_deliveries, "webhook_deliveries")?;
         let mut due = HashMap::new();
         for (k, d) in &deliveries {

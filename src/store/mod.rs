@@ -45,8 +45,8 @@ pub use tenants::TenantRecord;
 pub use tombstones::Tombstone;
 pub use users::{Membership, UserRecord};
 pub use webhooks::{
-    Attempt, DISABLE_AFTER_FAILED_EVENTS, DeliveryRecord, DeliveryStatus, EventData, EventKind,
-    EventRecord, Recorded, WebhookRecord,
+    Attempt, BodyRecord, DISABLE_AFTER_FAILED_EVENTS, DeliveryRecord, DeliveryStatus, EventData,
+    EventKind, EventRecord, Recorded, WebhookRecord,
 };
 
 use crate::domain::{Environment, TenantId};
@@ -131,6 +131,7 @@ pub const TREES: &[&str] = &[
     "import_templates",
     "webhooks",
     "webhook_events",
+    "webhook_bodies",
     "webhook_deliveries",
     "webhook_due",
 ];
@@ -205,6 +206,7 @@ pub struct Store {
     pub(crate) import_templates: sled::Tree,
     pub(crate) webhooks: sled::Tree,
     pub(crate) webhook_events: sled::Tree,
+    pub(crate) webhook_bodies: sled::Tree,
     pub(crate) webhook_deliveries: sled::Tree,
     pub(crate) webhook_due: sled::Tree,
     /// Which namespaces' changes write webhook events (see `webhooks.rs`).
@@ -273,6 +275,7 @@ impl Store {
             import_templates: tree("import_templates")?,
             webhooks: tree("webhooks")?,
             webhook_events: tree("webhook_events")?,
+            webhook_bodies: tree("webhook_bodies")?,
             webhook_deliveries: tree("webhook_deliveries")?,
             webhook_due: tree("webhook_due")?,
             events_on: Default::default(),
@@ -287,6 +290,7 @@ impl Store {
         store.migrate_supplier_index()?;
         store.migrate_category_index()?;
         store.migrate_inactive_index()?;
+        store.refresh_wanted_events()?;
         Ok(store)
     }
 

@@ -3,8 +3,11 @@
 //! - `webhooks`: namespace + id → [`WebhookRecord`].
 //! - `webhook_events`, the outbox: event id (UUID v7, so time order) + namespace →
 //!   [`EventRecord`]. An event is written in the same transaction as the change that causes it
-//!   ([`Store::product_tx`], [`Store::update_job`]), and only while its namespace has an active
-//!   webhook ([`EventSwitch`]); the delivery engine fans it out and removes it.
+//!   ([`Store::product_tx`], [`Store::update_job`]), and only while an active webhook of its
+//!   namespace subscribes to its type ([`EventSwitch`]); the delivery engine fans it out and
+//!   removes it.
+//! - `webhook_bodies`: event id → [`BodyRecord`], the exact body every delivery of the event
+//!   sends, kept once for all its webhooks (swept with old deliveries).
 //! - `webhook_deliveries`: namespace + webhook id + delivery id (UUID v7) → [`DeliveryRecord`],
 //!   one per event and webhook, kept with the outcome of its latest attempt.
 //! - `webhook_due`: namespace + webhook id + due time (ms, BE) + delivery id → nothing: the
@@ -107,6 +110,14 @@ pub struct EventRecord {
     pub data: EventData,
 }
 
+/// The body of an event's deliveries, rendered once at fan-out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BodyRecord {
+    /// The event's time (by the server's clock): what the sweep goes by.
+    pub at: OffsetDateTime,
+    pub body: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeliveryStatus {
     Pending,
@@ -131,8 +142,6 @@ pub struct DeliveryRecord {
     pub webhook_id: Uuid,
     pub event_id: Uuid,
     pub event: EventKind,
-    /// The exact body every attempt sends.
-    pub body: String,
     /// Attempts made so far.
     pub attempts: u32,
     /// Attempts made before the latest redelivery: the retry budget counts from here.
@@ -144,6 +153,27 @@ pub struct DeliveryRecord {
     pub last_attempt_at: Option<OffsetDateTime>,
     pub next_attempt_at: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
+}
+
+impl DeliveryRecord {
+    /// A new delivery of `event` to `webhook`, due at `now`.
+    pub fn new(webhook: Uuid, event_id: Uuid, event: EventKind, now: OffsetDateTime) -> Self {
+        DeliveryRecord {
+            id: Uuid::now_v7(),
+            webhook_id: webhook,
+            event_id,
+            event,
+            attempts: 0,
+            budget_from: 0,
+            status: DeliveryStatus::Pending,
+            status_code: None,
+            duration_ms: None,
+            error: None,
+            last_attempt_at: None,
+            next_attempt_at: Some(now),
+            created_at: now,
+        }
+    }
 }
 
 /// What one attempt found.
@@ -164,28 +194,26 @@ pub struct Recorded {
     pub disabled: Option<WebhookRecord>,
 }
 
-/// Which namespaces have an active webhook, so only their changes write events. Kept by the
-/// webhook service from the records (at start and after every webhook write); a product write
+/// Which event types some active webhook of a namespace subscribes to, so only those changes
+/// write events (an event nobody would receive costs a write and a removal for nothing). Kept
+/// by the webhook service from the records (at start and after every webhook write); a write
 /// reads it inside its transaction, which costs a read lock.
 #[derive(Default)]
 pub(crate) struct EventSwitch {
-    namespaces: RwLock<HashSet<Namespace>>,
+    wanted: RwLock<HashSet<(Namespace, EventKind)>>,
     written: tokio::sync::Notify,
 }
 
 impl EventSwitch {
-    fn on(&self, ns: Namespace) -> bool {
-        self.namespaces
+    fn on(&self, ns: Namespace, kind: EventKind) -> bool {
+        self.wanted
             .read()
-            .map(|set| !set.is_empty() && set.contains(&ns))
+            .map(|set| !set.is_empty() && set.contains(&(ns, kind)))
             .unwrap_or(true)
     }
 
     fn any(&self) -> bool {
-        self.namespaces
-            .read()
-            .map(|s| !s.is_empty())
-            .unwrap_or(true)
+        self.wanted.read().map(|s| !s.is_empty()).unwrap_or(true)
     }
 }
 
@@ -214,8 +242,8 @@ fn due_key(ns: Namespace, webhook: Uuid, at: OffsetDateTime, delivery: Uuid) -> 
     k
 }
 
-/// Writes an event into the outbox inside the caller's transaction, when `ns` has an active
-/// webhook. `data` is only built then.
+/// Writes an event into the outbox inside the caller's transaction, when an active webhook of
+/// `ns` subscribes to `kind`. `data` is only built then.
 pub(super) fn emit(
     outbox: &TransactionalTree,
     switch: &EventSwitch,
@@ -224,7 +252,7 @@ pub(super) fn emit(
     at: OffsetDateTime,
     data: impl FnOnce() -> EventData,
 ) -> Tx<()> {
-    if !switch.on(ns) {
+    if !switch.on(ns, kind) {
         return Ok(());
     }
     let event = EventRecord {
@@ -263,11 +291,25 @@ impl Store {
         &self.events_on
     }
 
-    /// Sets the namespaces whose changes write events (those with an active webhook).
-    pub fn set_event_namespaces(&self, namespaces: HashSet<Namespace>) {
-        if let Ok(mut set) = self.events_on.namespaces.write() {
-            *set = namespaces;
+    /// Reads every webhook and sets, from the active ones, the event types each namespace's
+    /// changes write. Run at every open (so the CLI's offline writes emit too; their events
+    /// wait in the outbox for the server) and after every webhook write; returns the webhooks.
+    pub fn refresh_wanted_events(&self) -> StoreResult<Vec<(Namespace, WebhookRecord)>> {
+        let all = self.all_webhooks()?;
+        let wanted: HashSet<(Namespace, EventKind)> = all
+            .iter()
+            .filter(|(_, h)| h.is_active)
+            .flat_map(|(ns, h)| {
+                h.events
+                    .iter()
+                    .filter_map(|e| EventKind::parse(e))
+                    .map(move |k| (*ns, k))
+            })
+            .collect();
+        if let Ok(mut set) = self.events_on.wanted.write() {
+            *set = wanted;
         }
+        Ok(all)
     }
 
     /// Wakes the delivery engine after a commit that may have written events.
@@ -417,11 +459,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Replaces the outbox events `keys` by `deliveries`, in one transaction: a crash leaves
-    /// either the events (fanned out again) or the deliveries.
+    /// Replaces the outbox events `events` by `deliveries`, with the body of each event they
+    /// send, in one transaction: a crash leaves either the events (fanned out again) or the
+    /// deliveries.
     pub fn fan_out(
         &self,
         events: &[Vec<u8>],
+        bodies: &[(Uuid, BodyRecord)],
         deliveries: &[(Namespace, DeliveryRecord)],
     ) -> StoreResult<()> {
         (
@@ -429,10 +473,14 @@ impl Store {
             &self.webhook_deliveries,
             &self.webhook_due,
             &self.webhooks,
+            &self.webhook_bodies,
         )
-            .transaction(|(outbox, stored, due, hooks)| {
+            .transaction(|(outbox, stored, due, hooks, kept)| {
                 for k in events {
                     outbox.remove(&k[..])?;
+                }
+                for (event, body) in bodies {
+                    kept.insert(event.as_bytes(), codec::encode(body))?;
                 }
                 for (ns, d) in deliveries {
                     // Read inside the transaction: a webhook deleted meanwhile gets nothing.
@@ -448,9 +496,42 @@ impl Store {
             .map_err(from_tx)
     }
 
-    /// Stores a new delivery (a `test` event) due at its `next_attempt_at`.
-    pub fn insert_delivery(&self, ns: Namespace, d: &DeliveryRecord) -> StoreResult<()> {
-        self.fan_out(&[], &[(ns, d.clone())])
+    /// Stores a new delivery (a `test` event) with its body, due at its `next_attempt_at`.
+    pub fn insert_delivery(
+        &self,
+        ns: Namespace,
+        d: &DeliveryRecord,
+        body: &BodyRecord,
+    ) -> StoreResult<()> {
+        self.fan_out(&[], &[(d.event_id, body.clone())], &[(ns, d.clone())])
+    }
+
+    /// The body the deliveries of `event` send; `None` once swept.
+    pub fn event_body(&self, event: Uuid) -> StoreResult<Option<BodyRecord>> {
+        self.webhook_bodies
+            .get(event.as_bytes())?
+            .map(|v| codec::decode(&v))
+            .transpose()
+    }
+
+    /// Removes the bodies of events older than `before`; returns how many.
+    pub fn sweep_bodies(&self, before: OffsetDateTime) -> StoreResult<usize> {
+        let mut removed = 0;
+        for item in self.webhook_bodies.iter() {
+            let (k, v) = item?;
+            let Ok(b) = codec::decode::<BodyRecord>(&v) else {
+                continue;
+            };
+            if b.at < before
+                && self
+                    .webhook_bodies
+                    .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?
+                    .is_ok()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     pub fn delivery(
@@ -536,10 +617,7 @@ impl Store {
         Ok((out, None))
     }
 
-    /// Records an attempt at delivery `id`: a success ends it; a failure schedules the next
-    /// attempt at `retry_at(attempts made)`, or, past the webhook's `max_retries`, ends it as
-    /// failed and counts a failed event against the webhook, which the tenth in a row turns
-    /// off. One transaction over the webhook, the delivery and its due entry.
+    /// Records an attempt at delivery `id` ([`Store::record_attempts`] for one).
     pub fn record_attempt(
         &self,
         ns: Namespace,
@@ -548,53 +626,75 @@ impl Store {
         attempt: &Attempt,
         retry_at: impl Fn(u32) -> OffsetDateTime,
     ) -> StoreResult<Recorded> {
-        let wkey = keys::ns_id(ns, webhook.as_bytes());
-        let dkey = delivery_key(ns, webhook, id);
+        let done = self.record_attempts(&[(ns, webhook, id, attempt.clone())], |_, made| {
+            retry_at(made)
+        })?;
+        done.into_iter()
+            .next()
+            .flatten()
+            .ok_or(StoreError::NotFound)
+    }
+
+    /// Records attempts, all in one transaction over the webhooks, the deliveries and their
+    /// due entries (the engine gathers the attempts that ended together). A success ends its
+    /// delivery; a failure schedules the next attempt at `retry_at(attempt time, attempts
+    /// made)`, or, past the webhook's `max_retries`, ends it as failed and counts a failed
+    /// event against the webhook, which the tenth in a row turns off. `None` for an attempt
+    /// whose webhook or delivery no longer exists.
+    pub fn record_attempts(
+        &self,
+        attempts: &[(Namespace, Uuid, Uuid, Attempt)],
+        retry_at: impl Fn(OffsetDateTime, u32) -> OffsetDateTime,
+    ) -> StoreResult<Vec<Option<Recorded>>> {
         (&self.webhooks, &self.webhook_deliveries, &self.webhook_due)
             .transaction(|(hooks, deliveries, due)| {
-                let Some(hook) = hooks.get(wkey)? else {
-                    return abort(StoreError::NotFound);
-                };
-                let mut hook: WebhookRecord = codec::decode(&hook).or_else(abort)?;
-                let Some(d) = deliveries.get(dkey)? else {
-                    return abort(StoreError::NotFound);
-                };
-                let old: DeliveryRecord = codec::decode(&d).or_else(abort)?;
-                let mut d = old.clone();
-                d.attempts += 1;
-                d.last_attempt_at = Some(attempt.at);
-                d.status_code = attempt.status_code;
-                d.duration_ms = Some(attempt.duration_ms);
-                d.error = attempt.error.clone();
-                let mut disabled = None;
-                let hook_before = hook.clone();
-                if attempt.error.is_none() {
-                    d.status = DeliveryStatus::Succeeded;
-                    d.next_attempt_at = None;
-                    hook.failed_events = 0;
-                } else if d.attempts - d.budget_from > hook.max_retries {
-                    d.status = DeliveryStatus::Failed;
-                    d.next_attempt_at = None;
-                    hook.failed_events = hook.failed_events.saturating_add(1);
-                    if hook.failed_events >= DISABLE_AFTER_FAILED_EVENTS && hook.is_active {
-                        hook.is_active = false;
-                        hook.disabled_at = Some(attempt.at);
-                        hook.updated_at = attempt.at;
-                        disabled = Some(hook.clone());
+                let mut out = Vec::with_capacity(attempts.len());
+                for (ns, webhook, id, attempt) in attempts {
+                    let wkey = keys::ns_id(*ns, webhook.as_bytes());
+                    let dkey = delivery_key(*ns, *webhook, *id);
+                    let (Some(hook), Some(d)) = (hooks.get(wkey)?, deliveries.get(dkey)?) else {
+                        out.push(None);
+                        continue;
+                    };
+                    let mut hook: WebhookRecord = codec::decode(&hook).or_else(abort)?;
+                    let old: DeliveryRecord = codec::decode(&d).or_else(abort)?;
+                    let mut d = old.clone();
+                    d.attempts += 1;
+                    d.last_attempt_at = Some(attempt.at);
+                    d.status_code = attempt.status_code;
+                    d.duration_ms = Some(attempt.duration_ms);
+                    d.error = attempt.error.clone();
+                    let mut disabled = None;
+                    let hook_before = hook.clone();
+                    if attempt.error.is_none() {
+                        d.status = DeliveryStatus::Succeeded;
+                        d.next_attempt_at = None;
+                        hook.failed_events = 0;
+                    } else if d.attempts - d.budget_from > hook.max_retries {
+                        d.status = DeliveryStatus::Failed;
+                        d.next_attempt_at = None;
+                        hook.failed_events = hook.failed_events.saturating_add(1);
+                        if hook.failed_events >= DISABLE_AFTER_FAILED_EVENTS && hook.is_active {
+                            hook.is_active = false;
+                            hook.disabled_at = Some(attempt.at);
+                            hook.updated_at = attempt.at;
+                            disabled = Some(hook.clone());
+                        }
+                    } else {
+                        d.status = DeliveryStatus::Pending;
+                        d.next_attempt_at = Some(retry_at(attempt.at, d.attempts));
                     }
-                } else {
-                    d.status = DeliveryStatus::Pending;
-                    d.next_attempt_at = Some(retry_at(d.attempts));
+                    drop_due(due, *ns, &old)?;
+                    put_delivery(deliveries, due, *ns, &d)?;
+                    if hook != hook_before {
+                        hooks.insert(&wkey[..], codec::encode(&hook))?;
+                    }
+                    out.push(Some(Recorded {
+                        delivery: d,
+                        disabled,
+                    }));
                 }
-                drop_due(due, ns, &old)?;
-                put_delivery(deliveries, due, ns, &d)?;
-                if hook != hook_before {
-                    hooks.insert(&wkey[..], codec::encode(&hook))?;
-                }
-                Ok(Recorded {
-                    delivery: d,
-                    disabled,
-                })
+                Ok(out)
             })
             .map_err(from_tx)
     }
@@ -665,21 +765,13 @@ mod tests {
     }
 
     fn delivery(webhook: Uuid, now: OffsetDateTime) -> DeliveryRecord {
-        DeliveryRecord {
-            id: Uuid::now_v7(),
-            webhook_id: webhook,
-            event_id: Uuid::now_v7(),
-            event: EventKind::Test,
+        DeliveryRecord::new(webhook, Uuid::now_v7(), EventKind::Test, now)
+    }
+
+    fn body(now: OffsetDateTime) -> BodyRecord {
+        BodyRecord {
+            at: now,
             body: "{}".into(),
-            attempts: 0,
-            budget_from: 0,
-            status: DeliveryStatus::Pending,
-            status_code: None,
-            duration_ms: None,
-            error: None,
-            last_attempt_at: None,
-            next_attempt_at: Some(now),
-            created_at: now,
         }
     }
 
@@ -699,7 +791,7 @@ mod tests {
         let w = hook(now);
         store.put_webhook(ns, &w).unwrap();
         let d = delivery(w.id, now);
-        store.insert_delivery(ns, &d).unwrap();
+        store.insert_delivery(ns, &d, &body(now)).unwrap();
         check(&store).unwrap();
         let (due, _) = store.due_deliveries(ns, w.id, now, 10, |_| false).unwrap();
         assert_eq!(due.len(), 1);
@@ -732,7 +824,7 @@ mod tests {
         check(&store).unwrap();
         // Old finished deliveries are swept; pending ones stay.
         let pending = delivery(w.id, now - time::Duration::days(60));
-        store.insert_delivery(ns, &pending).unwrap();
+        store.insert_delivery(ns, &pending, &body(now)).unwrap();
         assert_eq!(
             store
                 .sweep_deliveries(now + time::Duration::days(1))
@@ -744,7 +836,9 @@ mod tests {
         // Deleting the webhook takes its deliveries and due entries; a fan-out for it after
         // that writes nothing.
         assert!(store.delete_webhook(ns, w.id).unwrap());
-        store.insert_delivery(ns, &delivery(w.id, now)).unwrap();
+        store
+            .insert_delivery(ns, &delivery(w.id, now), &body(now))
+            .unwrap();
         assert_eq!(store.webhook_deliveries.len(), 0);
         assert_eq!(store.webhook_due.len(), 0);
         check(&store).unwrap();
@@ -762,7 +856,9 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let w = hook(now);
         store.put_webhook(ns, &w).unwrap();
-        store.insert_delivery(ns, &delivery(w.id, now)).unwrap();
+        store
+            .insert_delivery(ns, &delivery(w.id, now), &body(now))
+            .unwrap();
         store.webhook_due.clear().unwrap();
         assert!(check(&store).is_err());
     }

@@ -3,9 +3,7 @@
 //! [`PER_WEBHOOK`] in flight per webhook and [`IN_FLIGHT`] in all, so a receiver that never
 //! answers holds a few slots of its own and nothing else.
 use super::{Shared, policy, render};
-use crate::store::{
-    Attempt, DeliveryRecord, DeliveryStatus, EventKind, Namespace, Recorded, WebhookRecord,
-};
+use crate::store::{Attempt, BodyRecord, DeliveryRecord, Namespace, Recorded, WebhookRecord};
 use rand::RngExt;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,15 +22,29 @@ pub const READ_AT_MOST: usize = 4096;
 const FAN_OUT_BATCH: usize = 256;
 /// Longest wait between two looks at the due deliveries.
 const IDLE: Duration = Duration::from_secs(1);
+/// How long the engine lets events gather before fanning them out.
+const FAN_OUT_GATHER: Duration = Duration::from_millis(20);
+/// Attempt outcomes recorded per store transaction, at most.
+const RECORD_BATCH: usize = 256;
 /// Longest wait before a retry, whatever the attempt.
 const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 
-/// A delivery to attempt now, whatever its webhook's state (`POST /webhooks/{id}/test`).
+/// A delivery to attempt now, whatever its webhook's state (`POST /webhooks/{id}/test`); its
+/// slot is already taken.
 pub(super) struct SendNow {
     pub ns: Namespace,
     pub hook: WebhookRecord,
     pub delivery: DeliveryRecord,
     pub reply: oneshot::Sender<DeliveryRecord>,
+}
+
+/// What an attempt found, on its way to the recorder.
+pub(super) struct Outcome {
+    ns: Namespace,
+    hook: Uuid,
+    delivery: Uuid,
+    attempt: Attempt,
+    reply: Option<oneshot::Sender<DeliveryRecord>>,
 }
 
 /// The wait before attempt `made + 1`, after `made` failed ones: `base`, then four times
@@ -47,7 +59,9 @@ pub fn backoff(base: Duration, made: u32) -> Duration {
 pub(super) async fn run(
     shared: Arc<Shared>,
     mut now_rx: tokio::sync::mpsc::UnboundedReceiver<SendNow>,
+    outcomes: tokio::sync::mpsc::UnboundedReceiver<Outcome>,
 ) {
+    tokio::spawn(record(shared.clone(), outcomes));
     loop {
         if shared.stopping() {
             break;
@@ -63,19 +77,64 @@ pub(super) async fn run(
                 .clamp(Duration::from_millis(5), IDLE)
         });
         tokio::select! {
-            () = shared.store.events_notified() => {}
+            () = shared.store.events_notified() => {
+                // Let the events of writes in flight join this one: one fan-out transaction
+                // for a burst of writes, not one per write (each takes sled's write lock
+                // that product writes wait for).
+                tokio::time::sleep(FAN_OUT_GATHER).await;
+            }
             () = shared.wake.notified() => {}
             () = tokio::time::sleep(wait) => {}
             Some(now) = now_rx.recv() => {
-                if shared.claim(now.hook.id, now.delivery.id, true) {
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        let done = attempt(&shared, now.ns, now.hook, now.delivery).await;
-                        if let Some(d) = done {
-                            let _ = now.reply.send(d);
-                        }
-                    });
-                }
+                // The sender took its slot before storing it.
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    attempt(&shared, now.ns, now.hook, now.delivery, Some(now.reply)).await;
+                });
+            }
+        }
+    }
+}
+
+/// Records the outcomes of attempts, all those that ended together in one transaction (a
+/// store transaction per attempt cost more than the attempt), then hands the deliveries back.
+async fn record(shared: Arc<Shared>, mut outcomes: tokio::sync::mpsc::UnboundedReceiver<Outcome>) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while let Some(first) = outcomes.recv().await {
+        batch.push(first);
+        while batch.len() < RECORD_BATCH {
+            match outcomes.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let items: Vec<_> = batch
+            .iter()
+            .map(|o| (o.ns, o.hook, o.delivery, o.attempt.clone()))
+            .collect();
+        let base = shared.config.retry_base;
+        let recorded = shared
+            .store
+            .record_attempts(&items, |at, made| at + backoff(base, made));
+        let recorded = match recorded {
+            Ok(r) => r,
+            Err(e) => {
+                // Left as they were: the deliveries are due again and are sent again.
+                tracing::error!(error = %e, "webhook delivery outcomes could not be recorded");
+                Vec::new()
+            }
+        };
+        let mut recorded = recorded.into_iter();
+        for o in batch.drain(..) {
+            shared.recorded(o.delivery);
+            let Some(Some(Recorded { delivery, disabled })) = recorded.next() else {
+                continue;
+            };
+            if let Some(off) = disabled {
+                shared.disabled(o.ns, off);
+            }
+            if let Some(reply) = o.reply {
+                let _ = reply.send(delivery);
             }
         }
     }
@@ -92,6 +151,7 @@ fn fan_out(shared: &Shared) -> Result<(), crate::store::StoreError> {
         let hooks = shared.hooks_snapshot();
         let now = shared.clock.now();
         let mut keys = Vec::with_capacity(events.len());
+        let mut bodies = Vec::new();
         let mut deliveries = Vec::new();
         for (key, ns, event) in events {
             keys.push(key);
@@ -106,36 +166,12 @@ fn fan_out(shared: &Shared) -> Result<(), crate::store::StoreError> {
                 continue;
             }
             let body = render(ns, event.id, event.kind, event.at, &event.data);
+            bodies.push((event.id, BodyRecord { at: event.at, body }));
             for hook in targets {
-                deliveries.push((ns, new_delivery(hook.id, event.id, event.kind, &body, now)));
+                deliveries.push((ns, DeliveryRecord::new(hook.id, event.id, event.kind, now)));
             }
         }
-        shared.store.fan_out(&keys, &deliveries)?;
-    }
-}
-
-pub(super) fn new_delivery(
-    webhook: Uuid,
-    event_id: Uuid,
-    kind: EventKind,
-    body: &str,
-    now: OffsetDateTime,
-) -> DeliveryRecord {
-    DeliveryRecord {
-        id: Uuid::now_v7(),
-        webhook_id: webhook,
-        event_id,
-        event: kind,
-        body: body.to_owned(),
-        attempts: 0,
-        budget_from: 0,
-        status: DeliveryStatus::Pending,
-        status_code: None,
-        duration_ms: None,
-        error: None,
-        last_attempt_at: None,
-        next_attempt_at: Some(now),
-        created_at: now,
+        shared.store.fan_out(&keys, &bodies, &deliveries)?;
     }
 }
 
@@ -172,20 +208,21 @@ fn dispatch(shared: &Arc<Shared>) -> Option<OffsetDateTime> {
             }
             let (shared, hook) = (shared.clone(), hook.clone());
             tokio::spawn(async move {
-                attempt(&shared, ns, hook, d).await;
+                attempt(&shared, ns, hook, d, None).await;
             });
         }
     }
     next
 }
 
-/// One attempt: send, record the outcome (and the next attempt), free the slot.
+/// One attempt: send, free the sending slot, hand the outcome to the recorder.
 async fn attempt(
     shared: &Arc<Shared>,
     ns: Namespace,
     hook: WebhookRecord,
     d: DeliveryRecord,
-) -> Option<DeliveryRecord> {
+    reply: Option<oneshot::Sender<DeliveryRecord>>,
+) {
     let at = shared.clock.now();
     let started = Instant::now();
     let (status_code, error) = match send(shared, &hook, &d, at).await {
@@ -193,30 +230,21 @@ async fn attempt(
         Ok(code) => (Some(code), Some(format!("the receiver answered {code}"))),
         Err(e) => (None, Some(e)),
     };
-    let outcome = Attempt {
-        at,
-        status_code,
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        error,
+    shared.sent(hook.id);
+    let outcome = Outcome {
+        ns,
+        hook: hook.id,
+        delivery: d.id,
+        attempt: Attempt {
+            at,
+            status_code,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            error,
+        },
+        reply,
     };
-    let base = shared.config.retry_base;
-    let recorded = shared
-        .store
-        .record_attempt(ns, hook.id, d.id, &outcome, |made| at + backoff(base, made));
-    shared.release(hook.id, d.id);
-    match recorded {
-        Ok(Recorded { delivery, disabled }) => {
-            if let Some(off) = disabled {
-                shared.disabled(ns, off);
-            }
-            Some(delivery)
-        }
-        // The webhook or the delivery was deleted meanwhile.
-        Err(crate::store::StoreError::NotFound) => None,
-        Err(e) => {
-            tracing::error!(error = %e, "a webhook delivery's outcome could not be recorded");
-            None
-        }
+    if shared.outcomes.send(outcome).is_err() {
+        shared.recorded(d.id);
     }
 }
 
@@ -231,6 +259,11 @@ async fn send(
     let url = policy::check_url(&hook.url, shared.config.allow_private)
         .map_err(|e| format!("the URL {e}"))?;
     let t = at.unix_timestamp();
+    let body = match shared.store.event_body(d.event_id) {
+        Ok(Some(b)) => b.body,
+        Ok(None) => return Err("the event's body is no longer kept (older than 30 days)".into()),
+        Err(e) => return Err(format!("the event's body could not be read: {e}")),
+    };
     let mut request = shared
         .client
         .post(url)
@@ -243,12 +276,12 @@ async fn send(
         .header("X-PM-Delivery", d.id.to_string())
         .header(
             "X-PM-Signature",
-            super::sign::header(&hook.secret, t, d.body.as_bytes()),
+            super::sign::header(&hook.secret, t, body.as_bytes()),
         );
     for (name, value) in &hook.headers {
         request = request.header(name.as_str(), value.as_str());
     }
-    let request = request.body(d.body.clone());
+    let request = request.body(body);
     let exchange = async {
         let mut response = request.send().await.map_err(|e| describe(&e))?;
         let code = response.status().as_u16();
@@ -291,42 +324,53 @@ fn describe(e: &reqwest::Error) -> String {
     text.chars().take(500).collect()
 }
 
-/// In-flight bookkeeping: delivery ids being attempted, and counts per webhook.
+/// In-flight bookkeeping. A delivery is *busy* from the moment it is taken until its outcome
+/// is recorded (the engine's rounds skip it, though the store still says it is due); it holds
+/// a *sending* slot of its webhook only while its request is out, so recording, which waits for
+/// a batch, does not slow the next requests down.
 #[derive(Default)]
 pub(super) struct Slots {
     busy: std::collections::HashSet<Uuid>,
     per_hook: HashMap<Uuid, usize>,
+    sending: usize,
 }
 
 impl Slots {
     pub(super) fn room(&self, hook: Uuid) -> usize {
         let own = PER_WEBHOOK.saturating_sub(self.per_hook.get(&hook).copied().unwrap_or(0));
-        own.min(IN_FLIGHT.saturating_sub(self.busy.len()))
+        own.min(IN_FLIGHT.saturating_sub(self.sending))
     }
 
     pub(super) fn is_busy(&self, delivery: Uuid) -> bool {
         self.busy.contains(&delivery)
     }
 
-    /// Takes a slot for `delivery` (`forced`: even past the limits, for a test sent by hand).
+    /// Takes a sending slot for `delivery` (`forced`: even past the limits, for a test sent by
+    /// hand).
     pub(super) fn claim(&mut self, hook: Uuid, delivery: Uuid, forced: bool) -> bool {
         if self.busy.contains(&delivery) || (!forced && self.room(hook) == 0) {
             return false;
         }
         self.busy.insert(delivery);
         *self.per_hook.entry(hook).or_default() += 1;
+        self.sending += 1;
         true
     }
 
-    pub(super) fn release(&mut self, hook: Uuid, delivery: Uuid) {
-        if self.busy.remove(&delivery)
-            && let Some(n) = self.per_hook.get_mut(&hook)
-        {
+    /// The request is over: its sending slot is free (the delivery stays busy).
+    pub(super) fn sent(&mut self, hook: Uuid) {
+        if let Some(n) = self.per_hook.get_mut(&hook) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.per_hook.remove(&hook);
             }
+            self.sending = self.sending.saturating_sub(1);
         }
+    }
+
+    /// The outcome is recorded (or given up): the delivery is the store's again.
+    pub(super) fn recorded(&mut self, delivery: Uuid) {
+        self.busy.remove(&delivery);
     }
 }
 
@@ -357,7 +401,14 @@ mod tests {
         assert!(!s.claim(a, Uuid::now_v7(), false));
         let forced = Uuid::now_v7();
         assert!(s.claim(a, forced, true));
-        s.release(a, forced);
+        s.sent(a);
+        assert_eq!(s.room(a), 0, "the forced one is over, four are still out");
+        assert!(s.is_busy(forced), "busy until recorded");
+        s.recorded(forced);
+        assert!(!s.is_busy(forced));
+        assert!(!s.claim(a, Uuid::now_v7(), false));
+        s.sent(a);
+        assert_eq!(s.room(a), 1);
         let b = Uuid::now_v7();
         assert_eq!(s.room(b), PER_WEBHOOK);
     }

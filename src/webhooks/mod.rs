@@ -2,8 +2,9 @@
 //! the outbox's events to them at least once, signed.
 //!
 //! The events themselves are written by the store, in the transaction of the change that
-//! causes them (`store/webhooks.rs`); this service keeps the store told which namespaces have
-//! an active webhook, and runs the engine (`engine.rs`) on a thread of its own.
+//! causes them (`store/webhooks.rs`); this service keeps the store told which event types the
+//! active webhooks of each namespace subscribe to, and runs the engine (`engine.rs`) on a
+//! thread of its own.
 pub mod engine;
 pub mod policy;
 pub mod sign;
@@ -12,11 +13,11 @@ use crate::clock::SharedClock;
 use crate::domain::{Environment, Invalid, TenantId};
 use crate::error::{Error, ErrorKind};
 use crate::store::{
-    AuditEvent, DeliveryRecord, EventData, EventKind, Namespace, Store, WebhookRecord,
+    AuditEvent, BodyRecord, DeliveryRecord, EventData, EventKind, Namespace, Store, WebhookRecord,
 };
 use crate::views::{DeletedOut, ImportJobOut, ProductOut, SupplierOut};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use time::OffsetDateTime;
@@ -90,6 +91,8 @@ pub(crate) struct Shared {
     wake: tokio::sync::Notify,
     stop: AtomicBool,
     client: reqwest::Client,
+    /// Attempts that ended, to the engine's recorder.
+    outcomes: tokio::sync::mpsc::UnboundedSender<engine::Outcome>,
 }
 
 impl Shared {
@@ -119,23 +122,30 @@ impl Shared {
             .unwrap_or(false)
     }
 
-    fn release(&self, hook: Uuid, delivery: Uuid) {
+    fn sent(&self, hook: Uuid) {
         if let Ok(mut s) = self.slots.lock() {
-            s.release(hook, delivery);
+            s.sent(hook);
         }
         self.wake.notify_one();
+    }
+
+    fn recorded(&self, delivery: Uuid) {
+        if let Ok(mut s) = self.slots.lock() {
+            s.recorded(delivery);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Gives up a slot taken for a delivery that is not sent after all.
+    fn release(&self, hook: Uuid, delivery: Uuid) {
+        self.sent(hook);
+        self.recorded(delivery);
     }
 
     /// Reloads the engine's view of the webhooks and tells the store which namespaces write
     /// events.
     fn reload(&self) -> Result<(), Error> {
-        let all = self.store.all_webhooks()?;
-        let on: HashSet<Namespace> = all
-            .iter()
-            .filter(|(_, h)| h.is_active)
-            .map(|(ns, _)| *ns)
-            .collect();
-        self.store.set_event_namespaces(on);
+        let all = self.store.refresh_wanted_events()?;
         if let Ok(mut hooks) = self.hooks.write() {
             *hooks = all;
         }
@@ -240,6 +250,7 @@ impl Webhooks {
             .pool_max_idle_per_host(engine::PER_WEBHOOK)
             .build()
             .map_err(|e| format!("cannot build the webhook client: {e}"))?;
+        let (outcomes, outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             store,
             clock,
@@ -249,6 +260,7 @@ impl Webhooks {
             wake: tokio::sync::Notify::new(),
             stop: AtomicBool::new(false),
             client,
+            outcomes,
         });
         shared.reload().map_err(|e| e.detail)?;
         let (now_tx, now_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -259,7 +271,10 @@ impl Webhooks {
         let engine_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("webhooks".into())
-            .spawn(move || runtime.block_on(engine::run(engine_shared, now_rx)))
+            .spawn(move || {
+                background_priority();
+                runtime.block_on(engine::run(engine_shared, now_rx, outcomes_rx))
+            })
             .map_err(|e| format!("cannot start the webhook thread: {e}"))?;
         Ok(Webhooks {
             shared,
@@ -284,12 +299,15 @@ impl Webhooks {
         self.shared.clock.now()
     }
 
-    /// Removes finished deliveries older than [`DELIVERY_RETENTION`]; returns how many.
+    /// Removes finished deliveries older than [`DELIVERY_RETENTION`], and event bodies a day
+    /// later; returns how many deliveries.
     pub fn sweep(&self) -> Result<usize, Error> {
-        Ok(self
-            .shared
+        let before = self.now() - DELIVERY_RETENTION;
+        let removed = self.shared.store.sweep_deliveries(before)?;
+        self.shared
             .store
-            .sweep_deliveries(self.now() - DELIVERY_RETENTION)?)
+            .sweep_bodies(before - time::Duration::days(1))?;
+        Ok(removed)
     }
 
     /// The tenant's webhooks of both environments, oldest first.
@@ -452,19 +470,38 @@ impl Webhooks {
             "message": "A test event sent from the settings page or the API.",
         });
         let text = body(ns, event, EventKind::Test, now, data);
-        let delivery = engine::new_delivery(hook.id, event, EventKind::Test, &text, now);
-        self.shared.store.insert_delivery(ns, &delivery)?;
-        self.shared.store.flush().await?;
+        let delivery = DeliveryRecord::new(hook.id, event, EventKind::Test, now);
+        let kept = BodyRecord {
+            at: now,
+            body: text,
+        };
+        // Its slot is taken before it is stored, so the engine's own rounds leave it to us.
+        self.shared.claim(hook.id, delivery.id, true);
+        let stored = self.shared.store.insert_delivery(ns, &delivery, &kept);
+        let stored = match stored {
+            Ok(()) => self.shared.store.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stored {
+            self.shared.release(hook.id, delivery.id);
+            return Err(e.into());
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let wait = std::time::Duration::from_secs(u64::from(hook.timeout_seconds) + 5);
-        self.now_tx
-            .send(engine::SendNow {
-                ns,
-                hook,
-                delivery: delivery.clone(),
-                reply,
-            })
-            .map_err(|_| Error::new(ErrorKind::Internal, "the webhook engine is not running"))?;
+        let hook_id = hook.id;
+        let sent = self.now_tx.send(engine::SendNow {
+            ns,
+            hook,
+            delivery: delivery.clone(),
+            reply,
+        });
+        if sent.is_err() {
+            self.shared.release(hook_id, delivery.id);
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "the webhook engine is not running",
+            ));
+        }
         match tokio::time::timeout(wait, answer).await {
             Ok(Ok(done)) => Ok(done),
             // Still in flight, or already being sent by the engine: answer with what is stored.
@@ -596,6 +633,20 @@ impl WebhookInput {
             timeout_seconds: self.timeout_seconds,
             is_active: self.is_active,
             environment: self.environment.clone(),
+        }
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10): deliveries are background work,
+/// so when the cores are busy, requests go first and deliveries catch up afterwards
+/// (docs/PERFORMANCE.md, "Webhooks").
+fn background_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // On Linux a thread id names that thread alone; failing (no permission) is harmless.
+        let tid = rustix::thread::gettid();
+        if rustix::process::setpriority_process(Some(tid), 10).is_err() {
+            tracing::debug!("the webhook thread keeps the normal priority");
         }
     }
 }

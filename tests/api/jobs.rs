@@ -71,7 +71,7 @@ async fn upload(
 }
 
 /// Uploads and returns the job's id (the upload must be accepted).
-async fn upload_ok(
+pub(crate) async fn upload_ok(
     app: &TestApp,
     key: &str,
     name: &str,
@@ -96,7 +96,7 @@ async fn job(app: &TestApp, key: &str, kind: &str, id: &str) -> Value {
 }
 
 /// Polls a job until its status is one of `until`.
-async fn wait(app: &TestApp, key: &str, kind: &str, id: &str, until: &[&str]) -> Value {
+pub(crate) async fn wait(app: &TestApp, key: &str, kind: &str, id: &str, until: &[&str]) -> Value {
     let started = Instant::now();
     loop {
         let j = job(app, key, kind, id).await;
