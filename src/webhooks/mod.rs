@@ -142,8 +142,8 @@ impl Shared {
         self.recorded(delivery);
     }
 
-    /// Reloads the engine's view of the webhooks and tells the store which namespaces write
-    /// events.
+    /// Reloads the engine's view of the webhooks and tells the store which event types each
+    /// namespace writes.
     fn reload(&self) -> Result<(), Error> {
         let all = self.store.refresh_wanted_events()?;
         if let Ok(mut hooks) = self.hooks.write() {
