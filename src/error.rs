@@ -26,6 +26,8 @@ pub enum ErrorKind {
     Gone,
     /// An import job whose every row failed (the job's `error_code`; never a response).
     ImportFailed,
+    /// 503: the server runs but is not ready (`/readyz`).
+    Unavailable,
     Internal,
 }
 
@@ -48,6 +50,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ErrorKind::Gone => "EXPORT_EXPIRED",
             ErrorKind::ImportFailed => "IMPORT_FAILED",
+            ErrorKind::Unavailable => "SERVICE_UNAVAILABLE",
             ErrorKind::Internal => "INTERNAL_ERROR",
         }
     }

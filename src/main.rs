@@ -27,7 +27,7 @@ fn release_free_memory() {
 fn main() {
     pixee_pim::startup::on_free_memory_release(release_free_memory);
     let cli = Cli::parse();
-    pixee_pim::telemetry::init();
+    pixee_pim::telemetry::init(cli.log_format);
     let result = actix_web::rt::System::new().block_on(run(cli));
     if let Err(e) = result {
         eprintln!("pixee-pim: {e}");

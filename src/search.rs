@@ -653,6 +653,17 @@ impl SearchIndex {
             .collect())
     }
 
+    /// Whether the indexer thread is running and its last commit succeeded.
+    pub fn is_healthy(&self) -> bool {
+        let running = self
+            .inner
+            .thread
+            .lock()
+            .map(|t| t.as_ref().is_some_and(|h| !h.is_finished()))
+            .unwrap_or(false);
+        running && !self.inner.failing.load(Ordering::SeqCst)
+    }
+
     /// Stops the indexer after it has committed what it was sent (or given up on a commit
     /// that fails: the next start catches up).
     pub fn shutdown(&self) {

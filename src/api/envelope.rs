@@ -123,6 +123,7 @@ impl ErrorInfo {
             ErrorKind::MethodNotAllowed => "Méthode non autorisée pour cette route.".into(),
             ErrorKind::Gone => "Ressource expirée.".into(),
             ErrorKind::ImportFailed => "L'import a échoué.".into(),
+            ErrorKind::Unavailable => "Service indisponible.".into(),
             ErrorKind::Internal => "Erreur interne du serveur.".into(),
         }
     }

@@ -115,6 +115,11 @@ async fn start(
         json_lines: body.json_lines,
         include_sheets: body.include_sheets,
     };
+    if request.search.is_some() {
+        // As for a list: the index first takes in every write acknowledged so far, so the
+        // export holds what the client has just written.
+        jobs.search_ready().await;
+    }
     let ns = principal.namespace();
     let actor = principal.actor();
     let jobs = jobs.into_inner();

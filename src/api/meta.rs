@@ -12,6 +12,35 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
+/// Readiness (SPEC §11): 200 while the store answers and every background part that keeps
+/// derived data in step runs (the search indexer, the job runner, the webhook engine); else 503
+/// naming what is not. `/healthz` stays the cheap liveness answer.
+async fn readyz(
+    catalog: web::Data<crate::catalog::Catalog>,
+    jobs: web::Data<crate::jobs::Jobs>,
+    webhooks: web::Data<crate::webhooks::Webhooks>,
+) -> HttpResponse {
+    let store = catalog.store_healthy();
+    let checks = [
+        ("store", store),
+        ("search_index", catalog.search_healthy()),
+        ("job_runner", jobs.is_healthy()),
+        ("webhook_engine", webhooks.is_healthy()),
+    ];
+    let failing: Vec<&str> = checks.iter().filter(|c| !c.1).map(|c| c.0).collect();
+    if failing.is_empty() {
+        let parts: serde_json::Map<String, serde_json::Value> = checks
+            .iter()
+            .map(|(name, _)| ((*name).to_owned(), "ok".into()))
+            .collect();
+        return HttpResponse::Ok().json(serde_json::json!({"status": "ready", "checks": parts}));
+    }
+    actix_web::ResponseError::error_response(&crate::error::Error::new(
+        crate::error::ErrorKind::Unavailable,
+        format!("not ready: {} not running", failing.join(", ")),
+    ))
+}
+
 async fn openapi() -> HttpResponse {
     asset("openapi.json")
 }
@@ -62,6 +91,7 @@ async fn settings_redirect() -> HttpResponse {
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/healthz").get(healthz))
+        .service(web::resource("/readyz").get(readyz))
         .route("/", web::get().to(root))
         .route("/settings", web::get().to(settings_redirect))
         .route("/settings/", web::get().to(settings_index))

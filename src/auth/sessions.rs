@@ -213,6 +213,30 @@ impl Auth {
         }
     }
 
+    /// Sets a user's password without the current one (`pixee-pim user set-password`, for an
+    /// admin locked out of the page): every session ends, every access token dies, and a login
+    /// lock is lifted.
+    pub async fn set_password(
+        &self,
+        user: &UserRecord,
+        new: String,
+        actor: &str,
+    ) -> Result<(), Error> {
+        super::passwords::check_policy("password", &new)?;
+        let hash = self.passwords.hash(new).await?;
+        self.cut_off_user(user, Some(&hash), None)?;
+        self.store.lockout_clear(&user.email)?;
+        self.audit(
+            user.default_tenant(),
+            "password.reset",
+            actor,
+            None,
+            format!("user {}; every session ended", user.email),
+        );
+        self.store.flush().await?;
+        Ok(())
+    }
+
     /// Changes the password; every other session ends and every earlier access token dies.
     /// Returns a fresh access token for the caller's own session.
     pub async fn change_password(

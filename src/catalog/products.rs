@@ -555,6 +555,16 @@ impl Catalog {
     }
 
     /// Stops the search indexer once it has committed what it was sent (at shutdown).
+    /// Whether the store answers a read.
+    pub fn store_healthy(&self) -> bool {
+        self.store.meta_get("bootstrapped").is_ok()
+    }
+
+    /// Whether the search index follows the store's writes (its indexer runs and commits).
+    pub fn search_healthy(&self) -> bool {
+        self.search.is_healthy()
+    }
+
     pub fn close_search(&self) {
         self.search.shutdown();
     }

@@ -27,6 +27,15 @@ pub struct Cli {
     /// Data directory (one sled database)
     #[arg(long, global = true, env = "PIXEE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+    /// Log lines as text or as one JSON object per line (for log shippers)
+    #[arg(
+        long,
+        global = true,
+        env = "PIXEE_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: crate::telemetry::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -51,6 +60,16 @@ pub enum Command {
     },
     /// Check that every record decodes and every index agrees (the server must be stopped)
     Check,
+    /// Ask a running server whether it is ready (GET /readyz): exit 0 when it is, 1 when not
+    /// (for container and systemd health checks)
+    Healthcheck {
+        /// The server's base URL [default: http:// and PIXEE_LISTEN, or 127.0.0.1:8080]
+        #[arg(long)]
+        url: Option<String>,
+        /// Accept any TLS certificate (a self-signed one on this machine)
+        #[arg(long)]
+        insecure: bool,
+    },
     /// Rebuild the search index from the store (the server must be stopped)
     Reindex,
     /// Load a backup into an empty data dir
@@ -145,6 +164,12 @@ pub enum UserCmd {
         #[arg(long)]
         email: String,
     },
+    /// Set a user's password (from stdin or PIXEE_PASSWORD, never from argv); ends every
+    /// session of the user and lifts a login lock
+    SetPassword {
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +197,9 @@ pub enum KeyCmd {
     },
     /// Revoke a key by id
     Revoke { id: String },
+    /// Rotate a key by id: the old secret stops working at once; prints the new key once,
+    /// alone on its line
+    Rotate { id: String },
 }
 
 /// Runs the command; `Err` carries the exit code and the one line for stderr.
@@ -181,6 +209,7 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
         Command::Backup { out } => run_backup(&cli.data_dir, &out),
         Command::Restore { from } => run_restore(&cli.data_dir, &from),
         Command::Check => run_check(&cli.data_dir),
+        Command::Healthcheck { url, insecure } => healthcheck(url, insecure).await,
         Command::Reindex => run_reindex(&cli.data_dir),
         Command::Import {
             file,
@@ -275,6 +304,38 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<(), StartError> {
     app.run_until_stopped().await.map_err(fail)
 }
 
+/// GET `<url>/readyz` within 5 s: `Ok` on 200, else the reason (exit 1).
+async fn healthcheck(url: Option<String>, insecure: bool) -> Result<(), StartError> {
+    let base = url.unwrap_or_else(|| {
+        let listen = std::env::var("PIXEE_LISTEN")
+            .unwrap_or_else(|_| crate::config::DEFAULT_LISTEN.to_owned());
+        format!("http://{listen}")
+    });
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .danger_accept_invalid_certs(insecure)
+        .build()
+        .map_err(fail)?;
+    let target = format!("{}/readyz", base.trim_end_matches('/'));
+    let response = client
+        .get(&target)
+        .send()
+        .await
+        .map_err(|e| fail(format!("{target}: no answer ({e})")))?;
+    let status = response.status();
+    if status.is_success() {
+        println!("ready");
+        return Ok(());
+    }
+    let detail = response
+        .json::<serde_json::Value>()
+        .await
+        .ok()
+        .and_then(|b| b["detail"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    Err(fail(format!("{target}: {status} {detail}")))
+}
+
 fn open_admin(data_dir: &Path) -> Result<(DataDir, Auth), StartError> {
     let dir = DataDir::open(data_dir, 16)?;
     let settings = Settings::defaults(data_dir.to_path_buf());
@@ -306,6 +367,22 @@ fn api_err(e: crate::error::Error) -> StartError {
         line = format!("{}: {}", f.field, f.message);
     }
     StartError::Other(line)
+}
+
+fn find_user(auth: &Auth, email: &str) -> Result<crate::store::UserRecord, StartError> {
+    let email = crate::domain::Email::normalize(email);
+    auth.store
+        .user_by_email(&email)
+        .map_err(fail)?
+        .ok_or_else(|| fail(format!("no user with email {email}")))
+}
+
+fn find_key(auth: &Auth, id: &str) -> Result<crate::store::ApiKeyRecord, StartError> {
+    let id = KeyId::parse(id).ok_or_else(|| fail("the key id must be a UUID"))?;
+    auth.store
+        .api_key(id)
+        .map_err(fail)?
+        .ok_or_else(|| fail("no such key"))
 }
 
 async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
@@ -345,12 +422,7 @@ async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
             println!("{}", user.id);
         }
         Command::User(UserCmd::Unlock { email }) => {
-            let email = crate::domain::Email::normalize(&email);
-            let user = auth
-                .store
-                .user_by_email(&email)
-                .map_err(fail)?
-                .ok_or_else(|| fail(format!("no user with email {email}")))?;
+            let user = find_user(&auth, &email)?;
             let was_locked = auth
                 .unlock(&user, None, "cli", None)
                 .await
@@ -363,6 +435,22 @@ async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
                     "was not locked; failure count cleared"
                 }
             );
+        }
+        Command::User(UserCmd::SetPassword { email }) => {
+            let user = find_user(&auth, &email)?;
+            let password = read_password()?;
+            auth.set_password(&user, password, "cli")
+                .await
+                .map_err(api_err)?;
+            println!("password set for {}; every session ended", user.email);
+        }
+        Command::Key(KeyCmd::Rotate { id }) => {
+            let key = find_key(&auth, &id)?;
+            let issued = auth
+                .rotate_key(key.tenant, key.id, 0, None, "cli", None)
+                .await
+                .map_err(api_err)?;
+            println!("{}", issued.raw);
         }
         Command::Key(KeyCmd::Create {
             tenant,
@@ -414,13 +502,8 @@ async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
             }
         }
         Command::Key(KeyCmd::Revoke { id }) => {
-            let id = KeyId::parse(&id).ok_or_else(|| fail("the key id must be a UUID"))?;
-            let key = auth
-                .store
-                .api_key(id)
-                .map_err(fail)?
-                .ok_or_else(|| fail("no such key"))?;
-            auth.revoke_key(key.tenant, id, "cli", None)
+            let key = find_key(&auth, &id)?;
+            auth.revoke_key(key.tenant, key.id, "cli", None)
                 .await
                 .map_err(api_err)?;
             println!("revoked {}", key.hint);
@@ -442,6 +525,7 @@ async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
         | Command::Backup { .. }
         | Command::Restore { .. }
         | Command::Check
+        | Command::Healthcheck { .. }
         | Command::Reindex
         | Command::Import { .. }
         | Command::Export { .. } => {}

@@ -182,6 +182,14 @@ impl Jobs {
 
     /// Stops the workers after the batch each is writing; unfinished jobs resume at the next
     /// start.
+    /// Whether every worker thread is running.
+    pub fn is_healthy(&self) -> bool {
+        self.inner
+            .workers
+            .lock()
+            .is_ok_and(|w| !w.is_empty() && w.iter().all(|h| !h.is_finished()))
+    }
+
     pub fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         if let Ok(mut q) = self.inner.queue.lock() {
@@ -590,6 +598,12 @@ impl Jobs {
     }
 
     /// Records an export job and queues it.
+    /// Waits until the search index has taken in every write acknowledged so far (an export
+    /// with `search` reads it).
+    pub async fn search_ready(&self) {
+        self.inner.catalog.search_ready().await;
+    }
+
     pub fn create_export(
         &self,
         ns: Namespace,

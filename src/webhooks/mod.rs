@@ -283,6 +283,13 @@ impl Webhooks {
         })
     }
 
+    /// Whether the engine thread is running.
+    pub fn is_healthy(&self) -> bool {
+        self.thread
+            .lock()
+            .is_ok_and(|t| t.as_ref().is_some_and(|h| !h.is_finished()))
+    }
+
     /// Stops the engine; attempts in flight are dropped and sent again at the next start.
     pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);

@@ -628,3 +628,177 @@ async fn sigterm_shuts_down_cleanly_and_releases_the_data_dir() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("default"));
 }
+
+/// For an admin locked out of the page: `user set-password` (stdin) ends the user's sessions
+/// and lifts a lock; `key rotate` prints a new key once and the old one dies.
+#[actix_web::test]
+async fn set_password_and_key_rotate_work_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("PIXEE_ADMIN_EMAIL", "root@example.com"),
+        ("PIXEE_ADMIN_PASSWORD", "the first password 1"),
+    ];
+    let server = serve(dir.path(), &["--lockout-threshold", "2"], &env).await;
+    let token = login(&server.base, env[0].1, env[1].1).await;
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        client
+            .post(format!("{}/api/v1/auth/login", server.base))
+            .json(&json!({"email": env[0].1, "password": "not it at all"}))
+            .send()
+            .await
+            .unwrap();
+    }
+    drop(server);
+    let run = |args: &[&str], stdin: &[u8]| {
+        let mut child = cli(dir.path())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let said = run(
+        &["user", "set-password", "--email", "ROOT@example.com"],
+        b"the second password 2\n",
+    );
+    assert!(said.contains("every session ended"), "{said}");
+    let short = cli(dir.path())
+        .args(["user", "set-password", "--email", "root@example.com"])
+        .env("PIXEE_PASSWORD", "short")
+        .output()
+        .unwrap();
+    assert_eq!(
+        short.status.code(),
+        Some(1),
+        "a password the policy refuses"
+    );
+    let created = run(
+        &[
+            "key",
+            "create",
+            "--tenant",
+            "default",
+            "--name",
+            "cli",
+            "--scopes",
+            "products:read",
+        ],
+        b"",
+    );
+    let old_key = created.trim().to_owned();
+    let listed = run(&["key", "list", "--tenant", "default"], b"");
+    let id = listed.split('\t').next().unwrap().to_owned();
+    let rotated = run(&["key", "rotate", &id], b"");
+    let new_key = rotated.trim().to_owned();
+    assert!(
+        new_key.starts_with("pm_live_") && new_key != old_key,
+        "{rotated}"
+    );
+
+    let server = serve(dir.path(), &[], &[]).await;
+    let me = |auth: (&'static str, String)| {
+        client
+            .get(format!("{}/api/v1/auth/me", server.base))
+            .header(auth.0, auth.1)
+            .send()
+    };
+    let old_session = me(("Authorization", format!("Bearer {token}")))
+        .await
+        .unwrap();
+    assert_eq!(
+        old_session.status(),
+        StatusCode::UNAUTHORIZED,
+        "sessions ended"
+    );
+    let refused = client
+        .post(format!("{}/api/v1/auth/login", server.base))
+        .json(&json!({"email": env[0].1, "password": env[1].1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        StatusCode::UNAUTHORIZED,
+        "the old password"
+    );
+    // The lock is lifted: the new password logs in at once.
+    login(&server.base, env[0].1, "the second password 2").await;
+    let old = me(("X-API-Key", old_key)).await.unwrap();
+    assert_eq!(
+        old.status(),
+        StatusCode::UNAUTHORIZED,
+        "the rotated-out key"
+    );
+    let new = me(("X-API-Key", new_key)).await.unwrap();
+    assert_eq!(new.status(), StatusCode::OK, "the rotated-in key");
+}
+
+/// `--log-format json`: every line is one JSON object with the same fields as the text lines
+/// (the request id, method, path, status), and no secret.
+#[actix_web::test]
+async fn json_logs_are_one_object_per_line_with_the_request_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(
+        dir.path(),
+        &["--log-format", "json"],
+        &[("PIXEE_ADMIN_PASSWORD", "json log password 9")],
+    )
+    .await;
+    let token = login(&server.base, "admin@localhost", "json log password 9").await;
+    let key: Value = create_key(&server.base, &token, "k").await;
+    let raw = key["key"].as_str().unwrap();
+    insecure_client()
+        .get(format!("{}/api/v1/products", server.base))
+        .header("X-API-Key", raw)
+        .send()
+        .await
+        .unwrap();
+    let mut logs = String::new();
+    for _ in 0..100 {
+        logs = server.stderr.lock().unwrap().clone();
+        if logs.contains("\"/api/v1/products\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut request_lines = 0;
+    for line in logs.lines().filter(|l| l.starts_with('{')) {
+        let object: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            object["level"].is_string() && object["timestamp"].is_string(),
+            "{line}"
+        );
+        if object["path"] == "/api/v1/products" {
+            request_lines += 1;
+            assert_eq!(object["method"], "GET", "{line}");
+            assert_eq!(object["status"], 200, "{line}");
+            assert!(
+                object["request_id"]
+                    .as_str()
+                    .is_some_and(|id| id.len() == 32),
+                "{line}"
+            );
+        }
+    }
+    assert_eq!(request_lines, 1, "{logs}");
+    // Lines that are not JSON come only from the first start's banner (printed, not logged).
+    for line in logs
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('{'))
+    {
+        assert!(line.starts_with("pixee-pim: "), "not a JSON line: {line}");
+    }
+    for secret in [raw, token.as_str(), "json log password 9"] {
+        assert!(!logs.contains(secret), "a secret reached the log");
+    }
+}

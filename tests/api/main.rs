@@ -15,6 +15,7 @@ mod hostile;
 mod jobs;
 mod lockout;
 mod openapi;
+mod operations;
 mod partner;
 mod products;
 mod rate_limits;

@@ -98,8 +98,8 @@ fn every_registered_route_is_documented() {
                 .min()
                 .unwrap_or(after.len());
             let chain = &after[..end];
-            // Only `/healthz` lives outside the API's scope.
-            let full = if path == "/healthz" {
+            // Only the probes live outside the API's scope.
+            let full = if path == "/healthz" || path == "/readyz" {
                 path.to_owned()
             } else {
                 format!("/api/v1{scope}{path}")
