@@ -4,7 +4,7 @@ They build the release binary, run the product's own CLI against a data dir, sta
 `pixee-pim serve` on a free loopback port and read its CPU time and RSS from /proc, so every
 script measures the binary a self-hoster runs.
 """
-import json, os, signal, socket, subprocess, time, urllib.request
+import json, os, signal, socket, ssl, subprocess, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "pixee-pim")
@@ -40,9 +40,11 @@ def cli(data, *args):
 class Server:
     """`pixee-pim serve` on a free loopback port; waits until /healthz answers."""
 
-    def __init__(self, data, args=UNLIMITED, env=None, log=None, binary=None):
+    def __init__(self, data, args=UNLIMITED, env=None, log=None, binary=None, tls=False):
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        # A self-signed certificate on this machine: not verified.
+        self.context = ssl._create_unverified_context() if tls else None
         env = {**os.environ, "PIXEE_ADMIN_PASSWORD": PASSWORD, "RUST_LOG": "warn", **(env or {})}
         out = log if log is not None else subprocess.DEVNULL
         started = time.monotonic()
@@ -51,7 +53,8 @@ class Server:
                                      env=env, stdout=out, stderr=out)
         while True:
             try:
-                with urllib.request.urlopen(self.base + "/healthz", timeout=1) as r:
+                with urllib.request.urlopen(self.base + "/healthz", timeout=1,
+                                            context=self.context) as r:
                     if r.status == 200:
                         break
             except OSError:
@@ -100,13 +103,14 @@ class Server:
         req = urllib.request.Request(self.base + "/api/v1/auth/login", method="POST",
                                      data=json.dumps({"email": email, "password": password}).encode(),
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req) as r:
+        with urllib.request.urlopen(req, context=self.context) as r:
             return json.load(r)["access_token"]
 
     def healthy(self, timeout=5):
         """Whether /healthz answers within `timeout` seconds."""
         try:
-            with urllib.request.urlopen(self.base + "/healthz", timeout=timeout) as r:
+            with urllib.request.urlopen(self.base + "/healthz", timeout=timeout,
+                                        context=self.context) as r:
                 return r.status == 200
         except OSError:
             return False

@@ -20,6 +20,7 @@ pub mod seed;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod views;
 pub mod web;
 pub mod webhooks;

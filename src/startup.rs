@@ -167,6 +167,8 @@ pub struct Application {
     catalog: web::Data<Catalog>,
     jobs: web::Data<crate::jobs::Jobs>,
     webhooks: web::Data<crate::webhooks::Webhooks>,
+    /// The TLS certificates, reloaded on SIGHUP.
+    certificates: Option<Arc<crate::tls::Certificates>>,
     pub bootstrap: Option<Bootstrap>,
     sweep_every: std::time::Duration,
     _data_dir: DataDir,
@@ -203,8 +205,12 @@ impl Application {
                 tracing::debug!(products = n, "search index caught up with the store")
             }
         }
-        let tls = match &settings.tls {
-            Some((cert, key)) => Some(tls_config(cert, key)?),
+        let certificates = match &settings.tls {
+            Some((cert, key)) => Some(crate::tls::Certificates::load(cert, key).map_err(other)?),
+            None => None,
+        };
+        let tls = match &certificates {
+            Some(c) => Some(c.server_config().map_err(other)?),
             None => None,
         };
         let listener = TcpListener::bind(&settings.listen)
@@ -293,6 +299,7 @@ impl Application {
             catalog,
             jobs,
             webhooks,
+            certificates,
             bootstrap,
             sweep_every: std::time::Duration::from_secs(settings.sweep_interval.0.unwrap_or(3600)),
             _data_dir: data_dir,
@@ -334,8 +341,15 @@ impl Application {
             self.webhooks.clone(),
             self.sweep_every,
         ));
+        let reloader = self
+            .certificates
+            .clone()
+            .map(|c| actix_web::rt::spawn(reload_on_sighup(c)));
         let result = self.server.await;
         sweeper.abort();
+        if let Some(r) = reloader {
+            r.abort();
+        }
         // Job workers finish the batch they are writing; their jobs resume at the next start.
         let jobs = self.jobs.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || jobs.shutdown()).await {
@@ -357,6 +371,32 @@ impl Application {
         }
         result
     }
+}
+
+/// Reads the TLS certificate and key again on every SIGHUP (a certbot renewal hook sends one):
+/// new handshakes get the new certificate, open connections go on; a bad pair is refused with a
+/// log line and the previous certificate stays.
+async fn reload_on_sighup(certificates: Arc<crate::tls::Certificates>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: the TLS certificate loads at start only");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let c = certificates.clone();
+            match tokio::task::spawn_blocking(move || c.reload()).await {
+                Ok(Ok(())) => tracing::info!("TLS certificate reloaded"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "TLS certificate not reloaded; the previous one stays")
+                }
+                Err(e) => tracing::warn!(error = %e, "TLS certificate reload did not finish"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = certificates;
 }
 
 /// Every `every`, off the workers: the retention sweep (`auth/retention.rs`), the sweep of
@@ -412,28 +452,4 @@ async fn sweep_periodically(
             Err(e) => tracing::warn!(error = %e, "delivery sweep did not finish"),
         }
     }
-}
-
-fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, StartError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            other(format!(
-                "cannot read TLS certificate {}: {e}",
-                cert.display()
-            ))
-        })?;
-    if certs.is_empty() {
-        return Err(other(format!("no certificate found in {}", cert.display())));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| other(format!("cannot read TLS key {}: {e}", key.display())))?;
-    rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
-    .map_err(|e| other(format!("TLS setup failed: {e}")))
 }

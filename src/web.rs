@@ -80,6 +80,21 @@ fn problem_body(
     body
 }
 
+/// The `WWW-Authenticate` challenge of a 401 (RFC 9110 §11.6.1): `Bearer` (RFC 6750) for
+/// access tokens, with `error="invalid_token"` when one was refused, and `ApiKey` (this API's
+/// name for the `X-API-Key` header) for keys. A request that sent neither gets both.
+fn challenge(kind: ErrorKind) -> Option<&'static str> {
+    Some(match kind {
+        ErrorKind::AuthenticationRequired => {
+            r#"Bearer realm="pixee-pim", ApiKey realm="pixee-pim", header="X-API-Key""#
+        }
+        ErrorKind::InvalidToken => r#"Bearer realm="pixee-pim", error="invalid_token""#,
+        ErrorKind::InvalidApiKey => r#"ApiKey realm="pixee-pim", header="X-API-Key""#,
+        ErrorKind::InvalidCredentials => r#"Bearer realm="pixee-pim""#,
+        _ => return None,
+    })
+}
+
 impl ResponseError for Error {
     fn status_code(&self) -> StatusCode {
         status_of(self.kind)
@@ -95,6 +110,9 @@ impl ResponseError for Error {
         res.content_type(PROBLEM_JSON);
         if let Some(seconds) = self.retry_after {
             res.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        if let Some(challenge) = challenge(self.kind) {
+            res.insert_header((header::WWW_AUTHENTICATE, challenge));
         }
         let mut res = res.body(
             problem_body(

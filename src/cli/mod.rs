@@ -8,7 +8,7 @@ use crate::config::{DEFAULT_DATA_DIR, ServeArgs, Settings, merge_config_file};
 use crate::domain::{Environment, KeyId, Role, ScopeSet};
 use crate::startup::{Application, DataDir, StartError, build_auth};
 use crate::store::Membership;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,6 +60,14 @@ pub enum Command {
     },
     /// Check that every record decodes and every index agrees (the server must be stopped)
     Check,
+    /// Print shell completions for bash, zsh or fish (e.g. `pixee-pim completions bash >
+    /// /etc/bash_completion.d/pixee-pim`)
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print the man page (roff), e.g. `pixee-pim man | gzip > pixee-pim.1.gz`
+    Man,
     /// Ask a running server whether it is ready (GET /readyz): exit 0 when it is, 1 when not
     /// (for container and systemd health checks)
     Healthcheck {
@@ -132,6 +140,14 @@ pub enum Command {
         #[arg(long)]
         test: bool,
     },
+}
+
+/// The shells `completions` writes for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,6 +226,19 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
         Command::Restore { from } => run_restore(&cli.data_dir, &from),
         Command::Check => run_check(&cli.data_dir),
         Command::Healthcheck { url, insecure } => healthcheck(url, insecure).await,
+        Command::Completions { shell } => {
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "pixee-pim", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(fail),
         Command::Reindex => run_reindex(&cli.data_dir),
         Command::Import {
             file,
@@ -526,6 +555,8 @@ async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
         | Command::Restore { .. }
         | Command::Check
         | Command::Healthcheck { .. }
+        | Command::Completions { .. }
+        | Command::Man
         | Command::Reindex
         | Command::Import { .. }
         | Command::Export { .. } => {}

@@ -802,3 +802,148 @@ async fn json_logs_are_one_object_per_line_with_the_request_fields() {
         assert!(!logs.contains(secret), "a secret reached the log");
     }
 }
+
+/// Shell completions and the man page come from the same clap definitions as the parser: bash
+/// loads its script and completes a subcommand; the man page names every subcommand.
+#[test]
+fn completions_and_the_man_page_cover_the_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |args: &[&str]| {
+        let o = cli(dir.path()).args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let bash = out(&["completions", "bash"]);
+    let script = dir.path().join("pixee-pim.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let completed = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; f=$(complete -p pixee-pim | sed -E 's/.*-F ([^ ]+).*/\\1/'); \
+             COMP_WORDS=(pixee-pim healthc); COMP_CWORD=1; $f pixee-pim healthc pixee-pim; \
+             echo \"${{COMPREPLY[@]}}\"",
+            script.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        completed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&completed.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&completed.stdout).trim(),
+        "healthcheck"
+    );
+    assert!(out(&["completions", "zsh"]).starts_with("#compdef pixee-pim"));
+    assert!(out(&["completions", "fish"]).contains("complete -c pixee-pim"));
+    let bad = cli(dir.path())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+    let man = out(&["man"]);
+    assert!(
+        man.starts_with(".ie") || man.starts_with(".TH"),
+        "{}",
+        &man[..80.min(man.len())]
+    );
+    assert!(man.contains(".TH pixee-pim"), "roff title");
+    for sub in [
+        "serve",
+        "backup",
+        "healthcheck",
+        "completions",
+        "import",
+        "export",
+    ] {
+        assert!(man.contains(sub), "the man page names {sub}");
+    }
+}
+
+/// SIGHUP reloads the TLS certificate: new connections get the new one, a connection opened
+/// before goes on, and a key that does not fit its certificate is refused (the old pair stays).
+#[actix_web::test]
+async fn sighup_reloads_the_tls_certificate_and_keeps_it_when_the_new_one_is_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let make = |name: &str| {
+        rcgen::generate_simple_self_signed(vec![name.into(), "127.0.0.1".into()]).unwrap()
+    };
+    let (a, b) = (make("a.localhost"), make("b.localhost"));
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, a.cert.pem()).unwrap();
+    std::fs::write(&key_path, a.signing_key.serialize_pem()).unwrap();
+    let server = serve(
+        &dir.path().join("data"),
+        &[
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    let base = server.base.clone();
+    // A fresh connection each time, so each one shows the certificate served now.
+    let peer = || async {
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .tls_info(true)
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let res = client.get(format!("{base}/healthz")).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|t| t.peer_certificate())
+            .map(<[u8]>::to_vec)
+            .unwrap()
+    };
+    let hangup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    assert_eq!(peer().await, a.cert.der().to_vec());
+    let kept = insecure_client();
+    let res = kept.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    std::fs::write(&cert_path, b.cert.pem()).unwrap();
+    std::fs::write(&key_path, b.signing_key.serialize_pem()).unwrap();
+    hangup();
+    let started = Instant::now();
+    while peer().await != b.cert.der().to_vec() {
+        assert!(started.elapsed() < Duration::from_secs(10), "not reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let res = kept.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "the earlier client goes on");
+
+    // A's certificate with B's key: refused, B stays.
+    std::fs::write(&cert_path, a.cert.pem()).unwrap();
+    hangup();
+    let started = Instant::now();
+    while !server.stderr.lock().unwrap().contains("not reloaded") {
+        assert!(started.elapsed() < Duration::from_secs(10), "no log line");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(peer().await, b.cert.der().to_vec());
+    assert!(
+        server.stderr.lock().unwrap().contains("does not fit"),
+        "the log says why"
+    );
+}

@@ -65,3 +65,61 @@ async fn the_healthcheck_command_exits_0_when_ready_and_1_otherwise() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("/readyz"), "{said}");
 }
+
+/// Every 401 says how to authenticate (RFC 9110 `WWW-Authenticate`): `Bearer` (RFC 6750) for
+/// tokens, `ApiKey` for keys, both when the request carried neither; the partner surfaces too.
+#[actix_web::test]
+async fn every_401_carries_a_www_authenticate_challenge() {
+    use reqwest::Method;
+    let app = spawn_app().await;
+    let challenge = |res: &reqwest::Response| {
+        assert_eq!(res.status(), 401);
+        res.headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let res = app
+        .req(Method::GET, "/api/v1/products")
+        .send()
+        .await
+        .unwrap();
+    let c = challenge(&res);
+    assert!(
+        c.starts_with("Bearer realm=\"pixee-pim\"") && c.contains("ApiKey"),
+        "{c}"
+    );
+    let res = app
+        .with_key(
+            Method::GET,
+            "/api/v1/products",
+            "pm_live_0123456789abcdefghijklmnopqrstuvwxyzAB",
+        )
+        .send()
+        .await
+        .unwrap();
+    let c = challenge(&res);
+    assert!(c.starts_with("ApiKey realm=\"pixee-pim\""), "{c}");
+    let res = app
+        .with_token(Method::GET, "/api/v1/products", "not.a.token")
+        .send()
+        .await
+        .unwrap();
+    let c = challenge(&res);
+    assert!(c.contains("error=\"invalid_token\""), "{c}");
+    let res = app
+        .login_raw("admin@example.com", "wrong password at all")
+        .await;
+    assert!(challenge(&res).starts_with("Bearer"));
+    for path in ["/api/v1/ext/products", "/api/v1/windev/products"] {
+        let res = app.req(Method::GET, path).send().await.unwrap();
+        assert!(!challenge(&res).is_empty(), "{path}");
+    }
+    // Other errors carry none.
+    let res = app
+        .req(Method::GET, "/api/v1/nothing-here")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().get("www-authenticate").is_none());
+}
