@@ -357,9 +357,10 @@ async fn healthcheck(url: Option<String>, insecure: bool) -> Result<(), StartErr
         return Ok(());
     }
     let detail = response
-        .json::<serde_json::Value>()
+        .bytes()
         .await
         .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|b| b["detail"].as_str().map(str::to_owned))
         .unwrap_or_default();
     Err(fail(format!("{target}: {status} {detail}")))
