@@ -284,7 +284,8 @@ fn rate_header_values(rate: &crate::auth::rate_limit::Decision) -> (HeaderValue,
 }
 
 fn set_security_headers<B>(res: &mut ServiceResponse<B>, request_id: &str) {
-    let is_page = res.request().path().starts_with("/settings");
+    let path = res.request().path();
+    let is_page = path.starts_with("/settings") || path == "/api/v1/docs";
     // The scheme is known when the server starts; asking the connection info would parse
     // Forwarded/Host headers on every response.
     let secure = res.request().app_data::<Tls>().is_some_and(|t| t.0);

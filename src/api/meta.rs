@@ -65,6 +65,11 @@ fn asset(name: &str) -> HttpResponse {
         .body(file.data.into_owned())
 }
 
+/// The API reference page: renders the OpenAPI document with the page's own script.
+async fn docs() -> HttpResponse {
+    asset("docs.html")
+}
+
 async fn settings_index() -> HttpResponse {
     asset("settings.html")
 }
@@ -72,7 +77,7 @@ async fn settings_index() -> HttpResponse {
 async fn settings_file(name: web::Path<String>) -> HttpResponse {
     // Only the page's own files; the OpenAPI document and word lists are not page assets.
     match name.as_str() {
-        "settings.js" | "settings.css" | "favicon.svg" => asset(&name),
+        "settings.js" | "settings.css" | "favicon.svg" | "docs.js" => asset(&name),
         _ => actix_web::ResponseError::error_response(&crate::error::Error::not_found("file")),
     }
 }
@@ -99,5 +104,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 pub fn configure_api(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/openapi.json").get(openapi));
+    cfg.service(web::resource("/openapi.json").get(openapi))
+        .service(web::resource("/docs").get(docs));
 }

@@ -273,7 +273,10 @@ impl Webhooks {
             .name("webhooks".into())
             .spawn(move || {
                 background_priority();
-                runtime.block_on(engine::run(engine_shared, now_rx, outcomes_rx))
+                runtime.block_on(engine::run(engine_shared, now_rx, outcomes_rx));
+                // Requests in flight are dropped (sent again at the next start); a name lookup
+                // still running on the blocking pool is not waited for long.
+                runtime.shutdown_timeout(std::time::Duration::from_secs(2));
             })
             .map_err(|e| format!("cannot start the webhook thread: {e}"))?;
         Ok(Webhooks {

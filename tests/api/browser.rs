@@ -499,3 +499,53 @@ async fn settings_page_adds_a_webhook_tests_it_and_lists_its_deliveries() {
     driver.quit().await;
     receiver.stop().await;
 }
+
+/// The API reference page renders every operation of the OpenAPI document in the browser, under
+/// the page's strict CSP (so nothing comes from outside the server).
+#[actix_web::test]
+async fn the_api_reference_page_renders_every_operation_offline() {
+    let app = spawn_app().await;
+    let page = format!("{}/api/v1/docs", app.address);
+    assert_page_has_strict_csp(&app, &page).await;
+    let doc: serde_json::Value = app
+        .client
+        .get(format!("{}/api/v1/openapi.json", app.address))
+        .send()
+        .await
+        .expect("the document")
+        .json()
+        .await
+        .expect("json");
+    let operations: usize = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .map(|item| {
+            item.as_object()
+                .expect("item")
+                .keys()
+                .filter(|k| *k != "parameters")
+                .count()
+        })
+        .sum();
+    let mut driver = WebDriver::start().await;
+    driver.screenshot_on_failure(target_file("api-docs-failure.png"));
+    driver.goto(&page).await;
+    let expected = operations.to_string();
+    let rendered = async || {
+        let n = driver
+            .execute("return document.body.dataset.operations || '';", vec![])
+            .await;
+        n.as_str() == Some(expected.as_str())
+    };
+    driver
+        .wait_until("every operation rendered", rendered)
+        .await;
+    let title = driver.text_of("#api-title").await;
+    assert!(title.contains("Pixee"), "{title}");
+    let webhook = driver.text_of("#createWebhook summary").await;
+    assert!(webhook.contains("/api/v1/webhooks"), "{webhook}");
+    assert!(driver.is_visible("#schema-Webhook").await);
+    assert_no_script_errors(&driver).await;
+    driver.quit().await;
+}

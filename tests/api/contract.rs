@@ -1061,6 +1061,8 @@ async fn every_documented_status_is_reachable() {
     t.probe("getHealth", 200, rb).await;
     let rb = t.req("getReadiness", "");
     t.probe("getReadiness", 200, rb).await;
+    let rb = t.req("getApiDocs", "");
+    t.probe("getApiDocs", 200, rb).await;
     let rb = t.req("getOpenApiDocument", "");
     t.probe("getOpenApiDocument", 200, rb).await;
     let (admin, _) = t.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
