@@ -456,6 +456,24 @@ async fn settings_page_adds_a_webhook_tests_it_and_lists_its_deliveries() {
             .trim(),
         "200"
     );
+    // Sent again from the list: the same delivery id reaches the receiver a second time.
+    driver.click_on("#deliveries-body .redeliver-button").await;
+    let again = async || driver.text_of("#notice").await.contains("sent again");
+    driver.wait_until("the redelivery notice", again).await;
+    let got = receiver.wait_for(2).await;
+    assert_eq!(got[1].delivery, got[0].delivery, "the same X-PM-Delivery");
+    assert!(signature_ok(&secret, &got[1].signature, &got[1].body));
+    let attempts = async || {
+        driver.click_on("#refresh-deliveries-button").await;
+        driver
+            .text_of("#deliveries-body .delivery-attempts")
+            .await
+            .trim()
+            == "2"
+    };
+    driver
+        .wait_until("two attempts in the list", attempts)
+        .await;
 
     driver.click_on(&row(".toggle-webhook-button")).await;
     let off = async || {
