@@ -404,7 +404,7 @@ impl Store {
             gather(&self.webhook_deliveries)?,
             gather(&self.webhook_due)?,
         );
-        (&self.webhooks, &self.webhook_deliveries, &self.webhook_due)
+        let deleted = (&self.webhooks, &self.webhook_deliveries, &self.webhook_due)
             .transaction(|(hooks, stored, pending)| {
                 if hooks.remove(&prefix[..])?.is_none() {
                     return Ok(false);
@@ -417,7 +417,18 @@ impl Store {
                 }
                 Ok(true)
             })
-            .map_err(from_tx)
+            .map_err(from_tx)?;
+        if deleted {
+            // The engine may have committed a fan-out or a retry between the scan above and
+            // the transaction; nothing new can come now (both check the webhook inside their
+            // transaction), so what is left is removed.
+            for tree in [&self.webhook_due, &self.webhook_deliveries] {
+                for k in gather(tree)? {
+                    tree.remove(k)?;
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     /// Finished deliveries (succeeded or failed for good) created before `before` are removed;

@@ -145,10 +145,13 @@ impl Shared {
     /// Reloads the engine's view of the webhooks and tells the store which event types each
     /// namespace writes.
     fn reload(&self) -> Result<(), Error> {
-        let all = self.store.refresh_wanted_events()?;
+        // The engine's list first, then the store's switch: an event the new switch lets
+        // through always meets a list that knows its webhook.
+        let all = self.store.all_webhooks()?;
         if let Ok(mut hooks) = self.hooks.write() {
             *hooks = all;
         }
+        self.store.refresh_wanted_events()?;
         self.wake.notify_one();
         Ok(())
     }

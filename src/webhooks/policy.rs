@@ -17,7 +17,7 @@ pub const MAX_URL: usize = 2048;
 /// Why an address is refused, or `None` when deliveries may go there.
 pub fn refusal(ip: IpAddr, allow_private: bool) -> Option<&'static str> {
     let ip = match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match embedded_v4(v6) {
             Some(v4) => IpAddr::V4(v4),
             None => IpAddr::V6(v6),
         },
@@ -32,6 +32,31 @@ pub fn refusal(ip: IpAddr, allow_private: bool) -> Option<&'static str> {
     }
     if private && !allow_private {
         return Some("a loopback or private address (allowed only with --webhooks-allow-private)");
+    }
+    None
+}
+
+/// The IPv4 address an IPv6 one carries, where it reaches it: IPv4-mapped (`::ffff:a.b.c.d`),
+/// IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::/96`, `64:ff9b:1::/48`) and 6to4
+/// (`2002:AABB:CCDD::/48`). Those are judged as the IPv4 address, so `[64:ff9b::a00:1]` is
+/// 10.0.0.1 to the policy.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let s = ip.segments();
+    let [a, b] = s[6].to_be_bytes();
+    let [c, d] = s[7].to_be_bytes();
+    let low = Ipv4Addr::new(a, b, c, d);
+    let compatible = s[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified();
+    let nat64 = s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0; 4] || s[2] == 1);
+    if compatible || nat64 {
+        return Some(low);
+    }
+    if s[0] == 0x2002 {
+        let [a, b] = s[1].to_be_bytes();
+        let [c, d] = s[2].to_be_bytes();
+        return Some(Ipv4Addr::new(a, b, c, d));
     }
     None
 }
@@ -170,6 +195,9 @@ mod tests {
             "224.0.0.1",
             "255.255.255.255",
             "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::",
+            "::169.254.169.254",
         ] {
             assert!(refusal(ip(a), true).is_some(), "{a}");
             assert!(refusal(ip(a), false).is_some(), "{a}");
@@ -187,11 +215,20 @@ mod tests {
             "::1",
             "fd12::1",
             "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "64:ff9b:1::a00:1",
+            "2002:a00:1::",
+            "::10.0.0.1",
         ] {
             assert!(refusal(ip(a), false).is_some(), "{a}");
             assert_eq!(refusal(ip(a), true), None, "{a}");
         }
-        for a in ["93.184.216.34", "2606:2800:220:1::1", "172.32.0.1"] {
+        for a in [
+            "93.184.216.34",
+            "2606:2800:220:1::1",
+            "172.32.0.1",
+            "64:ff9b::5db8:d822",
+        ] {
             assert_eq!(refusal(ip(a), false), None, "{a}");
         }
     }
