@@ -18,7 +18,7 @@
 //!   index commit loses no hit and invents none. An index that is missing, from another
 //!   schema, or unreadable is rebuilt from the store (`pixee-pim reindex` does the same).
 use crate::clock::SharedClock;
-use crate::domain::ProductId;
+use crate::domain::{ProductId, hex};
 use crate::store::{Namespace, ProductRecord, Store, StoreError, keys};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -172,14 +172,6 @@ fn words(text: &str) -> Vec<String> {
 
 fn ns_key(ns: Namespace) -> String {
     hex(&keys::namespace(ns))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 fn body(p: &ProductRecord) -> String {

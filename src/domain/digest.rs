@@ -30,6 +30,17 @@ pub fn digests_equal(a: &Digest, b: &Digest) -> bool {
     constant_time_eq(a, b)
 }
 
+/// Lower-case hex of `bytes` (signatures, digests in messages, index keys).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

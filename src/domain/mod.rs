@@ -6,7 +6,7 @@ mod ids;
 mod name;
 mod scope;
 
-pub use digest::{Digest, constant_time_eq, digests_equal};
+pub use digest::{Digest, constant_time_eq, digests_equal, hex};
 pub use ean::Ean;
 pub use email::{Email, MAX_EMAIL_LEN};
 pub use ids::{KeyId, ProductId, SessionId, TenantId, UserId};

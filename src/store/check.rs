@@ -31,9 +31,7 @@ fn corrupt(tree: &str, key: &[u8], what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{tree}[{}]: {what}", hex(key)))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::domain::hex;
 
 /// Every (key, decoded value) of one tree.
 fn records<T: DeserializeOwned>(tree: &sled::Tree, name: &str) -> StoreResult<Vec<(Vec<u8>, T)>> {

@@ -324,10 +324,6 @@ impl Store {
         self.events_on.written.notified().await
     }
 
-    pub fn wake_event_waiter(&self) {
-        self.events_on.written.notify_one();
-    }
-
     pub fn put_webhook(&self, ns: Namespace, w: &WebhookRecord) -> StoreResult<()> {
         self.webhooks
             .insert(&keys::ns_id(ns, w.id.as_bytes())[..], codec::encode(w))?;
@@ -628,24 +624,6 @@ impl Store {
         Ok((out, None))
     }
 
-    /// Records an attempt at delivery `id` ([`Store::record_attempts`] for one).
-    pub fn record_attempt(
-        &self,
-        ns: Namespace,
-        webhook: Uuid,
-        id: Uuid,
-        attempt: &Attempt,
-        retry_at: impl Fn(u32) -> OffsetDateTime,
-    ) -> StoreResult<Recorded> {
-        let done = self.record_attempts(&[(ns, webhook, id, attempt.clone())], |_, made| {
-            retry_at(made)
-        })?;
-        done.into_iter()
-            .next()
-            .flatten()
-            .ok_or(StoreError::NotFound)
-    }
-
     /// Records attempts, all in one transaction over the webhooks, the deliveries and their
     /// due entries (the engine gathers the attempts that ended together). A success ends its
     /// delivery; a failure schedules the next attempt at `retry_at(attempt time, attempts
@@ -814,7 +792,9 @@ mod tests {
         };
         let later = now + time::Duration::seconds(30);
         let r = store
-            .record_attempt(ns, w.id, d.id, &failed, |_| later)
+            .record_attempts(&[(ns, w.id, d.id, failed.clone())], |_, _| later)
+            .unwrap()
+            .remove(0)
             .unwrap();
         assert_eq!(r.delivery.status, DeliveryStatus::Pending);
         assert_eq!(r.delivery.next_attempt_at, Some(later));
@@ -827,7 +807,9 @@ mod tests {
         );
         // max_retries 1: the second failure ends it and counts a failed event.
         let r = store
-            .record_attempt(ns, w.id, d.id, &failed, |_| later)
+            .record_attempts(&[(ns, w.id, d.id, failed.clone())], |_, _| later)
+            .unwrap()
+            .remove(0)
             .unwrap();
         assert_eq!(r.delivery.status, DeliveryStatus::Failed);
         assert_eq!(r.delivery.next_attempt_at, None);

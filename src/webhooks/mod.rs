@@ -58,7 +58,7 @@ pub struct WebhooksConfig {
 
 /// A webhook as created or patched: every field optional, checked by [`Webhooks::create`] and
 /// [`Webhooks::patch`].
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookInput {
     pub name: Option<String>,
@@ -434,7 +434,7 @@ impl Webhooks {
         // Checked on the current record first, so a bad input answers 422 and writes nothing;
         // then applied in a compare-and-swap (the engine may be counting a failure meanwhile).
         let (ns, mut probe) = self.get(tenant, id)?;
-        let errors = self.apply(&mut probe, input.clone_fields());
+        let errors = self.apply(&mut probe, input.clone());
         if !errors.is_empty() {
             return Err(Error::invalid(errors));
         }
@@ -444,7 +444,7 @@ impl Webhooks {
             .update_webhook(ns, id, |hook| {
                 let was_active = hook.is_active;
                 // Already checked: applying the same input again finds nothing new.
-                let _ = self.apply(hook, input.clone_fields());
+                let _ = self.apply(hook, input.clone());
                 if hook.is_active && !was_active {
                     // Turned on again by hand: its failures start over.
                     hook.failed_events = 0;
@@ -634,22 +634,6 @@ impl Webhooks {
     }
 }
 
-impl WebhookInput {
-    fn clone_fields(&self) -> WebhookInput {
-        WebhookInput {
-            name: self.name.clone(),
-            url: self.url.clone(),
-            events: self.events.clone(),
-            secret: self.secret.clone(),
-            headers: self.headers.clone(),
-            max_retries: self.max_retries,
-            timeout_seconds: self.timeout_seconds,
-            is_active: self.is_active,
-            environment: self.environment.clone(),
-        }
-    }
-}
-
 /// Lowers the calling thread's scheduling priority (nice 10): deliveries are background work,
 /// so when the cores are busy, requests go first and deliveries catch up afterwards
 /// (docs/PERFORMANCE.md, "Webhooks").
@@ -667,8 +651,7 @@ fn background_priority() {
 /// A new signing secret: `whsec_` and 32 random bytes in hex.
 fn new_secret() -> String {
     let bytes: [u8; 32] = rand::random();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("whsec_{hex}")
+    format!("whsec_{}", crate::domain::hex(&bytes))
 }
 
 fn check_headers(headers: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, Invalid> {

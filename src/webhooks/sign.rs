@@ -11,11 +11,7 @@ pub fn v1(secret: &str, t: i64, body: &[u8]) -> String {
     mac.update(t.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::domain::hex(&mac.finalize().into_bytes())
 }
 
 pub fn header(secret: &str, t: i64, body: &[u8]) -> String {

@@ -267,6 +267,13 @@ async fn hooked(status: u16, max_retries: u32) -> Hooked {
     }
 }
 
+/// Creates a product for each EAN number of `eans` (each must be created).
+async fn create_products(app: &TestApp, key: &str, eans: std::ops::Range<u64>, name: &str) {
+    for n in eans {
+        assert_eq!(app.create_product(key, &ean(n), name).await.status(), 201);
+    }
+}
+
 fn ean(n: u64) -> String {
     let body = format!("{:012}", 400_000_000_000 + n);
     let total: u32 = body
@@ -311,6 +318,10 @@ async fn every_event_type_arrives_signed_with_the_record_as_the_api_shows_it() {
     .await;
     let secret = hook["secret"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("whsec_"), "{hook}");
+    // SPEC §13's defaults.
+    assert_eq!(hook["max_retries"], 3);
+    assert_eq!(hook["timeout_seconds"], 10);
+    assert_eq!(hook["is_active"], true);
     let hook_id = hook["id"].as_str().unwrap().to_owned();
     // The secret is shown once.
     let again: Value = app
@@ -637,14 +648,7 @@ async fn ten_failed_events_in_a_row_turn_the_webhook_off_and_say_so_in_the_audit
         id,
         key,
     } = hooked(503, 0).await;
-    for n in 0..10 {
-        assert_eq!(
-            app.create_product(&key.raw, &ean(100 + n), "Down")
-                .await
-                .status(),
-            201
-        );
-    }
+    create_products(&app, &key.raw, 100..100 + 10, "Down").await;
     receiver.wait_for(10).await;
     let started = Instant::now();
     let off = loop {
@@ -1001,14 +1005,7 @@ async fn hostile_receivers_hold_up_neither_the_api_nor_other_webhooks() {
         .create_key(&admin.token, &["products:write", "products:read"], "live")
         .await;
     let started = Instant::now();
-    for n in 0..30 {
-        assert_eq!(
-            app.create_product(&key.raw, &ean(300 + n), "Busy")
-                .await
-                .status(),
-            201
-        );
-    }
+    create_products(&app, &key.raw, 300..300 + 30, "Busy").await;
     // The good receiver gets all 30 while the hanging one holds its few slots for 30 s, and
     // the streaming one's endless answers are cut after a few KiB.
     good.wait_for(30).await;
