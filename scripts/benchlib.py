@@ -4,7 +4,7 @@ They build the release binary, run the product's own CLI against a data dir, sta
 `pixee-pim serve` on a free loopback port and read its CPU time and RSS from /proc, so every
 script measures the binary a self-hoster runs.
 """
-import json, os, signal, socket, ssl, subprocess, time, urllib.request
+import json, os, re, shutil, signal, socket, ssl, subprocess, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "pixee-pim")
@@ -154,3 +154,34 @@ def write_figures(name, figures):
         json.dump(figures, f, indent=2)
     print(f"\nfigures written to {path}")
     return path
+
+
+def ensure(tool, package):
+    """Installs Debian's `package` when `tool` (a command or a path) is missing."""
+    if shutil.which(tool) or os.path.exists(tool):
+        return
+    root = [] if os.geteuid() == 0 else ["sudo"]
+    subprocess.run(root + ["apt-get", "update", "-qq"], check=True)
+    subprocess.run(root + ["apt-get", "install", "-y", "-qq", package], check=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def to_ms(text):
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url, headers=(), connections=64, threads=2, script=None, duration="5s"):
+    """One wrk run: requests/s, p50 and p99 in ms, requests, non-2xx answers."""
+    args = ["wrk", "-t", str(threads), "-c", str(connections), "-d", duration, "--latency"]
+    for h in headers:
+        args += ["-H", h]
+    if script:
+        args += ["-s", script]
+    out = sh(*args, url).stdout
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": to_ms(re.search(r"\n\s+50%\s+(\S+)", out).group(1)),
+            "p99_ms": to_ms(re.search(r"\n\s+99%\s+(\S+)", out).group(1)),
+            "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+            "non_2xx": int(bad.group(1)) if bad else 0}

@@ -104,6 +104,14 @@ pub struct ServeArgs {
     /// times longer (with jitter)
     #[arg(long, env = "PIXEE_WEBHOOK_RETRY_BASE")]
     pub webhook_retry_base: Option<Span>,
+    /// Count requests and serve /metrics (on by default; `--metrics false` turns both off)
+    #[arg(long, env = "PIXEE_METRICS", num_args = 0..=1, default_missing_value = "true")]
+    pub metrics: Option<bool>,
+    /// Bearer token that lets Prometheus scrape /metrics from elsewhere (at least 16
+    /// characters; without it /metrics answers this machine only). Prefer the environment
+    /// variable or the config file: a flag shows in the process list
+    #[arg(long, env = "PIXEE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Email of the superadmin created on first start
     #[arg(long, env = "PIXEE_ADMIN_EMAIL")]
     pub admin_email: Option<String>,
@@ -200,6 +208,8 @@ pub struct Settings {
     pub export_retention: Span,
     pub webhooks_allow_private: bool,
     pub webhook_retry_base: Span,
+    pub metrics: bool,
+    pub metrics_token: Option<String>,
     pub admin_email: String,
     pub admin_password: Option<String>,
 }
@@ -253,6 +263,8 @@ impl Settings {
                 .webhook_retry_base
                 .filter(|s| s.0.is_some())
                 .unwrap_or(Span(Some(30))),
+            metrics: a.metrics.unwrap_or(true),
+            metrics_token: a.metrics_token.filter(|t| !t.is_empty()),
             admin_email: a.admin_email.unwrap_or_else(|| "admin@localhost".into()),
             admin_password: a.admin_password.filter(|p| !p.is_empty()),
         }
@@ -260,7 +272,20 @@ impl Settings {
 }
 
 /// Fills unset values of `args` from the TOML file it names.
-pub fn merge_config_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
+pub fn merge_config_file(args: ServeArgs) -> Result<ServeArgs, String> {
+    let args = fill_from_file(args)?;
+    if args.tls_cert.is_some() != args.tls_key.is_some() {
+        return Err("TLS needs both a certificate and a key (tls_cert and tls_key)".into());
+    }
+    if args.metrics_token.as_deref().is_some_and(|t| {
+        !t.is_empty() && (t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()))
+    }) {
+        return Err("metrics_token must be at least 16 printable characters without spaces".into());
+    }
+    Ok(args)
+}
+
+fn fill_from_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
     let Some(path) = args.config.clone() else {
         return Ok(args);
     };
@@ -297,11 +322,10 @@ pub fn merge_config_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
         export_retention,
         webhooks_allow_private,
         webhook_retry_base,
+        metrics,
+        metrics_token,
         admin_email
     );
-    if args.tls_cert.is_some() != args.tls_key.is_some() {
-        return Err("TLS needs both a certificate and a key (tls_cert and tls_key)".into());
-    }
     Ok(args)
 }
 

@@ -15,6 +15,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod jobs;
+pub mod metrics;
 pub mod search;
 pub mod seed;
 pub mod startup;

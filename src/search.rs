@@ -252,6 +252,7 @@ struct Inner {
     failing: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    dir: PathBuf,
 }
 
 /// The search index, shared by every worker. Cloning shares it.
@@ -443,6 +444,7 @@ impl SearchIndex {
             failing: Arc::new(AtomicBool::new(false)),
             stopping: Arc::new(AtomicBool::new(false)),
             thread: Mutex::new(None),
+            dir: dir.to_owned(),
         });
         let worker = Indexer {
             failing: inner.failing.clone(),
@@ -646,6 +648,17 @@ impl SearchIndex {
     }
 
     /// Whether the indexer thread is running and its last commit succeeded.
+    /// Bytes the index's files take on disk (its directory holds no subdirectories).
+    pub fn size_on_disk(&self) -> u64 {
+        std::fs::read_dir(&self.inner.dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len())
+            .sum()
+    }
+
     pub fn is_healthy(&self) -> bool {
         let running = self
             .inner

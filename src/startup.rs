@@ -265,8 +265,12 @@ impl Application {
         let app_catalog = catalog.clone();
         let app_jobs = jobs.clone();
         let app_webhooks = webhooks.clone();
+        crate::metrics::set_enabled(settings.metrics);
+        let metrics_access =
+            web::Data::new(crate::metrics::Access::new(settings.metrics_token.clone()));
         let http = HttpServer::new(move || {
             App::new()
+                .app_data(metrics_access.clone())
                 .app_data(app_auth.clone())
                 .app_data(app_catalog.clone())
                 .app_data(app_jobs.clone())

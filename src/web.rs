@@ -224,6 +224,18 @@ pub async fn request_middleware(
         })
         .await?;
     let status = res.status();
+    if crate::metrics::enabled() {
+        let route = res
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned());
+        crate::metrics::metrics().request(
+            crate::metrics::HttpMethod::of(&method),
+            route,
+            status.as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
     after_key_request(&mut res);
     set_security_headers(&mut res, &request_id);
     tracing::info!(

@@ -41,6 +41,41 @@ async fn readyz(
     ))
 }
 
+/// Prometheus metrics (SPEC §11): this machine only, or whoever sends `--metrics-token`.
+async fn metrics(
+    req: actix_web::HttpRequest,
+    access: web::Data<crate::metrics::Access>,
+    auth: web::Data<crate::auth::Auth>,
+    catalog: web::Data<crate::catalog::Catalog>,
+    jobs: web::Data<crate::jobs::Jobs>,
+) -> Result<HttpResponse, crate::error::Error> {
+    let proxied = req.headers().contains_key("x-forwarded-for")
+        || req.headers().contains_key(header::FORWARDED);
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !crate::metrics::enabled() {
+        return Err(crate::error::Error::new(
+            crate::error::ErrorKind::NotFound,
+            "metrics are turned off (--metrics false)",
+        ));
+    }
+    access.check(req.peer_addr().map(|a| a.ip()), proxied, authorization)?;
+    let now = crate::metrics::snapshot(&auth, &catalog, &jobs)?;
+    let text = crate::metrics::metrics().render(&now).map_err(|e| {
+        crate::error::Error::new(
+            crate::error::ErrorKind::Internal,
+            "metrics could not be rendered",
+        )
+        .with_cause(e)
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(text))
+}
+
 async fn openapi() -> HttpResponse {
     asset("openapi.json")
 }
@@ -97,6 +132,7 @@ async fn settings_redirect() -> HttpResponse {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/healthz").get(healthz))
         .service(web::resource("/readyz").get(readyz))
+        .service(web::resource("/metrics").get(metrics))
         .route("/", web::get().to(root))
         .route("/settings", web::get().to(settings_redirect))
         .route("/settings/", web::get().to(settings_index))

@@ -128,6 +128,11 @@ impl JwtKeys {
         Ok(data.claims)
     }
 
+    /// Hits and misses of the verified-token cache.
+    pub fn cache_counts(&self) -> crate::metrics::CacheCounts {
+        self.verified.counts()
+    }
+
     /// Checks algorithm, type, signature, issuer, audience and lifetime.
     pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Arc<VerifiedToken>, Error> {
         let full_check = || {

@@ -15,6 +15,27 @@ impl Auth {
         password: String,
         client: &ClientInfo,
     ) -> Result<Tokens, Error> {
+        use crate::error::ErrorKind;
+        use crate::metrics::Login;
+        let result = self.login_unmetered(email, password, client).await;
+        crate::metrics::metrics().login(match &result {
+            Ok(_) => Login::Ok,
+            Err(e) => match e.kind {
+                ErrorKind::InvalidCredentials => Login::InvalidCredentials,
+                ErrorKind::AccountLocked => Login::Locked,
+                ErrorKind::RateLimited => Login::RateLimited,
+                _ => Login::Refused,
+            },
+        });
+        result
+    }
+
+    async fn login_unmetered(
+        &self,
+        email: &str,
+        password: String,
+        client: &ClientInfo,
+    ) -> Result<Tokens, Error> {
         self.check_login_rate(client.addr)?;
         let ip = client.ip();
         let ip = ip.as_deref();
@@ -91,6 +112,7 @@ impl Auth {
         let (_, outcome) = old.record_failure(now, &policy);
         self.audit(tenant, "login.failure", email, ip, why.to_owned());
         if locked_now {
+            crate::metrics::metrics().lockout();
             if let Some(user) = user {
                 // Already dead through the version bump; this only tidies the session list.
                 self.store.revoke_user_sessions(user.id, None, now)?;

@@ -18,6 +18,7 @@ mod usage;
 use crate::clock::SharedClock;
 use crate::domain::{KeyId, TenantId};
 use crate::error::{Error, ErrorKind};
+use crate::metrics::{Limit, Verification};
 use crate::store::{AuditEvent, Store};
 pub use principal::{Principal, SessionUser, Subject};
 use rate_limit::{Decision, SlidingWindow};
@@ -117,6 +118,30 @@ impl Auth {
         creds: Credentials<'_>,
     ) -> Result<Authenticated, (Error, Option<Decision>)> {
         // Credentials are judged first (401), the tenant header after (400/403).
+        let result = self.authenticate_unmetered(creds);
+        let outcome = match &result {
+            Ok(_) => Verification::Ok,
+            Err((e, _)) => match e.kind {
+                ErrorKind::RateLimited => Verification::RateLimited,
+                ErrorKind::InvalidApiKey
+                | ErrorKind::InvalidToken
+                | ErrorKind::AuthenticationRequired => Verification::Invalid,
+                _ => Verification::Refused,
+            },
+        };
+        let m = crate::metrics::metrics();
+        match (creds.api_key, creds.authorization) {
+            (Some(_), None) => m.key_checked(outcome),
+            (None, Some(_)) => m.token_checked(outcome),
+            _ => {}
+        }
+        result
+    }
+
+    fn authenticate_unmetered(
+        &self,
+        creds: Credentials<'_>,
+    ) -> Result<Authenticated, (Error, Option<Decision>)> {
         let tenant = creds.tenant;
         let now = self.now();
         match (creds.api_key, creds.authorization) {
@@ -165,6 +190,11 @@ impl Auth {
         };
         let decision = self.key_windows.hit(&(key_id, is_read), limit, now);
         if !decision.allowed {
+            crate::metrics::metrics().refused(if is_read {
+                Limit::KeyReads
+            } else {
+                Limit::KeyWrites
+            });
             let e = Error::new(
                 ErrorKind::RateLimited,
                 format!("this key made more than {limit} requests of this kind in the last minute"),
@@ -238,6 +268,7 @@ impl Auth {
             self.now(),
             what,
         )
+        .inspect_err(|_| crate::metrics::metrics().refused(Limit::Login))
     }
 
     /// Counts one refresh of `session` (Pixee's `AUTH_REFRESH` tier); `Err` when over the limit.
@@ -253,6 +284,7 @@ impl Auth {
             self.now(),
             what,
         )
+        .inspect_err(|_| crate::metrics::metrics().refused(Limit::Refresh))
     }
 
     /// Appends an audit event; a failure is logged, not returned, so it never blocks a logout.

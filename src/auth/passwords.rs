@@ -48,6 +48,17 @@ pub struct Passwords {
     verified: Arc<AtomicU64>,
     /// Verified against when the email is unknown, so the time spent does not tell.
     dummy_hash: Arc<str>,
+    /// Hashes waiting for a slot (the metrics' argon2 queue depth).
+    waiting: Arc<AtomicU64>,
+}
+
+/// Counts one waiter while it waits, also when its request is dropped meanwhile.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Passwords {
@@ -63,6 +74,7 @@ impl Passwords {
             parallel: parallel.max(1),
             verified: Arc::default(),
             dummy_hash: dummy_hash.into(),
+            waiting: Arc::default(),
         })
     }
 
@@ -112,7 +124,17 @@ impl Passwords {
         self.parallel
     }
 
+    /// Hashes waiting for a slot, and hashes running.
+    pub fn load(&self) -> (u64, u64) {
+        let running = self
+            .parallel
+            .saturating_sub(self.permits.available_permits());
+        (self.waiting.load(Ordering::Relaxed), running as u64)
+    }
+
     async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting);
         self.permits
             .acquire()
             .await

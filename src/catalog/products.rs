@@ -560,6 +560,16 @@ impl Catalog {
         self.store.meta_get("bootstrapped").is_ok()
     }
 
+    /// Bytes on disk of the store and of the search index.
+    pub fn disk_usage(&self) -> Result<(u64, u64), Error> {
+        Ok((self.store.size_on_disk()?, self.search.size_on_disk()))
+    }
+
+    /// Hits and misses of the store's record caches, by cache.
+    pub fn cache_counts(&self) -> [(&'static str, crate::metrics::CacheCounts); 4] {
+        self.store.cache_counts()
+    }
+
     /// Whether the search index follows the store's writes (its indexer runs and commits).
     pub fn search_healthy(&self) -> bool {
         self.search.is_healthy()

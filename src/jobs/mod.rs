@@ -180,8 +180,6 @@ impl Jobs {
         Ok(jobs)
     }
 
-    /// Stops the workers after the batch each is writing; unfinished jobs resume at the next
-    /// start.
     /// Whether every worker thread is running.
     pub fn is_healthy(&self) -> bool {
         self.inner
@@ -190,6 +188,19 @@ impl Jobs {
             .is_ok_and(|w| !w.is_empty() && w.iter().all(|h| !h.is_finished()))
     }
 
+    /// How many jobs each state holds (every state listed, zeros included).
+    pub fn counts_by_state(&self) -> Result<Vec<(&'static str, u64)>, Error> {
+        let mut counts: Vec<(JobStatus, u64)> = JobStatus::ALL.iter().map(|&s| (s, 0)).collect();
+        for (_, job) in self.inner.store.all_jobs()? {
+            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == job.status) {
+                slot.1 += 1;
+            }
+        }
+        Ok(counts.into_iter().map(|(s, n)| (s.as_str(), n)).collect())
+    }
+
+    /// Stops the workers after the batch each is writing; unfinished jobs resume at the next
+    /// start.
     pub fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         if let Ok(mut q) = self.inner.queue.lock() {

@@ -39,9 +39,17 @@ struct Local<K, V> {
 /// A thread's map is not pruned below this many entries.
 const MIN_PRUNE: usize = 1024;
 
+/// One thread's hits and misses: written by that thread only, summed when metrics are read.
+#[derive(Default)]
+struct Counts {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
 pub struct RecordCache<K: Send, V: Send + Sync> {
     epochs: Box<[AtomicU64]>,
     local: ThreadLocal<RefCell<Local<K, V>>>,
+    counts: ThreadLocal<Counts>,
     hasher: RandomState,
     per_thread: usize,
     /// Whether an entry is still worth its memory (besides being current).
@@ -63,6 +71,7 @@ impl<K: Hash + Eq + Copy + Send, V: Send + Sync> RecordCache<K, V> {
         RecordCache {
             epochs: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             local: ThreadLocal::new(),
+            counts: ThreadLocal::new(),
             hasher: RandomState::default(),
             per_thread: (capacity / threads).max(16),
             useful,
@@ -87,11 +96,14 @@ impl<K: Hash + Eq + Copy + Send, V: Send + Sync> RecordCache<K, V> {
                 prune_at: MIN_PRUNE,
             })
         });
+        let counts = self.counts.get_or_default();
         if let Some(e) = local.borrow().map.get(&key)
             && e.epoch == epoch
         {
+            counts.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(e.value.clone()));
         }
+        counts.misses.fetch_add(1, Ordering::Relaxed);
         // No borrow is held while loading: `load` may use other caches.
         let Some(value) = load()? else {
             return Ok(None);
@@ -131,6 +143,16 @@ impl<K: Hash + Eq + Copy + Send, V: Send + Sync> RecordCache<K, V> {
     #[cfg(test)]
     fn local_len(&self) -> usize {
         self.local.get().map_or(0, |l| l.borrow().map.len())
+    }
+
+    /// Lookups served from a thread's map, and lookups that read the store, since start.
+    pub fn counts(&self) -> crate::metrics::CacheCounts {
+        let mut total = crate::metrics::CacheCounts::default();
+        for c in self.counts.iter() {
+            total.hits += c.hits.load(Ordering::Relaxed);
+            total.misses += c.misses.load(Ordering::Relaxed);
+        }
+        total
     }
 
     /// Makes every thread's copy of `key` stale; called after every committed write of that

@@ -33,6 +33,18 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    pub const ALL: [JobStatus; 9] = [
+        JobStatus::Pending,
+        JobStatus::Analyzing,
+        JobStatus::AwaitingMapping,
+        JobStatus::Ready,
+        JobStatus::Processing,
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+        JobStatus::Expired,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::Pending => "pending",

@@ -335,6 +335,22 @@ impl Store {
         self.group_commit.flush(&self.db).await
     }
 
+    /// Bytes the store's files take on disk.
+    pub fn size_on_disk(&self) -> StoreResult<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    /// Hits and misses of the auth path's record caches, by cache.
+    pub fn cache_counts(&self) -> [(&'static str, crate::metrics::CacheCounts); 4] {
+        let c = &self.caches;
+        [
+            ("api_keys", c.keys.counts()),
+            ("users", c.users.counts()),
+            ("sessions", c.sessions.counts()),
+            ("tenants", c.tenants.counts()),
+        ]
+    }
+
     pub fn flush_blocking(&self) -> StoreResult<()> {
         self.db.flush()?;
         Ok(())

@@ -123,3 +123,237 @@ async fn every_401_carries_a_www_authenticate_challenge() {
         .unwrap();
     assert!(res.headers().get("www-authenticate").is_none());
 }
+
+/// The value of the series `line_start` (name and labels exactly as exposed), or 0 when absent.
+fn series(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `/metrics` (SPEC §11) on a server of its own (the counters are per process): requests by
+/// route template and status, credential checks, logins and lockouts by outcome, rate-limit
+/// refusals, latency histograms, the state gauges; never a raw path, a key, a token or an email.
+#[actix_web::test]
+async fn metrics_count_by_route_template_and_outcome_and_leak_nothing() {
+    use crate::binary::{create_key, insecure_client, login, serve};
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(
+        dir.path(),
+        &["--lockout-threshold", "2", "--key-reads-per-minute", "3"],
+        &[("PIXEE_ADMIN_PASSWORD", "metrics admin pass 3")],
+    )
+    .await;
+    let client = insecure_client();
+    let url = |p: &str| format!("{}{p}", server.base);
+    let token = login(&server.base, "admin@localhost", "metrics admin pass 3").await;
+    let key: Value = create_key(&server.base, &token, "scraped").await;
+    let raw = key["key"].as_str().unwrap();
+    let unknown = "0192f0c4-1c7d-7a00-8000-00000000abcd";
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let res = client
+            .get(url(&format!("/api/v1/products/{unknown}")))
+            .header("X-API-Key", raw)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, [404, 404, 404, 429], "three reads a minute");
+    let bad = client
+        .get(url("/api/v1/products"))
+        .header("X-API-Key", "pm_live_notakeyatallnotakeyatallnotakey")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    let me = client
+        .get(url("/api/v1/auth/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let victim = "locked.out@example.com";
+    for _ in 0..3 {
+        client
+            .post(url("/api/v1/auth/login"))
+            .json(&serde_json::json!({"email": victim, "password": "wrong password 1"}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let scrape = client.get(url("/metrics")).send().await.unwrap();
+    assert_eq!(scrape.status(), 200);
+    assert!(
+        crate::helpers::header_text(&scrape, "content-type")
+            .starts_with("text/plain; version=0.0.4"),
+    );
+    let text = scrape.text().await.unwrap();
+    let products = r#"route="/api/v1/products/{id}""#;
+    assert_eq!(
+        series(
+            &text,
+            &format!(r#"pixee_http_requests_total{{method="GET",{products},status="404"}}"#)
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        series(
+            &text,
+            &format!(r#"pixee_http_requests_total{{method="GET",{products},status="429"}}"#)
+        ),
+        1.0
+    );
+    // Latency by area of the API and read or write: the four reads of one product and the
+    // list refused to the bad key (no other product request was made).
+    let area = r#"area="products",access="read""#;
+    assert_eq!(
+        series(
+            &text,
+            &format!("pixee_http_request_duration_seconds_count{{{area}}}")
+        ),
+        5.0
+    );
+    assert_eq!(
+        series(
+            &text,
+            &format!(r#"pixee_http_request_duration_seconds_bucket{{{area},le="+Inf"}}"#)
+        ),
+        5.0
+    );
+    assert!(
+        text.contains(r#"pixee_http_request_duration_seconds_count{area="auth",access="write"}"#)
+    );
+    let outcome =
+        |name: &str, outcome: &str| series(&text, &format!(r#"{name}{{outcome="{outcome}"}}"#));
+    assert_eq!(outcome("pixee_api_key_verifications_total", "ok"), 3.0);
+    assert_eq!(
+        outcome("pixee_api_key_verifications_total", "rate_limited"),
+        1.0
+    );
+    assert_eq!(outcome("pixee_api_key_verifications_total", "invalid"), 1.0);
+    // The key creation and /me: two session requests.
+    assert!(outcome("pixee_access_token_verifications_total", "ok") >= 2.0);
+    assert_eq!(outcome("pixee_logins_total", "ok"), 1.0);
+    assert_eq!(outcome("pixee_logins_total", "invalid_credentials"), 2.0);
+    assert_eq!(outcome("pixee_logins_total", "locked"), 1.0);
+    assert_eq!(series(&text, "pixee_lockouts_total"), 1.0);
+    assert_eq!(
+        series(
+            &text,
+            r#"pixee_rate_limit_refusals_total{limit="key_reads"}"#
+        ),
+        1.0
+    );
+    assert_eq!(series(&text, r#"pixee_jobs{state="pending"}"#), 0.0);
+    assert!(
+        text.contains(r#"pixee_jobs{state="completed"} 0"#),
+        "{text}"
+    );
+    assert!(series(&text, "pixee_store_size_bytes") > 0.0);
+    assert!(text.contains("pixee_argon2_queue_depth 0"));
+    assert!(
+        series(
+            &text,
+            r#"pixee_cache_lookups_total{cache="api_keys",result="hit"}"#
+        ) >= 1.0
+    );
+    let ratio = series(&text, r#"pixee_cache_hit_ratio{cache="api_keys"}"#);
+    assert!(ratio > 0.0 && ratio <= 1.0, "{ratio}");
+    for secret in [
+        unknown,
+        raw,
+        &raw[..16],
+        victim,
+        "admin@localhost",
+        &token[..20],
+    ] {
+        assert!(!text.contains(secret), "{secret} leaked into the metrics");
+    }
+    // Unmatched paths share one label.
+    client.get(url("/no/such/thing")).send().await.unwrap();
+    let text = client
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(r#"route="unmatched",status="404""#), "{text}");
+    assert!(!text.contains("/no/such/thing"));
+}
+
+/// Without `--metrics-token` only this machine may scrape, and not through a proxy; with it,
+/// only a request carrying it (loopback included).
+#[actix_web::test]
+async fn metrics_answer_loopback_or_the_token_only() {
+    use crate::binary::{insecure_client, serve};
+    let client = insecure_client();
+    let dir = tempfile::tempdir().unwrap();
+    let open = serve(dir.path(), &[], &[]).await;
+    let metrics = format!("{}/metrics", open.base);
+    let res = client.get(&metrics).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let proxied = client
+        .get(&metrics)
+        .header("X-Forwarded-For", "198.51.100.4")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(proxied, 403, "PERMISSION_DENIED").await;
+    drop(open);
+    let token = "scrape-me-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let guarded = serve(dir.path(), &[], &[("PIXEE_METRICS_TOKEN", token)]).await;
+    let metrics = format!("{}/metrics", guarded.base);
+    let res = client.get(&metrics).send().await.unwrap();
+    assert_eq!(
+        crate::helpers::header_text(&res, "www-authenticate"),
+        r#"Bearer realm="pixee-pim", error="invalid_token""#
+    );
+    assert_problem(res, 401, "INVALID_TOKEN").await;
+    let wrong = client
+        .get(&metrics)
+        .bearer_auth("scrape-me-0123456789abcdeX")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = client
+        .get(&metrics)
+        .bearer_auth(token)
+        .header("X-Forwarded-For", "198.51.100.4")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    assert!(
+        right
+            .text()
+            .await
+            .unwrap()
+            .contains("pixee_http_requests_total")
+    );
+    // A token too short to be one is refused at start.
+    let out = crate::binary::cli(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("PIXEE_METRICS_TOKEN", "short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("metrics_token"));
+    drop(guarded);
+    // Turned off: not served.
+    let dir = tempfile::tempdir().unwrap();
+    let off = serve(dir.path(), &["--metrics", "false"], &[]).await;
+    let res = client
+        .get(format!("{}/metrics", off.base))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 404, "NOT_FOUND").await;
+}
