@@ -7,6 +7,7 @@ mod api_keys;
 mod binary;
 mod browser;
 mod categories;
+mod clients;
 mod contract;
 mod crash;
 mod errors;
