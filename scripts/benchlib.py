@@ -4,7 +4,7 @@ They build the release binary, run the product's own CLI against a data dir, sta
 `pixee-pim serve` on a free loopback port and read its CPU time and RSS from /proc, so every
 script measures the binary a self-hoster runs.
 """
-import json, os, re, shutil, signal, socket, ssl, subprocess, time, urllib.request
+import json, os, re, shutil, signal, socket, ssl, subprocess, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "pixee-pim")
@@ -185,3 +185,13 @@ def wrk(url, headers=(), connections=64, threads=2, script=None, duration="5s"):
             "p99_ms": to_ms(re.search(r"\n\s+99%\s+(\S+)", out).group(1)),
             "requests": int(re.search(r"(\d+) requests in", out).group(1)),
             "non_2xx": int(bad.group(1)) if bad else 0}
+
+
+def seed(keys, products, scopes="products:read", prefix="pixee-bench-"):
+    """A fresh data dir with tenant `default`, `keys` keys and `products` products seeded through
+    the CLI; returns the dir and one more key with `scopes`."""
+    data = tempfile.mkdtemp(prefix=prefix)
+    cli(data, "tenant", "create", "--name", "default")
+    cli(data, "seed", "--tenant", "default", "--keys", str(keys), "--products", str(products))
+    key = cli(data, "key", "create", "--tenant", "default", "--name", "bench", "--scopes", scopes)
+    return data, key

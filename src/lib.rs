@@ -6,6 +6,7 @@
 //! validated newtypes and knows nothing of the others.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod catalog;

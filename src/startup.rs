@@ -23,7 +23,7 @@ use time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(
-        "data dir {0} is in use by another pixee-pim process (is a server running?); stop it first"
+        "data dir {0} is in use by another pixee-pim process (is a server running?); stop it first (a backup can be taken from a running server with `backup --online`)"
     )]
     Locked(PathBuf),
     #[error("{0}")]
@@ -171,6 +171,8 @@ pub struct Application {
     certificates: Option<Arc<crate::tls::Certificates>>,
     pub bootstrap: Option<Bootstrap>,
     sweep_every: std::time::Duration,
+    /// `pixee-pim backup --online` talks to it; dropped (and removed) before the data dir.
+    _admin: Option<crate::admin::AdminSocket>,
     _data_dir: DataDir,
 }
 
@@ -306,6 +308,16 @@ impl Application {
             certificates,
             bootstrap,
             sweep_every: std::time::Duration::from_secs(settings.sweep_interval.0.unwrap_or(3600)),
+            _admin: match crate::admin::AdminSocket::start(
+                &settings.data_dir,
+                data_dir.store.clone(),
+            ) {
+                Ok(socket) => Some(socket),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no admin socket: `backup --online` will not reach this server");
+                    None
+                }
+            },
             _data_dir: data_dir,
         })
     }

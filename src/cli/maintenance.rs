@@ -36,11 +36,19 @@ pub(super) async fn seed(
     Ok(())
 }
 
-pub(super) fn run_backup(data_dir: &Path, out: &Path) -> Result<(), StartError> {
-    let dir = DataDir::open(data_dir, 16)?;
-    check_store(&dir, data_dir)?;
+pub(super) fn run_backup(data_dir: &Path, out: &Path, online: bool) -> Result<(), StartError> {
+    // Offline: the store is opened (and locked) first, so a running server is refused with
+    // the exit code of a locked data dir before any file is written.
+    let offline = if online {
+        None
+    } else {
+        let dir = DataDir::open(data_dir, 16)?;
+        check_store(&dir, data_dir)?;
+        Some(dir)
+    };
     let tmp = out.with_extension("partial");
-    let mut file = std::io::BufWriter::new(
+    let mut file = std::io::BufWriter::with_capacity(
+        1 << 20,
         std::fs::File::options()
             .write(true)
             .create(true)
@@ -49,14 +57,40 @@ pub(super) fn run_backup(data_dir: &Path, out: &Path) -> Result<(), StartError> 
             .open(&tmp)
             .map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?,
     );
-    let n = backup::write(&dir.store, &mut file).map_err(fail)?;
-    let file = file.into_inner().map_err(|e| fail(e.error()))?;
-    file.sync_all().map_err(fail)?;
+    let written = match &offline {
+        Some(dir) => backup::write(&dir.store, &mut file)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        None => crate::admin::request_backup(data_dir, &mut file).map(|_| None),
+    };
+    let finished = written.and_then(|n| {
+        let file = file.into_inner().map_err(|e| e.error().to_string())?;
+        file.sync_all().map_err(|e| e.to_string())?;
+        // A stream cut short (the server stopped) lacks its checksum: never renamed into place.
+        let bytes = backup::verify(&mut std::io::BufReader::new(
+            std::fs::File::open(&tmp).map_err(|e| e.to_string())?,
+        ))
+        .map_err(|e| format!("the backup is incomplete: {e}"))?;
+        Ok((n, bytes))
+    });
+    let (n, bytes) = match finished {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(fail(e));
+        }
+    };
     std::fs::rename(&tmp, out).map_err(fail)?;
-    eprintln!(
-        "pixee-pim: backup of {n} entries written to {}",
-        out.display()
-    );
+    match n {
+        Some(n) => eprintln!(
+            "pixee-pim: backup of {n} entries written to {}",
+            out.display()
+        ),
+        None => eprintln!(
+            "pixee-pim: online backup ({bytes} bytes) written to {}",
+            out.display()
+        ),
+    }
     Ok(())
 }
 

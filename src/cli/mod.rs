@@ -53,10 +53,15 @@ pub enum Command {
     /// Manage API keys
     #[command(subcommand)]
     Key(KeyCmd),
-    /// Write a consistent copy of the whole store to FILE
+    /// Write a consistent copy of the whole store to FILE (the server must be stopped, unless
+    /// --online)
     Backup {
         #[arg(long)]
         out: PathBuf,
+        /// Ask the server running on this data dir for a point-in-time copy while it keeps
+        /// serving and writing (through its admin socket; run as the server's user or root)
+        #[arg(long)]
+        online: bool,
     },
     /// Check that every record decodes and every index agrees (the server must be stopped)
     Check,
@@ -222,7 +227,7 @@ pub enum KeyCmd {
 pub async fn run(cli: Cli) -> Result<(), StartError> {
     match cli.command {
         Command::Serve(args) => serve(cli.data_dir, *args).await,
-        Command::Backup { out } => run_backup(&cli.data_dir, &out),
+        Command::Backup { out, online } => run_backup(&cli.data_dir, &out, online),
         Command::Restore { from } => run_restore(&cli.data_dir, &from),
         Command::Check => run_check(&cli.data_dir),
         Command::Healthcheck { url, insecure } => healthcheck(url, insecure).await,

@@ -7,6 +7,7 @@
 use super::{Store, TREES};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
+use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"PIXEEBK1";
 
@@ -22,33 +23,375 @@ pub enum BackupError {
     Format(&'static str),
 }
 
-/// Writes the whole store to `out`; returns the number of entries written.
+/// The output with its running SHA-256 (the trailer).
+struct Hashed<'a, W: Write> {
+    out: &'a mut W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Hashed<'_, W> {
+    fn emit(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.hasher.update(bytes);
+        self.out.write_all(bytes)
+    }
+
+    fn tree_header(&mut self, name: &str, count: u64) -> std::io::Result<()> {
+        self.emit(&(name.len() as u32).to_be_bytes())?;
+        self.emit(name.as_bytes())?;
+        self.emit(&count.to_be_bytes())
+    }
+
+    fn entry(&mut self, k: &[u8], v: &[u8]) -> std::io::Result<()> {
+        self.emit(&(k.len() as u32).to_be_bytes())?;
+        self.emit(k)?;
+        self.emit(&(v.len() as u32).to_be_bytes())?;
+        self.emit(v)
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        let digest = self.hasher.finalize();
+        self.out.write_all(&digest)?;
+        self.out.flush()
+    }
+}
+
+/// Writes the whole store to `out` from a store no one else writes (the server is stopped);
+/// returns the number of entries written. Streams: each tree is read twice (its count, then
+/// its entries), nothing is held in memory.
 pub fn write(store: &Store, out: &mut impl Write) -> Result<u64, BackupError> {
-    let mut hasher = Sha256::new();
-    let mut emit = |bytes: &[u8]| -> std::io::Result<()> {
-        hasher.update(bytes);
-        out.write_all(bytes)
+    let mut out = Hashed {
+        out,
+        hasher: Sha256::new(),
     };
-    emit(MAGIC)?;
+    out.emit(MAGIC)?;
     let mut total = 0u64;
     for name in TREES {
         let tree = store.db().open_tree(name)?;
-        let entries: Vec<_> = tree.iter().collect::<Result<_, _>>()?;
-        emit(&(name.len() as u32).to_be_bytes())?;
-        emit(name.as_bytes())?;
-        emit(&(entries.len() as u64).to_be_bytes())?;
-        for (k, v) in &entries {
-            emit(&(k.len() as u32).to_be_bytes())?;
-            emit(k)?;
-            emit(&(v.len() as u32).to_be_bytes())?;
-            emit(v)?;
+        let count = tree.len() as u64;
+        out.tree_header(name, count)?;
+        let mut written = 0u64;
+        for item in tree.iter() {
+            let (k, v) = item?;
+            out.entry(&k, &v)?;
+            written += 1;
         }
-        total += entries.len() as u64;
+        if written != count {
+            return Err(BackupError::Format(
+                "the store changed during an offline backup",
+            ));
+        }
+        total += count;
     }
-    let digest = hasher.finalize();
-    out.write_all(&digest)?;
-    out.flush()?;
+    out.finish()?;
     Ok(total)
+}
+
+/// Writes a point-in-time copy of the store to `out` while the server keeps writing; returns
+/// the number of entries written. `spool` is a directory for a temporary file as large as the
+/// store's live data.
+///
+/// How the instant is fixed. sled runs every transaction's closure and commit under one
+/// process-wide lock that excludes every other write (a single-key write holds it shared from
+/// the moment it announces itself to subscribers until it has told them what it wrote). So an
+/// empty transaction whose closure does some work is a barrier: while it runs, no write is
+/// under way, and every write is either wholly before it or wholly after it.
+///
+/// 1. Under a barrier, a subscriber is registered on every tree: from then on every write
+///    reports its key and new value, in order, to a drain thread that keeps them in memory.
+/// 2. Each tree is copied to the spool file as it iterates (a fuzzy copy: each key holds some
+///    value it had during the copy).
+/// 3. Under a second barrier (the cut), the drain thread takes everything reported so far and
+///    stops listening. A key the copy read with a value from after the cut was written
+///    during the copy, so its last report before the cut says what it held at the cut; a key
+///    not reported did not change and the copy holds its value at the cut.
+/// 4. Each tree's copy is merged with its reports (last report wins, removals drop the key)
+///    into the backup. The result is the store as it stood at the cut; the write lock was held
+///    only while the drain thread emptied its queues.
+pub fn write_online(store: &Store, out: &mut impl Write, spool: &Path) -> Result<u64, BackupError> {
+    let trees: Vec<sled::Tree> = TREES
+        .iter()
+        .map(|name| store.db().open_tree(name))
+        .collect::<Result<_, _>>()?;
+    let subscribers = barrier(store, || {
+        trees
+            .iter()
+            .map(|t| t.watch_prefix(vec![]))
+            .collect::<Vec<_>>()
+    })?;
+    let drain = Drain::start(subscribers)?;
+    let spool_path = spool.join(format!("backup-{}.spool", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let copied = copy_trees(&trees, &spool_path);
+        // The cut, also when the copy failed: the drain thread must stop either way.
+        let reports = barrier(store, || drain.cut())?;
+        let reports = reports.ok_or(BackupError::Format("the change listener stopped"))?;
+        let sections = copied?;
+        merge_out(&spool_path, &sections, reports, out)
+    })();
+    let _ = std::fs::remove_file(&spool_path);
+    result
+}
+
+/// Runs `f` while no write can be under way (see [`write_online`]).
+fn barrier<T>(store: &Store, f: impl Fn() -> T) -> Result<T, BackupError> {
+    let slot = std::sync::Mutex::new(None);
+    store
+        .meta
+        .transaction(|_| {
+            let value = f();
+            if let Ok(mut slot) = slot.lock() {
+                *slot = Some(value);
+            }
+            Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+        })
+        .map_err(|e| match e {
+            sled::transaction::TransactionError::Storage(e) => BackupError::Sled(e),
+            sled::transaction::TransactionError::Abort(()) => {
+                BackupError::Format("the barrier transaction aborted")
+            }
+        })?;
+    slot.into_inner()
+        .ok()
+        .flatten()
+        .ok_or(BackupError::Format("the barrier did not run"))
+}
+
+/// Where one tree's entries sit in the spool file, and how many there are.
+struct Section {
+    offset: u64,
+    count: u64,
+}
+
+fn copy_trees(trees: &[sled::Tree], path: &Path) -> Result<Vec<Section>, BackupError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    let mut spool = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut sections = Vec::with_capacity(trees.len());
+    let mut offset = 0u64;
+    for tree in trees {
+        let start = offset;
+        let mut count = 0;
+        for item in tree.iter() {
+            let (k, v) = item?;
+            for part in [&k[..], &v[..]] {
+                spool.write_all(&(part.len() as u32).to_be_bytes())?;
+                spool.write_all(part)?;
+                offset += 4 + part.len() as u64;
+            }
+            count += 1;
+        }
+        sections.push(Section {
+            offset: start,
+            count,
+        });
+    }
+    spool.flush()?;
+    Ok(sections)
+}
+
+/// The last value each key was given before the cut (`None`: removed), per tree.
+type Reports = Vec<std::collections::BTreeMap<sled::IVec, Option<sled::IVec>>>;
+
+fn merge_out(
+    spool: &Path,
+    sections: &[Section],
+    mut reports: Reports,
+    out: &mut impl Write,
+) -> Result<u64, BackupError> {
+    let mut out = Hashed {
+        out,
+        hasher: Sha256::new(),
+    };
+    out.emit(MAGIC)?;
+    let mut total = 0;
+    for (i, name) in TREES.iter().enumerate() {
+        let changed = std::mem::take(&mut reports[i]);
+        let section = &sections[i];
+        // Twice over the section: the count goes before the entries.
+        let mut count = 0u64;
+        merge_section(spool, section, &changed, |_, _| {
+            count += 1;
+            Ok(())
+        })?;
+        out.tree_header(name, count)?;
+        merge_section(spool, section, &changed, |k, v| out.entry(k, v))?;
+        total += count;
+    }
+    out.finish()?;
+    Ok(total)
+}
+
+/// Calls `f` on the section's entries merged with `changed`, in key order.
+fn merge_section(
+    spool: &Path,
+    section: &Section,
+    changed: &std::collections::BTreeMap<sled::IVec, Option<sled::IVec>>,
+    mut f: impl FnMut(&[u8], &[u8]) -> std::io::Result<()>,
+) -> Result<(), BackupError> {
+    use std::io::{BufReader, Seek, SeekFrom};
+    let mut file = std::fs::File::open(spool)?;
+    file.seek(SeekFrom::Start(section.offset))?;
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let mut read_part = |buf: &mut Vec<u8>| -> std::io::Result<()> {
+        let mut len = [0u8; 4];
+        input.read_exact(&mut len)?;
+        buf.resize(u32::from_be_bytes(len) as usize, 0);
+        input.read_exact(buf)
+    };
+    let mut changes = changed.iter().peekable();
+    let (mut k, mut v) = (Vec::new(), Vec::new());
+    for _ in 0..section.count {
+        read_part(&mut k)?;
+        read_part(&mut v)?;
+        // Changed keys before this one that the copy did not have: written during the copy.
+        while let Some((ck, cv)) = changes.next_if(|(ck, _)| ck[..] < k[..]) {
+            if let Some(cv) = cv {
+                f(ck, cv)?;
+            }
+        }
+        match changes.next_if(|(ck, _)| ck[..] == k[..]) {
+            Some((_, Some(cv))) => f(&k, cv)?,
+            Some((_, None)) => {}
+            None => f(&k, &v)?,
+        }
+    }
+    for (ck, cv) in changes {
+        if let Some(cv) = cv {
+            f(ck, cv)?;
+        }
+    }
+    Ok(())
+}
+
+/// The thread that empties the subscribers' queues (sled blocks a writer whose subscriber's
+/// queue of 1 024 is full) until the cut.
+struct Drain {
+    shared: std::sync::Arc<DrainShared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct DrainState {
+    cut_requested: bool,
+    result: Option<Reports>,
+    stopped: bool,
+}
+
+#[derive(Default)]
+struct DrainShared {
+    state: std::sync::Mutex<DrainState>,
+    changed: std::sync::Condvar,
+}
+
+impl Drain {
+    fn start(mut subscribers: Vec<sled::Subscriber>) -> Result<Drain, BackupError> {
+        let shared = std::sync::Arc::new(DrainShared::default());
+        let theirs = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("backup-drain".into())
+            .spawn(move || {
+                let mut reports: Reports = vec![Default::default(); subscribers.len()];
+                loop {
+                    // Read before the pass: a cut requested before it began is complete when
+                    // the pass ends (no write runs while the cut's barrier is held).
+                    let requested = theirs.state.lock().map_or(true, |s| s.cut_requested);
+                    let mut any = false;
+                    for (sub, changed) in subscribers.iter_mut().zip(reports.iter_mut()) {
+                        while let Ok(event) = sub.next_timeout(std::time::Duration::ZERO) {
+                            any = true;
+                            match event {
+                                sled::Event::Insert { key, value } => {
+                                    changed.insert(key, Some(value));
+                                }
+                                sled::Event::Remove { key } => {
+                                    changed.insert(key, None);
+                                }
+                            }
+                        }
+                    }
+                    if requested {
+                        break;
+                    }
+                    if !any {
+                        std::thread::sleep(std::time::Duration::from_micros(500));
+                    }
+                }
+                // Stop listening first, so no writer waits on a queue no one reads.
+                drop(subscribers);
+                if let Ok(mut s) = theirs.state.lock() {
+                    s.result = Some(reports);
+                    s.stopped = true;
+                }
+                theirs.changed.notify_all();
+            })?;
+        Ok(Drain {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for everything reported so far and waits for it; `None` when the thread died.
+    fn cut(&self) -> Option<Reports> {
+        let mut state = self.shared.state.lock().ok()?;
+        state.cut_requested = true;
+        while !state.stopped {
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, std::time::Duration::from_millis(100))
+                .ok()?
+                .0;
+            if self.thread.as_ref().is_none_or(|t| t.is_finished()) && !state.stopped {
+                return None;
+            }
+        }
+        state.result.take()
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.shared.state.lock() {
+            s.cut_requested = true;
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads a backup through without loading it: checks its header, its structure and its
+/// SHA-256 trailer; returns the number of bytes before the trailer.
+pub fn verify(input: &mut impl Read) -> Result<u64, BackupError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    // The last 32 bytes read are the trailer candidate; everything before is hashed.
+    let mut held: Vec<u8> = Vec::new();
+    let mut body_len = 0u64;
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        held.extend_from_slice(&buf[..n]);
+        if held.len() > 32 {
+            let cut = held.len() - 32;
+            hasher.update(&held[..cut]);
+            body_len += cut as u64;
+            held.drain(..cut);
+        }
+    }
+    if held.len() < 32 || body_len < MAGIC.len() as u64 {
+        return Err(BackupError::Format("truncated"));
+    }
+    if hasher.finalize().as_slice() != held.as_slice() {
+        return Err(BackupError::Format("checksum mismatch"));
+    }
+    Ok(body_len)
 }
 
 /// Reads a whole backup, checks it, then loads it into `store` (which must be empty).

@@ -357,3 +357,203 @@ async fn metrics_answer_loopback_or_the_token_only() {
         .unwrap();
     assert_problem(res, 404, "NOT_FOUND").await;
 }
+
+/// `backup --online` (SPEC §11) copies the store as it stood at one instant while a client
+/// keeps writing: the restored store passes `check`, and its products are exactly those after
+/// some prefix of the writer's confirmed operations (creates, and deletes of earlier ones) —
+/// at least every operation confirmed before the backup began, at most those begun before it
+/// ended. A copy read tree by tree while writes go on fails both.
+#[actix_web::test]
+async fn an_online_backup_is_one_instant_of_a_store_being_written() {
+    use crate::binary::{cli, insecure_client, serve};
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = cli(dir.path()).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // A store large enough that the copy takes a while.
+    run(&["tenant", "create", "--name", "default"]);
+    run(&[
+        "seed",
+        "--tenant",
+        "default",
+        "--keys",
+        "10",
+        "--products",
+        "20000",
+    ]);
+    let key = run(&[
+        "key",
+        "create",
+        "--tenant",
+        "default",
+        "--name",
+        "writer",
+        "--scopes",
+        "products:read,products:write,products:delete",
+    ]);
+    let server = serve(
+        dir.path(),
+        &[
+            "--key-writes-per-minute",
+            "1000000",
+            "--key-reads-per-minute",
+            "1000000",
+        ],
+        &[("PIXEE_ADMIN_PASSWORD", "online backup pass 2")],
+    )
+    .await;
+    #[derive(Clone, Debug)]
+    enum Op {
+        Create(String),
+        Delete(String),
+    }
+    let log: Arc<Mutex<Vec<Op>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (log, stop, base, key) = (log.clone(), stop.clone(), server.base.clone(), key.clone());
+        actix_web::rt::spawn(async move {
+            let client = insecure_client();
+            let mut ids: Vec<(String, String)> = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                if i.is_multiple_of(4) && ids.len() > 2 {
+                    let (id, ean) = ids.remove(ids.len() - 3);
+                    let res = client
+                        .delete(format!("{base}/api/v1/products/{id}"))
+                        .header("X-API-Key", &key)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(res.status(), 204);
+                    log.lock().unwrap().push(Op::Delete(ean));
+                    continue;
+                }
+                let ean = pixee_pim::domain::Ean::from_body(290_000_000_000 + i)
+                    .as_str()
+                    .to_owned();
+                let res = client
+                    .post(format!("{base}/api/v1/products"))
+                    .header("X-API-Key", &key)
+                    .json(&serde_json::json!({"ean": ean, "name": format!("written {i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 201);
+                let id = res.json::<Value>().await.unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                ids.push((id, ean.clone()));
+                log.lock().unwrap().push(Op::Create(ean));
+            }
+        })
+    };
+    while log.lock().unwrap().len() < 20 {
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let confirmed_before = log.lock().unwrap().len();
+    let file = dir.path().join("online.pixee-backup");
+    let backup = {
+        let mut cmd = cli(dir.path());
+        cmd.args(["backup", "--online", "--out"]).arg(&file);
+        actix_web::rt::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap()
+    };
+    let confirmed_after = log.lock().unwrap().len();
+    assert!(
+        backup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&backup.stderr)
+    );
+    // The writer went on meanwhile: the backup did not stop the writes.
+    while log.lock().unwrap().len() < confirmed_after + 10 {
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.await.unwrap();
+    let log = log.lock().unwrap().clone();
+    assert!(
+        confirmed_after > confirmed_before,
+        "no write was confirmed while the backup ran ({confirmed_before} before and after)"
+    );
+    drop(server);
+
+    let restored = tempfile::tempdir().unwrap();
+    let out = cli(restored.path())
+        .args(["restore", "--from"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(restored.path()).arg("check").output().unwrap();
+    assert!(
+        out.status.success(),
+        "check of the restored store: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = serve(restored.path(), &[], &[]).await;
+    let client = insecure_client();
+    let mut found = BTreeSet::new();
+    for page in 1.. {
+        let res: Value = client
+            .get(format!(
+                "{}/api/v1/products?search=written&per_page=100&page={page}",
+                server.base
+            ))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = res["items"].as_array().unwrap();
+        found.extend(items.iter().map(|p| p["ean"].as_str().unwrap().to_owned()));
+        if page >= res["pages"].as_u64().unwrap() {
+            break;
+        }
+    }
+    let mut state = BTreeSet::new();
+    let mut instants = Vec::new();
+    for (k, op) in std::iter::once(None)
+        .chain(log.iter().map(Some))
+        .enumerate()
+    {
+        match op {
+            Some(Op::Create(ean)) => {
+                state.insert(ean.clone());
+            }
+            Some(Op::Delete(ean)) => {
+                state.remove(ean);
+            }
+            None => {}
+        }
+        if state == found {
+            instants.push(k);
+        }
+    }
+    assert!(
+        instants
+            .iter()
+            .any(|&k| k >= confirmed_before && k <= confirmed_after + 1),
+        "the restored products ({} of them) are no single instant between operation \
+         {confirmed_before} and {}: matching instants {instants:?}",
+        found.len(),
+        confirmed_after + 1
+    );
+}
