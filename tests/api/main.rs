@@ -17,6 +17,7 @@ mod jobs;
 mod lockout;
 mod openapi;
 mod operations;
+mod package;
 mod partner;
 mod products;
 mod rate_limits;
