@@ -394,35 +394,45 @@ pub fn verify(input: &mut impl Read) -> Result<u64, BackupError> {
     Ok(body_len)
 }
 
-/// Reads a whole backup, checks it, then loads it into `store` (which must be empty).
-pub fn restore(store: &Store, input: &mut impl Read) -> Result<u64, BackupError> {
-    let mut bytes = Vec::new();
-    input.read_to_end(&mut bytes)?;
-    if bytes.len() < MAGIC.len() + 32 || &bytes[..8] != MAGIC {
+/// Checks a whole backup (its SHA-256 trailer), then loads it into `store` (which must be
+/// empty): two passes over the file, entries applied in batches, never the file in memory.
+pub fn restore(store: &Store, input: &mut (impl Read + std::io::Seek)) -> Result<u64, BackupError> {
+    let body_len = verify(input)?;
+    input.seek(std::io::SeekFrom::Start(0))?;
+    let mut body = std::io::BufReader::with_capacity(1 << 20, input.take(body_len));
+    let mut magic = [0u8; 8];
+    body.read_exact(&mut magic)?;
+    if &magic != MAGIC {
         return Err(BackupError::Format("missing header"));
     }
-    let (body, digest) = bytes.split_at(bytes.len() - 32);
-    if Sha256::digest(body).as_slice() != digest {
-        return Err(BackupError::Format("checksum mismatch"));
-    }
-    let mut cur = Cursor { buf: &body[8..] };
     let mut total = 0;
-    while !cur.buf.is_empty() {
-        let name_len = cur.u32()? as usize;
-        let name = std::str::from_utf8(cur.take(name_len)?)
-            .map_err(|_| BackupError::Format("tree name"))?;
+    let mut buf = Vec::new();
+    loop {
+        let name_len = match read_u32(&mut body) {
+            Ok(n) => n as usize,
+            Err(BackupError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        };
+        read_exact_into(&mut body, &mut buf, name_len)?;
+        let name = std::str::from_utf8(&buf).map_err(|_| BackupError::Format("tree name"))?;
         if !TREES.contains(&name) {
             return Err(BackupError::Format("unknown tree"));
         }
         let tree = store.db().open_tree(name)?;
-        let count = cur.u64()?;
+        let mut count = [0u8; 8];
+        body.read_exact(&mut count)?;
+        let count = u64::from_be_bytes(count);
         let mut batch = sled::Batch::default();
-        for _ in 0..count {
-            let klen = cur.u32()? as usize;
-            let k = cur.take(klen)?;
-            let vlen = cur.u32()? as usize;
-            let v = cur.take(vlen)?;
-            batch.insert(k, v);
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        for i in 0..count {
+            let klen = read_u32(&mut body)? as usize;
+            read_exact_into(&mut body, &mut k, klen)?;
+            let vlen = read_u32(&mut body)? as usize;
+            read_exact_into(&mut body, &mut v, vlen)?;
+            batch.insert(&k[..], &v[..]);
+            if (i + 1) % 10_000 == 0 {
+                tree.apply_batch(std::mem::take(&mut batch))?;
+            }
         }
         tree.apply_batch(batch)?;
         total += count;
@@ -431,28 +441,81 @@ pub fn restore(store: &Store, input: &mut impl Read) -> Result<u64, BackupError>
     Ok(total)
 }
 
-struct Cursor<'a> {
-    buf: &'a [u8],
+fn read_u32(input: &mut impl Read) -> Result<u32, BackupError> {
+    let mut b = [0u8; 4];
+    input.read_exact(&mut b)?;
+    Ok(u32::from_be_bytes(b))
 }
 
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], BackupError> {
-        if self.buf.len() < n {
-            return Err(BackupError::Format("truncated"));
+/// Reads `len` bytes into `buf`; a length beyond what is left is a damaged file, found before
+/// anything that large is allocated.
+fn read_exact_into(
+    input: &mut impl Read,
+    buf: &mut Vec<u8>,
+    len: usize,
+) -> Result<(), BackupError> {
+    buf.clear();
+    let got = input.take(len as u64).read_to_end(buf)?;
+    if got != len {
+        return Err(BackupError::Format("truncated"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with(n: u32) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let tree = store.db().open_tree("products").unwrap();
+        for i in 0..n {
+            tree.insert(i.to_be_bytes(), vec![7u8; 40]).unwrap();
         }
-        let (head, tail) = self.buf.split_at(n);
-        self.buf = tail;
-        Ok(head)
+        (dir, store)
     }
 
-    fn u32(&mut self) -> Result<u32, BackupError> {
-        let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    #[test]
+    fn online_and_offline_backups_of_a_quiet_store_are_the_same_bytes_and_restore() {
+        let (dir, store) = store_with(25_000);
+        let mut offline = Vec::new();
+        write(&store, &mut offline).unwrap();
+        let mut online = Vec::new();
+        write_online(&store, &mut online, dir.path()).unwrap();
+        assert_eq!(offline, online);
+        // The spool file is gone.
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".spool"))
+        );
+        assert_eq!(verify(&mut &online[..]).unwrap(), online.len() as u64 - 32);
+        let (_fresh_dir, fresh) = {
+            let d = tempfile::tempdir().unwrap();
+            let s = Store::open(d.path(), 1 << 20).unwrap();
+            (d, s)
+        };
+        let n = restore(&fresh, &mut std::io::Cursor::new(&online)).unwrap();
+        assert!(n >= 25_000);
+        assert_eq!(fresh.db().open_tree("products").unwrap().len(), 25_000);
     }
 
-    fn u64(&mut self) -> Result<u64, BackupError> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_be_bytes(a))
+    #[test]
+    fn a_cut_short_or_altered_backup_is_refused() {
+        let (_dir, store) = store_with(10);
+        let mut file = Vec::new();
+        write(&store, &mut file).unwrap();
+        for bad in [&file[..file.len() - 1], &file[..20], &[][..]] {
+            assert!(verify(&mut &bad[..]).is_err());
+        }
+        let mut altered = file.clone();
+        altered[12] ^= 1;
+        assert!(matches!(
+            verify(&mut &altered[..]),
+            Err(BackupError::Format("checksum mismatch"))
+        ));
     }
 }
