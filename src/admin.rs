@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub const SOCKET_NAME: &str = "admin.sock";
+/// How often the listener looks for a client (and for the order to stop).
+const POLL: Duration = Duration::from_millis(100);
 
 /// The listening socket and its thread; dropping it stops both and removes the socket file.
 pub struct AdminSocket {
@@ -39,20 +41,30 @@ impl AdminSocket {
         }
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        // Polled, so stopping needs nothing from the file system (the socket file may be gone
+        // by then, with the data dir of a test).
+        listener.set_nonblocking(true)?;
         let stopping = Arc::new(AtomicBool::new(false));
         let stop = stopping.clone();
         let spool = data_dir.to_owned();
         let thread = std::thread::Builder::new()
             .name("admin-socket".into())
             .spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    match conn {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
                         // One at a time: a second backup waits for the first.
-                        Ok(stream) => serve(stream, &store, &spool),
-                        Err(e) => tracing::warn!(error = %e, "admin socket: accept failed"),
+                        Ok((stream, _)) => {
+                            if stream.set_nonblocking(false).is_ok() {
+                                serve(stream, &store, &spool);
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(POLL);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "admin socket: accept failed");
+                            std::thread::sleep(POLL);
+                        }
                     }
                 }
             })?;
@@ -67,8 +79,6 @@ impl AdminSocket {
 impl Drop for AdminSocket {
     fn drop(&mut self) {
         self.stopping.store(true, Ordering::SeqCst);
-        // Wakes the accept.
-        let _ = UnixStream::connect(&self.path);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

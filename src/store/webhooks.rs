@@ -176,6 +176,13 @@ impl DeliveryRecord {
     }
 }
 
+/// The outbox's oldest events (key, namespace, event), and the keys of unreadable ones.
+#[derive(Debug, Default)]
+pub struct PendingEvents {
+    pub events: Vec<(Vec<u8>, Namespace, EventRecord)>,
+    pub unreadable: Vec<Vec<u8>>,
+}
+
 /// What one attempt found.
 #[derive(Debug, Clone)]
 pub struct Attempt {
@@ -184,6 +191,10 @@ pub struct Attempt {
     pub duration_ms: u64,
     /// `None` for a success (any 2xx).
     pub error: Option<String>,
+    /// The event's body is no longer kept (swept after its retention): the delivery ends as
+    /// failed at once, and the webhook's run of failed events does not count it (the receiver
+    /// is not at fault).
+    pub expired: bool,
 }
 
 /// What recording an attempt did.
@@ -450,18 +461,29 @@ impl Store {
     }
 
     /// The oldest events of the outbox, at most `limit`.
-    pub fn pending_events(
-        &self,
-        limit: usize,
-    ) -> StoreResult<Vec<(Vec<u8>, Namespace, EventRecord)>> {
-        let mut out = Vec::new();
+    /// The oldest `limit` outbox events, and the keys of those that cannot be read (a damaged
+    /// record, or one written by a newer version): those are logged here and dropped by the
+    /// caller's fan-out, so one bad record cannot stop every later event's delivery.
+    pub fn pending_events(&self, limit: usize) -> StoreResult<PendingEvents> {
+        let mut out = PendingEvents::default();
         for item in self.webhook_events.iter().take(limit) {
             let (k, v) = item?;
-            let ns = k
+            let decoded = k
                 .get(16..)
                 .and_then(keys::namespace_of)
-                .ok_or_else(|| StoreError::Corrupt("webhook_events: short key".into()))?;
-            out.push((k.to_vec(), ns, codec::decode(&v)?));
+                .ok_or_else(|| StoreError::Corrupt("webhook_events: short key".into()))
+                .and_then(|ns| Ok((ns, codec::decode::<EventRecord>(&v)?)));
+            match decoded {
+                Ok((ns, event)) => out.events.push((k.to_vec(), ns, event)),
+                Err(e) => {
+                    tracing::error!(
+                        key = %crate::domain::hex(&k),
+                        error = %e,
+                        "an outbox event cannot be read; it is dropped, its change stays stored"
+                    );
+                    out.unreadable.push(k.to_vec());
+                }
+            }
         }
         Ok(out)
     }
@@ -659,6 +681,9 @@ impl Store {
                         d.status = DeliveryStatus::Succeeded;
                         d.next_attempt_at = None;
                         hook.failed_events = 0;
+                    } else if attempt.expired {
+                        d.status = DeliveryStatus::Failed;
+                        d.next_attempt_at = None;
                     } else if d.attempts - d.budget_from > hook.max_retries {
                         d.status = DeliveryStatus::Failed;
                         d.next_attempt_at = None;
@@ -789,6 +814,7 @@ mod tests {
             status_code: Some(500),
             duration_ms: 3,
             error: Some("500".into()),
+            expired: false,
         };
         let later = now + time::Duration::seconds(30);
         let r = store
@@ -815,14 +841,34 @@ mod tests {
         assert_eq!(r.delivery.next_attempt_at, None);
         assert_eq!(store.webhook(ns, w.id).unwrap().unwrap().failed_events, 1);
         check(&store).unwrap();
-        // Old finished deliveries are swept; pending ones stay.
+        // A delivery whose body was swept ends at its first attempt, and the receiver is not
+        // blamed: the webhook's run of failed events stays where it was.
+        let stale = delivery(w.id, now);
+        store.insert_delivery(ns, &stale, &body(now)).unwrap();
+        let expired = Attempt {
+            status_code: None,
+            error: Some("gone".into()),
+            expired: true,
+            ..failed.clone()
+        };
+        let r = store
+            .record_attempts(&[(ns, w.id, stale.id, expired)], |_, _| later)
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        assert_eq!(r.delivery.status, DeliveryStatus::Failed);
+        assert_eq!(r.delivery.next_attempt_at, None);
+        assert!(r.disabled.is_none());
+        assert_eq!(store.webhook(ns, w.id).unwrap().unwrap().failed_events, 1);
+        check(&store).unwrap();
+        // Old finished deliveries (the two above) are swept; pending ones stay.
         let pending = delivery(w.id, now - time::Duration::days(60));
         store.insert_delivery(ns, &pending, &body(now)).unwrap();
         assert_eq!(
             store
                 .sweep_deliveries(now + time::Duration::days(1))
                 .unwrap(),
-            1
+            2
         );
         assert_eq!(store.deliveries_page(ns, w.id, 0, 10).unwrap().1, 1);
         check(&store).unwrap();
@@ -836,6 +882,46 @@ mod tests {
         assert_eq!(store.webhook_due.len(), 0);
         check(&store).unwrap();
         assert!(!store.delete_webhook(ns, w.id).unwrap());
+    }
+
+    #[test]
+    fn an_unreadable_outbox_event_is_set_aside_and_the_next_ones_still_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let ns = Namespace {
+            tenant: TenantId::generate(),
+            environment: Environment::Live,
+        };
+        let now = OffsetDateTime::now_utc();
+        let bad = event_key(ns, Uuid::now_v7());
+        store
+            .webhook_events
+            .insert(&bad[..], &b"\xff\x00not a record"[..])
+            .unwrap();
+        let good = EventRecord {
+            id: Uuid::now_v7(),
+            kind: EventKind::ProductDeleted,
+            at: now,
+            data: EventData::Deleted(crate::store::Tombstone {
+                id: crate::domain::ProductId::generate(),
+                ean: "4006381333931".into(),
+                reference: None,
+                deleted_at: now,
+            }),
+        };
+        let good_key = event_key(ns, good.id);
+        store
+            .webhook_events
+            .insert(&good_key[..], codec::encode(&good))
+            .unwrap();
+        let pending = store.pending_events(10).unwrap();
+        assert_eq!(pending.unreadable, vec![bad.clone()]);
+        assert_eq!(pending.events.len(), 1);
+        assert_eq!(pending.events[0].2.id, good.id);
+        // The fan-out takes both out of the outbox.
+        store.fan_out(&[bad, good_key], &[], &[]).unwrap();
+        let pending = store.pending_events(10).unwrap();
+        assert!(pending.events.is_empty() && pending.unreadable.is_empty());
     }
 
     #[test]

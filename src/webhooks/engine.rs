@@ -144,13 +144,16 @@ async fn record(shared: Arc<Shared>, mut outcomes: tokio::sync::mpsc::UnboundedR
 /// subscribe to them, a batch per transaction, until the outbox is empty.
 fn fan_out(shared: &Shared) -> Result<(), crate::store::StoreError> {
     loop {
-        let events = shared.store.pending_events(FAN_OUT_BATCH)?;
-        if events.is_empty() {
+        let pending = shared.store.pending_events(FAN_OUT_BATCH)?;
+        if pending.events.is_empty() && pending.unreadable.is_empty() {
             return Ok(());
         }
+        let events = pending.events;
         let hooks = shared.hooks_snapshot();
         let now = shared.clock.now();
-        let mut keys = Vec::with_capacity(events.len());
+        // Unreadable events leave the outbox with this batch (logged by the store).
+        let mut keys = pending.unreadable;
+        keys.reserve(events.len());
         let mut bodies = Vec::new();
         let mut deliveries = Vec::new();
         for (key, ns, event) in events {
@@ -225,10 +228,19 @@ async fn attempt(
 ) {
     let at = shared.clock.now();
     let started = Instant::now();
-    let (status_code, error) = match send(shared, &hook, &d, at).await {
-        Ok(code) if (200..300).contains(&code) => (Some(code), None),
-        Ok(code) => (Some(code), Some(format!("the receiver answered {code}"))),
-        Err(e) => (None, Some(e)),
+    let (status_code, error, expired) = match send(shared, &hook, &d, at).await {
+        Ok(code) if (200..300).contains(&code) => (Some(code), None, false),
+        Ok(code) => (
+            Some(code),
+            Some(format!("the receiver answered {code}")),
+            false,
+        ),
+        Err(NotSent::Expired) => (
+            None,
+            Some("the event's body is no longer kept (older than 30 days)".to_owned()),
+            true,
+        ),
+        Err(NotSent::Failed(e)) => (None, Some(e), false),
     };
     shared.sent(hook.id);
     let outcome = Outcome {
@@ -240,11 +252,25 @@ async fn attempt(
             status_code,
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             error,
+            expired,
         },
         reply,
     };
     if shared.outcomes.send(outcome).is_err() {
         shared.recorded(d.id);
+    }
+}
+
+/// Why an attempt got no status code.
+enum NotSent {
+    /// The event's body was swept: nothing to send, ever.
+    Expired,
+    Failed(String),
+}
+
+impl From<String> for NotSent {
+    fn from(e: String) -> NotSent {
+        NotSent::Failed(e)
     }
 }
 
@@ -255,14 +281,14 @@ async fn send(
     hook: &WebhookRecord,
     d: &DeliveryRecord,
     at: OffsetDateTime,
-) -> Result<u16, String> {
+) -> Result<u16, NotSent> {
     let url = policy::check_url(&hook.url, shared.config.allow_private)
         .map_err(|e| format!("the URL {e}"))?;
     let t = at.unix_timestamp();
     let body = match shared.store.event_body(d.event_id) {
         Ok(Some(b)) => b.body,
-        Ok(None) => return Err("the event's body is no longer kept (older than 30 days)".into()),
-        Err(e) => return Err(format!("the event's body could not be read: {e}")),
+        Ok(None) => return Err(NotSent::Expired),
+        Err(e) => return Err(format!("the event's body could not be read: {e}").into()),
     };
     let mut request = shared
         .client
@@ -283,7 +309,10 @@ async fn send(
     }
     let request = request.body(body);
     let exchange = async {
-        let mut response = request.send().await.map_err(|e| describe(&e))?;
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| NotSent::Failed(describe(&e)))?;
         let code = response.status().as_u16();
         let mut read = 0;
         while read < READ_AT_MOST {
@@ -293,15 +322,15 @@ async fn send(
                 Ok(None) | Err(_) => break,
             }
         }
-        Ok(code)
+        Ok::<_, NotSent>(code)
     };
     let limit = Duration::from_secs(u64::from(hook.timeout_seconds));
     match tokio::time::timeout(limit, exchange).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
+        Err(_) => Err(NotSent::Failed(format!(
             "no answer within {} s (the webhook's timeout)",
             hook.timeout_seconds
-        )),
+        ))),
     }
 }
 

@@ -93,6 +93,9 @@ pub(crate) struct Shared {
     client: reqwest::Client,
     /// Attempts that ended, to the engine's recorder.
     outcomes: tokio::sync::mpsc::UnboundedSender<engine::Outcome>,
+    /// Held from counting a namespace's webhooks to storing a new one, so concurrent creates
+    /// cannot pass [`MAX_WEBHOOKS`] together (one process owns the store).
+    creating: Mutex<()>,
 }
 
 impl Shared {
@@ -264,6 +267,7 @@ impl Webhooks {
             stop: AtomicBool::new(false),
             client,
             outcomes,
+            creating: Mutex::new(()),
         });
         shared.reload().map_err(|e| e.detail)?;
         let (now_tx, now_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -406,13 +410,19 @@ impl Webhooks {
         if !errors.is_empty() {
             return Err(Error::invalid(errors));
         }
-        if self.shared.store.webhooks(ns)?.len() >= MAX_WEBHOOKS {
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                format!("a tenant has at most {MAX_WEBHOOKS} webhooks per environment"),
-            ));
+        {
+            let _one_at_a_time =
+                self.shared.creating.lock().map_err(|_| {
+                    Error::new(ErrorKind::Internal, "webhook creation lock poisoned")
+                })?;
+            if self.shared.store.webhooks(ns)?.len() >= MAX_WEBHOOKS {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!("a tenant has at most {MAX_WEBHOOKS} webhooks per environment"),
+                ));
+            }
+            self.shared.store.put_webhook(ns, &hook)?;
         }
-        self.shared.store.put_webhook(ns, &hook)?;
         self.shared.store.flush().await?;
         self.shared.reload()?;
         Ok((environment, hook))

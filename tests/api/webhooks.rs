@@ -1247,3 +1247,41 @@ async fn a_kill_9_between_the_change_and_its_delivery_still_delivers() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// At most 50 webhooks per tenant and environment, also when the creates race: with 48 stored,
+/// eight at once leave exactly 50 (two 201, six 409).
+#[actix_web::test]
+async fn concurrent_creates_never_pass_the_webhook_limit() {
+    let app = spawn().await;
+    let admin = app.admin().await;
+    let url = "https://receiver.example/hook";
+    for i in 0..48 {
+        create_webhook(
+            &app,
+            &admin,
+            json!({"name": format!("h{i}"), "url": url, "events": ["test"]}),
+        )
+        .await;
+    }
+    let attempts = (0..8).map(|i| {
+        app.with_token(Method::POST, "/api/v1/webhooks", &admin.token)
+            .json(&json!({"name": format!("race{i}"), "url": url, "events": ["test"]}))
+            .send()
+    });
+    let mut statuses: Vec<u16> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 201, 409, 409, 409, 409, 409, 409]);
+    let list: Value = app
+        .with_token(Method::GET, "/api/v1/webhooks?per_page=100", &admin.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], 50);
+}
