@@ -147,11 +147,12 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => Error::not_found("record"),
-            StoreError::Duplicate(what) if what.contains("EAN") => {
-                Error::new(ErrorKind::DuplicateEan, format!("{what} already exists"))
-            }
-            StoreError::Duplicate(what) => {
-                Error::new(ErrorKind::Conflict, format!("{what} already exists"))
+            StoreError::Duplicate(unique) => {
+                let kind = match unique {
+                    crate::store::Unique::Ean => ErrorKind::DuplicateEan,
+                    _ => ErrorKind::Conflict,
+                };
+                Error::new(kind, format!("{} already exists", unique.describe()))
             }
             StoreError::Conflict(what) => Error::new(ErrorKind::Conflict, what),
             StoreError::Missing { field, what } => {
@@ -165,6 +166,30 @@ impl From<StoreError> for Error {
                 "the records changed during the write; retry",
             ),
             other => Error::internal(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Unique;
+
+    #[test]
+    fn a_duplicate_is_told_apart_by_its_type_not_its_words() {
+        let ean: Error = StoreError::Duplicate(Unique::Ean).into();
+        assert_eq!(ean.kind, ErrorKind::DuplicateEan);
+        assert_eq!(ean.detail, "a product with this EAN already exists");
+        for other in [
+            Unique::Reference,
+            Unique::Email,
+            Unique::TenantName,
+            Unique::SupplierCode,
+            Unique::CategoryName,
+        ] {
+            let e: Error = StoreError::Duplicate(other).into();
+            assert_eq!(e.kind, ErrorKind::Conflict, "{other:?}");
+            assert!(e.detail.ends_with("already exists"));
         }
     }
 }

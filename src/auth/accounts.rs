@@ -281,7 +281,7 @@ impl Auth {
         let email = Email::parse(email)?;
         super::passwords::check_policy("password", &password)?;
         if self.store.user_by_email(email.as_str())?.is_some() {
-            return Err(StoreError::Duplicate("a user with this email").into());
+            return Err(StoreError::Duplicate(crate::store::Unique::Email).into());
         }
         let now = self.now();
         let user = UserRecord {

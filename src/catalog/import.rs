@@ -247,7 +247,7 @@ fn count(job: &mut JobRecord, created: bool) {
 /// The store's refusals are plain values; copy the ones a row can meet.
 fn clone_error(e: &StoreError) -> StoreError {
     match e {
-        StoreError::Duplicate(w) => StoreError::Duplicate(w),
+        StoreError::Duplicate(w) => StoreError::Duplicate(*w),
         StoreError::NotFound => StoreError::NotFound,
         StoreError::Conflict(w) => StoreError::Conflict(w),
         StoreError::Missing { field, what } => StoreError::Missing { field, what },

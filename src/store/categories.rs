@@ -335,9 +335,7 @@ impl Store {
             let parent = t.parent_for(ns, place.parent_id, 0)?;
             let key = name_key(ns, place.parent_id, &place.name);
             if t.category_by_name.get(&key)?.is_some() {
-                return abort(StoreError::Duplicate(
-                    "a category with this name under the same parent",
-                ));
+                return abort(StoreError::Duplicate(super::Unique::CategoryName));
             }
             let (path, depth) = child_path(parent.as_ref(), &place.name);
             let record = CategoryRecord {
@@ -389,9 +387,7 @@ impl Store {
             let new_key = name_key(ns, place.parent_id, &place.name);
             if new_key != old_key {
                 if t.category_by_name.get(&new_key)?.is_some() {
-                    return abort(StoreError::Duplicate(
-                        "a category with this name under the same parent",
-                    ));
+                    return abort(StoreError::Duplicate(super::Unique::CategoryName));
                 }
                 t.category_by_name.remove(old_key)?;
                 t.category_by_name

@@ -64,8 +64,10 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored record could not be decoded: {0}")]
     Corrupt(String),
-    #[error("{0} already exists")]
-    Duplicate(&'static str),
+    /// A unique value another record already holds; which one is typed, so callers never
+    /// read it out of a message.
+    #[error("{} already exists", .0.describe())]
+    Duplicate(Unique),
     #[error("not found")]
     NotFound,
     #[error("{0}")]
@@ -90,6 +92,33 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The values the store keeps unique.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unique {
+    /// A product's EAN in its namespace (the API's `DUPLICATE_EAN`).
+    Ean,
+    /// A product's reference in its namespace.
+    Reference,
+    Email,
+    TenantName,
+    SupplierCode,
+    /// A category's name among its siblings.
+    CategoryName,
+}
+
+impl Unique {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Unique::Ean => "a product with this EAN",
+            Unique::Reference => "a product with this reference",
+            Unique::Email => "a user with this email",
+            Unique::TenantName => "a tenant with this name",
+            Unique::SupplierCode => "a supplier with this code",
+            Unique::CategoryName => "a category with this name under the same parent",
+        }
+    }
+}
 
 const CORE_TREES: usize = 6;
 

@@ -265,14 +265,14 @@ impl ProductTrees<'_> {
             .index_owner(self.by_ean, &keys::ns_str(ns, &p.ean))?
             .is_some_and(|id| id != p.id)
         {
-            return Ok(Err(StoreError::Duplicate("a product with this EAN")));
+            return Ok(Err(StoreError::Duplicate(super::Unique::Ean)));
         }
         if let Some(r) = &p.reference
             && self
                 .index_owner(self.by_ref, &keys::ns_str(ns, r))?
                 .is_some_and(|id| id != p.id)
         {
-            return Ok(Err(StoreError::Duplicate("a product with this reference")));
+            return Ok(Err(StoreError::Duplicate(super::Unique::Reference)));
         }
         Ok(Ok(()))
     }

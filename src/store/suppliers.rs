@@ -60,7 +60,7 @@ impl Store {
         // Through the catalog's transaction, for its webhook outbox.
         self.product_tx(|t| {
             if t.supplier_by_code.get(&code)?.is_some() {
-                return abort(StoreError::Duplicate("a supplier with this code"));
+                return abort(StoreError::Duplicate(super::Unique::SupplierCode));
             }
             t.supplier_by_code
                 .insert(code.as_slice(), codec::raw(s.id.as_bytes()))?;
@@ -145,7 +145,7 @@ impl Store {
             if code_key(&new.code) != code_key(&old.code) {
                 let new_code = keys::ns_str(ns, &code_key(&new.code));
                 if t.supplier_by_code.get(&new_code)?.is_some() {
-                    return abort(StoreError::Duplicate("a supplier with this code"));
+                    return abort(StoreError::Duplicate(super::Unique::SupplierCode));
                 }
                 t.supplier_by_code
                     .remove(keys::ns_str(ns, &code_key(&old.code)))?;

@@ -18,7 +18,7 @@ impl Store {
         let result = (&self.tenants, &self.tenant_by_name)
             .transaction(|(tenants, by_name)| {
                 if by_name.get(name_key.as_bytes())?.is_some() {
-                    return abort(StoreError::Duplicate("a tenant with this name"));
+                    return abort(StoreError::Duplicate(super::Unique::TenantName));
                 }
                 by_name.insert(name_key.as_bytes(), codec::raw(tenant.id.as_bytes()))?;
                 tenants.insert(tenant.id.as_bytes(), codec::encode(tenant))?;

@@ -49,7 +49,7 @@ impl Store {
         let result = (&self.users, &self.user_by_email, &self.tenant_members)
             .transaction(|(users, by_email, members)| {
                 if by_email.get(user.email.as_bytes())?.is_some() {
-                    return abort(StoreError::Duplicate("a user with this email"));
+                    return abort(StoreError::Duplicate(super::Unique::Email));
                 }
                 by_email.insert(user.email.as_bytes(), codec::raw(user.id.as_bytes()))?;
                 users.insert(user.id.as_bytes(), codec::encode(user))?;
