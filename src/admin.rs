@@ -39,6 +39,14 @@ impl AdminSocket {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
+        // Spool files of backups a crash interrupted.
+        for entry in std::fs::read_dir(data_dir)?.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("backup-") && name.ends_with(".spool") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         // Polled, so stopping needs nothing from the file system (the socket file may be gone

@@ -399,6 +399,9 @@ async fn an_online_backup_is_one_instant_of_a_store_being_written() {
         "--scopes",
         "products:read,products:write,products:delete",
     ]);
+    // The spool of a backup a crash interrupted goes at the next start.
+    let stale = dir.path().join("backup-0123.spool");
+    std::fs::write(&stale, b"half a copy").unwrap();
     let server = serve(
         dir.path(),
         &[
@@ -410,6 +413,7 @@ async fn an_online_backup_is_one_instant_of_a_store_being_written() {
         &[("PIXEE_ADMIN_PASSWORD", "online backup pass 2")],
     )
     .await;
+    assert!(!stale.exists());
     #[derive(Clone, Debug)]
     enum Op {
         Create(String),
