@@ -71,8 +71,12 @@ pub enum Command {
         #[arg(value_enum)]
         shell: CompletionShell,
     },
-    /// Print the man page (roff), e.g. `pixee-pim man | gzip > pixee-pim.1.gz`
-    Man,
+    /// Print the man page (roff), e.g. `pixee-pim man | gzip > pixee-pim.1.gz`; with
+    /// --out-dir, write it and one page per subcommand (pixee-pim-serve.1, …) there
+    Man {
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Ask a running server whether it is ready (GET /readyz): exit 0 when it is, 1 when not
     /// (for container and systemd health checks)
     Healthcheck {
@@ -241,9 +245,16 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
             clap_complete::generate(shell, &mut command, "pixee-pim", &mut std::io::stdout());
             Ok(())
         }
-        Command::Man => clap_mangen::Man::new(Cli::command())
+        Command::Man { out_dir: None } => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
             .map_err(fail),
+        Command::Man { out_dir: Some(dir) } => clap_mangen::generate_to(Cli::command(), &dir)
+            .map_err(|e| {
+                fail(format!(
+                    "cannot write the man pages to {}: {e}",
+                    dir.display()
+                ))
+            }),
         Command::Reindex => run_reindex(&cli.data_dir),
         Command::Import {
             file,
@@ -562,7 +573,7 @@ async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
         | Command::Check
         | Command::Healthcheck { .. }
         | Command::Completions { .. }
-        | Command::Man
+        | Command::Man { .. }
         | Command::Reindex
         | Command::Import { .. }
         | Command::Export { .. } => {}

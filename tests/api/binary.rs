@@ -867,6 +867,16 @@ fn completions_and_the_man_page_cover_the_commands() {
     ] {
         assert!(man.contains(sub), "the man page names {sub}");
     }
+    // A page per subcommand, for the package.
+    let pages = tempfile::tempdir().unwrap();
+    out(&["man", "--out-dir", pages.path().to_str().unwrap()]);
+    let serve = std::fs::read_to_string(pages.path().join("pixee-pim-serve.1")).unwrap();
+    assert!(serve.contains(".TH pixee-pim-serve") && serve.contains("listen"));
+    assert!(pages.path().join("pixee-pim-user-set-password.1").exists());
+    assert!(
+        !pages.path().join("pixee-pim-seed.1").exists(),
+        "hidden commands get no page"
+    );
 }
 
 /// SIGHUP reloads the TLS certificate: new connections get the new one, a connection opened

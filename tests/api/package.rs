@@ -69,6 +69,8 @@ fn the_deb_installs_the_binary_the_hardened_unit_and_a_private_env_file() {
         ("etc/pixee-pim/pixee-pim.env", 0o640),
         ("usr/lib/systemd/system/pixee-pim.service", 0o644),
         ("usr/share/man/man1/pixee-pim.1.gz", 0o644),
+        ("usr/share/man/man1/pixee-pim-serve.1.gz", 0o644),
+        ("usr/share/man/man1/pixee-pim-backup.1.gz", 0o644),
         ("usr/share/bash-completion/completions/pixee-pim", 0o644),
         ("usr/share/zsh/vendor-completions/_pixee-pim", 0o644),
         ("usr/share/fish/vendor_completions.d/pixee-pim.fish", 0o644),
