@@ -43,6 +43,22 @@ fn other(e: impl std::fmt::Display) -> StartError {
     StartError::Other(e.to_string())
 }
 
+/// Lowers the calling thread's scheduling priority (nice 10) for background work (the webhook
+/// engine, an online backup's copy): when the cores are busy, requests go first. Never for a
+/// thread that will hold a lock request workers wait on. Failing (no permission) is harmless.
+pub fn background_priority(what: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        // On Linux a thread id names that thread alone.
+        let tid = rustix::thread::gettid();
+        if rustix::process::setpriority_process(Some(tid), 10).is_err() {
+            tracing::debug!(thread = what, "keeps the normal priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = what;
+}
+
 /// Hands memory freed so far back to the operating system. The binary installs its
 /// allocator's way of doing it (`main.rs`); the library never names the allocator.
 static RELEASE_FREE_MEMORY: OnceLock<fn()> = OnceLock::new();

@@ -107,7 +107,11 @@ pub fn write(store: &Store, out: &mut impl Write) -> Result<u64, BackupError> {
 /// 4. Each tree's copy is merged with its reports (last report wins, removals drop the key)
 ///    into the backup. The result is the store as it stood at the cut; the write lock was held
 ///    only while the drain thread emptied its queues.
-pub fn write_online(store: &Store, out: &mut impl Write, spool: &Path) -> Result<u64, BackupError> {
+pub fn write_online(
+    store: &Store,
+    out: &mut (impl Write + Send),
+    spool: &Path,
+) -> Result<u64, BackupError> {
     let trees: Vec<sled::Tree> = TREES
         .iter()
         .map(|name| store.db().open_tree(name))
@@ -120,16 +124,35 @@ pub fn write_online(store: &Store, out: &mut impl Write, spool: &Path) -> Result
     })?;
     let drain = Drain::start(subscribers)?;
     let spool_path = spool.join(format!("backup-{}.spool", uuid::Uuid::new_v4().simple()));
+    // The copy and the merge are background work on threads of lower priority; the barriers
+    // stay on this thread (a low-priority thread holding sled's write lock would keep the
+    // request workers waiting).
     let result = (|| {
-        let copied = copy_trees(&trees, &spool_path);
+        let copied = in_background(|| copy_trees(&trees, &spool_path));
         // The cut, also when the copy failed: the drain thread must stop either way.
         let reports = barrier(store, || drain.cut())?;
         let reports = reports.ok_or(BackupError::Format("the change listener stopped"))?;
         let sections = copied?;
-        merge_out(&spool_path, &sections, reports, out)
+        in_background(|| merge_out(&spool_path, &sections, reports, out))
     })();
     let _ = std::fs::remove_file(&spool_path);
     result
+}
+
+/// Runs `work` on a thread of its own at background priority, and waits for it.
+fn in_background<T: Send>(
+    work: impl FnOnce() -> Result<T, BackupError> + Send,
+) -> Result<T, BackupError> {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("backup-copy".into())
+            .spawn_scoped(s, || {
+                crate::startup::background_priority("online backup");
+                work()
+            })?
+            .join()
+            .map_err(|_| BackupError::Format("the backup thread panicked"))?
+    })
 }
 
 /// Runs `f` while no write can be under way (see [`write_online`]).

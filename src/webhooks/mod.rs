@@ -279,7 +279,9 @@ impl Webhooks {
         let thread = std::thread::Builder::new()
             .name("webhooks".into())
             .spawn(move || {
-                background_priority();
+                // Deliveries are background work: when the cores are busy, requests go
+                // first and deliveries catch up afterwards (docs/PERFORMANCE.md, "Webhooks").
+                crate::startup::background_priority("webhook engine");
                 runtime.block_on(engine::run(engine_shared, now_rx, outcomes_rx));
                 // Requests in flight are dropped (sent again at the next start); a name lookup
                 // still running on the blocking pool is not waited for long.
@@ -641,20 +643,6 @@ impl Webhooks {
             hook.is_active = active;
         }
         errors
-    }
-}
-
-/// Lowers the calling thread's scheduling priority (nice 10): deliveries are background work,
-/// so when the cores are busy, requests go first and deliveries catch up afterwards
-/// (docs/PERFORMANCE.md, "Webhooks").
-fn background_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // On Linux a thread id names that thread alone; failing (no permission) is harmless.
-        let tid = rustix::thread::gettid();
-        if rustix::process::setpriority_process(Some(tid), 10).is_err() {
-            tracing::debug!("the webhook thread keeps the normal priority");
-        }
     }
 }
 
