@@ -103,6 +103,9 @@ fn peer_allowed(stream: &UnixStream) -> bool {
 
 fn serve(stream: UnixStream, store: &Store, spool: &Path) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    // A client that stops reading ends its backup instead of holding the socket (and the
+    // spool file) for ever.
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
     let mut out = match stream.try_clone() {
         Ok(out) => std::io::BufWriter::with_capacity(1 << 20, out),
         Err(e) => {

@@ -239,6 +239,7 @@ pub struct Metrics {
     search_bytes: Gauge,
     cache_lookups: Family<CacheResult, Counter<u64, AtomicU64>>,
     cache_ratio: Family<CacheLabel, Gauge<f64, AtomicU64>>,
+    rendering: std::sync::Mutex<()>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -381,6 +382,7 @@ impl Metrics {
             search_bytes,
             cache_lookups,
             cache_ratio,
+            rendering: std::sync::Mutex::new(()),
         }
     }
 
@@ -442,6 +444,9 @@ impl Metrics {
 
     /// The text of a scrape (Prometheus text format 0.0.4), with `now`'s state gauges.
     pub fn render(&self, now: &Snapshot) -> Result<String, std::fmt::Error> {
+        // One scrape at a time: the cache counters are moved up to the caches' totals, and two
+        // scrapes doing that at once would count the difference twice.
+        let _one = self.rendering.lock();
         self.argon2_waiting.set(clamp(now.argon2_waiting));
         self.argon2_running.set(clamp(now.argon2_running));
         for &(state, n) in &now.jobs {
@@ -503,12 +508,16 @@ pub fn snapshot(
 pub struct Access {
     /// The token's SHA-256: compared digest to digest, so not even its length shows.
     token: Option<crate::domain::Digest>,
+    /// `--trust-forwarded-for` is set: a proxy stands in front, so a loopback peer is no proof
+    /// of a local client.
+    behind_proxy: bool,
 }
 
 impl Access {
-    pub fn new(token: Option<String>) -> Access {
+    pub fn new(token: Option<String>, behind_proxy: bool) -> Access {
         Access {
             token: token.map(|t| crate::auth::secret::sha256(t.as_bytes())),
+            behind_proxy,
         }
     }
 
@@ -540,7 +549,12 @@ impl Access {
                     )),
                 }
             }
-            None if !proxied && peer.is_some_and(|ip| ip.to_canonical().is_loopback()) => Ok(()),
+            None if !proxied
+                && !self.behind_proxy
+                && peer.is_some_and(|ip| ip.to_canonical().is_loopback()) =>
+            {
+                Ok(())
+            }
             None => Err(Error::forbidden(
                 "metrics are served to this machine only; set --metrics-token to scrape from elsewhere",
             )),
@@ -582,14 +596,16 @@ mod tests {
         let local = Some("127.0.0.1".parse().expect("ip"));
         let mapped = Some("::ffff:127.0.0.1".parse().expect("ip"));
         let remote = Some("192.0.2.7".parse().expect("ip"));
-        let open = Access::new(None);
+        let open = Access::new(None, false);
         assert!(open.check(local, false, None).is_ok());
         assert!(open.check(mapped, false, None).is_ok());
         assert!(open.check(remote, false, None).is_err());
         // Through a proxy on this host: not local.
         assert!(open.check(local, true, None).is_err());
         assert!(open.check(None, false, None).is_err());
-        let guarded = Access::new(Some("a-long-metrics-token".into()));
+        // Behind a proxy the operator declared, loopback proves nothing.
+        assert!(Access::new(None, true).check(local, false, None).is_err());
+        let guarded = Access::new(Some("a-long-metrics-token".into()), true);
         assert!(
             guarded
                 .check(remote, true, Some("Bearer a-long-metrics-token"))

@@ -284,8 +284,10 @@ impl Application {
         let app_jobs = jobs.clone();
         let app_webhooks = webhooks.clone();
         crate::metrics::set_enabled(settings.metrics);
-        let metrics_access =
-            web::Data::new(crate::metrics::Access::new(settings.metrics_token.clone()));
+        let metrics_access = web::Data::new(crate::metrics::Access::new(
+            settings.metrics_token.clone(),
+            settings.trust_forwarded_for,
+        ));
         let http = HttpServer::new(move || {
             App::new()
                 .app_data(metrics_access.clone())

@@ -49,8 +49,18 @@ async fn metrics(
     catalog: web::Data<crate::catalog::Catalog>,
     jobs: web::Data<crate::jobs::Jobs>,
 ) -> Result<HttpResponse, crate::error::Error> {
-    let proxied = req.headers().contains_key("x-forwarded-for")
-        || req.headers().contains_key(header::FORWARDED);
+    // Headers any common reverse proxy adds; a proxy that adds none (a TCP proxy, a bare
+    // `proxy_pass`) cannot be told from a local client: behind one, set a metrics token.
+    let proxied = [
+        "x-forwarded-for",
+        "forwarded",
+        "x-real-ip",
+        "via",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+    ]
+    .iter()
+    .any(|h| req.headers().contains_key(*h));
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)

@@ -46,13 +46,20 @@ pub(super) fn run_backup(data_dir: &Path, out: &Path, online: bool) -> Result<()
         check_store(&dir, data_dir)?;
         Some(dir)
     };
-    let tmp = out.with_extension("partial");
+    // FILE.partial, created new (never through a file or link already there) and private.
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = std::path::PathBuf::from(tmp);
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(format!("cannot replace {}: {e}", tmp.display()))),
+    }
     let mut file = std::io::BufWriter::with_capacity(
         1 << 20,
         std::fs::File::options()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| fail(format!("cannot write {}: {e}", tmp.display())))?,

@@ -305,6 +305,15 @@ async fn metrics_answer_loopback_or_the_token_only() {
         .await
         .unwrap();
     assert_problem(proxied, 403, "PERMISSION_DENIED").await;
+    for header in ["X-Real-IP", "Via"] {
+        let res = client
+            .get(&metrics)
+            .header(header, "198.51.100.4")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "{header}");
+    }
     drop(open);
     let token = "scrape-me-0123456789abcdef";
     let dir = tempfile::tempdir().unwrap();

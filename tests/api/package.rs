@@ -144,6 +144,17 @@ fn the_deb_installs_the_binary_the_hardened_unit_and_a_private_env_file() {
     ] {
         assert!(unit.contains(hardening), "{hardening}");
     }
+    // The threads that lower their priority (setpriority, in systemd's @resources group, which
+    // the unit denies) must not be killed for it: the call is allowed again, and anything else
+    // the filter denies fails with EPERM rather than SIGSYS.
+    let resources = run(Command::new("systemd-analyze").args(["syscall-filter", "@resources"]));
+    assert!(resources.contains("setpriority"), "{resources}");
+    let deny = unit
+        .find("SystemCallFilter=~@privileged @resources")
+        .unwrap();
+    let allow = unit.find("SystemCallFilter=setpriority\n").unwrap();
+    assert!(allow > deny, "the allow line must follow the deny line");
+    assert!(unit.contains("SystemCallErrorNumber=EPERM"));
     let units = tempfile::tempdir().unwrap();
     let checked = units.path().join("pixee-pim.service");
     std::fs::write(
