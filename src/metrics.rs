@@ -530,10 +530,7 @@ impl Access {
         use crate::error::{Error, ErrorKind};
         match &self.token {
             Some(token) => {
-                let sent = authorization
-                    .and_then(|h| h.split_once(' '))
-                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                    .map(|(_, t)| t.trim());
+                let sent = authorization.and_then(crate::auth::bearer_token);
                 match sent {
                     Some(sent)
                         if crate::domain::constant_time_eq(

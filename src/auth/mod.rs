@@ -235,17 +235,12 @@ impl Auth {
         tenant: Option<&str>,
         now: time::OffsetDateTime,
     ) -> Result<Principal, Error> {
-        // RFC 9110 §11.1: the scheme is case-insensitive, one or more spaces follow it.
-        let token = header
-            .split_once(' ')
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::InvalidToken,
-                    "Authorization must be 'Bearer <access token>'",
-                )
-            })?;
+        let token = bearer_token(header).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidToken,
+                "Authorization must be 'Bearer <access token>'",
+            )
+        })?;
         if key_format::looks_like_key(token) {
             return Err(Error::new(
                 ErrorKind::InvalidApiKey,
@@ -329,6 +324,15 @@ fn limit<K: std::hash::Hash + Eq + Clone>(
     } else {
         Err(Error::new(ErrorKind::RateLimited, what).with_retry_after(d.retry_after))
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header value. RFC 9110 §11.1: the scheme is
+/// case-insensitive, one or more spaces follow it.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    header
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
 }
 
 /// The `X-Tenant-ID` header: absent, or a tenant id; anything else is a 400.

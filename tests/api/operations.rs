@@ -500,6 +500,21 @@ async fn an_online_backup_is_one_instant_of_a_store_being_written() {
         "no write was confirmed while the backup ran ({confirmed_before} before and after)"
     );
     drop(server);
+    // With no server on the data dir, --online says so and writes nothing.
+    let nowhere = dir.path().join("nowhere.pixee-backup");
+    let out = cli(dir.path())
+        .args(["backup", "--online", "--out"])
+        .arg(&nowhere)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach the running server"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!nowhere.exists());
+    assert!(!dir.path().join("nowhere.pixee-backup.partial").exists());
 
     let restored = tempfile::tempdir().unwrap();
     let out = cli(restored.path())
