@@ -6,10 +6,17 @@
 //! cargo run --release --example sled_churn -- recycled 2000000
 //! cargo run --release --example sled_churn -- indexed 300000 1   # one flush per write
 //! cargo run --release --example sled_churn -- indexed 300000 64 random
+//! cargo run --release --example sled_churn -- retained 2000000
+//! cargo run --release --example sled_churn -- retained 2000000 64 packed
 //! ```
 //!
 //! `random` (indexed only) is the soak's own pattern: the removed record is any live one, not
 //! the oldest, and the EAN-like index key is spread over the key space as real EANs are.
+//!
+//! `retained` keeps every record (as retention keeps tombstones and audit events): the RSS per
+//! record is sled's state per page, since leaves split at 16 entries whatever their size.
+//! `retained … packed` appends each record to a chunk of up to 64 (one sled value), as the
+//! tombstone chunks do.
 //!
 //! Each operation inserts one record and removes the oldest, keeping `LIVE` records, as the
 //! product churn of the soak does. `monotonic` keys grow for ever (time-ordered ids, as
@@ -42,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ops: u64 = args.next().map_or(Ok(1_000_000), |n| n.parse())?;
     // How many indexed operations share one flush (the group commit's batch).
     let flush_every: u64 = args.next().map_or(Ok(64), |n| n.parse())?.max(1);
-    let random = args.next().is_some_and(|a| a == "random");
+    let random = args.next().is_some_and(|a| a == "random" || a == "packed");
     // xorshift: the same sequence every run.
     let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
     let mut next_random = move || {
@@ -81,7 +88,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("layout {layout}: {ops} operations, live set {LIVE}; RSS at start {start} KiB");
     for i in 0..ops {
         let k = key(i);
-        if layout == "indexed" {
+        if layout == "retained" {
+            // A tombstone-sized record under a time-ordered key.
+            let record = [9u8; 60];
+            if random {
+                // `packed`: the chunk's key is its first record's; at most 64 per chunk.
+                let chunk = key(i - i % 64);
+                tree.update_and_fetch(chunk, |old| {
+                    let mut v = old.map(<[u8]>::to_vec).unwrap_or_default();
+                    v.extend_from_slice(&record);
+                    Some(v)
+                })?;
+            } else {
+                tree.insert(k, &record[..])?;
+            }
+            if i % flush_every == 0 {
+                db.flush()?;
+            }
+        } else if layout == "indexed" {
             use sled::Transactional;
             let victim = if random {
                 next_random() as usize % LIVE as usize

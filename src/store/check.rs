@@ -25,6 +25,14 @@ impl CheckReport {
     pub fn total(&self) -> usize {
         self.trees.iter().map(|(_, n)| n).sum()
     }
+
+    /// The count reported for one tree (0 when it is not listed).
+    pub fn count(&self, tree: &str) -> usize {
+        self.trees
+            .iter()
+            .find(|(name, _)| *name == tree)
+            .map_or(0, |(_, n)| *n)
+    }
 }
 
 fn corrupt(tree: &str, key: &[u8], what: impl std::fmt::Display) -> StoreError {
@@ -450,23 +458,17 @@ impl Store {
             &by_code,
         )?);
 
-        let tombstones = records::<Tombstone>(&self.tombstones, "tombstones")?;
-        if let Some((k, _)) = tombstones.iter().find(|(k, t)| {
-            k.len() != 49
-                || k[..]
-                    != keys::updated_key(
-                        &k[..17],
-                        t.deleted_at.unix_timestamp_nanos(),
-                        t.id.as_bytes(),
-                    )
-        }) {
+        trees.push(("tombstone_chunks", self.check_tombstones()?));
+        // One record per tombstone: moved into chunks by every open, so empty here.
+        let legacy = self.db.open_tree("tombstones")?;
+        if let Some(item) = legacy.iter().keys().next() {
             return Err(corrupt(
                 "tombstones",
-                k,
-                "key is not namespace + deletion time + the record's id",
+                &item?,
+                "a tombstone left outside the chunks",
             ));
         }
-        trees.push(("tombstones", tombstones.len()));
+        trees.push(("tombstones", 0));
         self.check_categories(&mut trees, &memberships, &by_category)?;
         self.check_jobs(&mut trees)?;
         self.check_webhooks(&mut trees)?;
@@ -475,6 +477,53 @@ impl Store {
 
     /// Categories: keys, the name index, paths and depths that follow the parents, product
     /// counts and the product index against the products, mappings that name a category.
+    /// Tombstone chunks (`tombstones.rs`): each holds 1 to `TOMBSTONE_CHUNK` tombstones, a
+    /// sealed one sits under its first tombstone's key and the head under the namespace's head
+    /// key, and a namespace's tombstones strictly increase (deletion time, then id) from chunk
+    /// to chunk. Returns how many tombstones there are (the report counts tombstones, not
+    /// chunks).
+    fn check_tombstones(&self) -> StoreResult<usize> {
+        let mut count = 0;
+        let mut last: Option<([u8; 17], (i128, crate::domain::ProductId))> = None;
+        for item in self.tombstones.iter() {
+            let (k, v) = item?;
+            let chunk: Vec<Tombstone> =
+                codec::decode(&v).map_err(|e| corrupt("tombstones", &k, e))?;
+            let (Some(first), Ok(ns)) =
+                (chunk.first(), <[u8; 17]>::try_from(&k[..k.len().min(17)]))
+            else {
+                return Err(corrupt("tombstones", &k, "empty chunk or short key"));
+            };
+            if chunk.len() > super::TOMBSTONE_CHUNK {
+                return Err(corrupt("tombstones", &k, "chunk holds too many tombstones"));
+            }
+            let head = super::tombstones::head_key(&ns);
+            let sealed = keys::updated_key(
+                &ns,
+                first.deleted_at.unix_timestamp_nanos(),
+                first.id.as_bytes(),
+            );
+            if k[..] != head[..] && k[..] != sealed[..] {
+                return Err(corrupt(
+                    "tombstones",
+                    &k,
+                    "key is neither the namespace's head nor namespace + first deletion time + id",
+                ));
+            }
+            for t in &chunk {
+                if let Some((last_ns, pos)) = last
+                    && last_ns == ns
+                    && t.position() <= pos
+                {
+                    return Err(corrupt("tombstones", &k, "tombstones out of order"));
+                }
+                last = Some((ns, t.position()));
+            }
+            count += chunk.len();
+        }
+        Ok(count)
+    }
+
     fn check_categories(
         &self,
         trees: &mut Vec<(&'static str, usize)>,

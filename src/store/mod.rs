@@ -42,7 +42,7 @@ pub use products::{ProductRecord, ProductWrite};
 pub use sessions::{RefreshRecord, SessionRecord, SessionSweep, SpendOutcome};
 pub use suppliers::SupplierRecord;
 pub use tenants::TenantRecord;
-pub use tombstones::Tombstone;
+pub use tombstones::{CHUNK as TOMBSTONE_CHUNK, Tombstone};
 pub use users::{Membership, UserRecord};
 pub use webhooks::{
     Attempt, BodyRecord, DISABLE_AFTER_FAILED_EVENTS, DeliveryRecord, DeliveryStatus, EventData,
@@ -149,7 +149,7 @@ pub const TREES: &[&str] = &[
     "suppliers",
     "supplier_by_code",
     "products_by_supplier",
-    "tombstones",
+    "tombstone_chunks",
     "categories",
     "category_by_name",
     "products_by_category",
@@ -163,6 +163,9 @@ pub const TREES: &[&str] = &[
     "webhook_bodies",
     "webhook_deliveries",
     "webhook_due",
+    // One record per tombstone, as stores before the chunks wrote them: kept so that their
+    // backups restore (the next open moves what it holds into `tombstone_chunks`).
+    "tombstones",
 ];
 
 /// The record caches of the auth path, each bounded.
@@ -293,7 +296,7 @@ impl Store {
             suppliers: tree("suppliers")?,
             supplier_by_code: tree("supplier_by_code")?,
             products_by_supplier: tree("products_by_supplier")?,
-            tombstones: tree("tombstones")?,
+            tombstones: tree("tombstone_chunks")?,
             categories: tree("categories")?,
             category_by_name: tree("category_by_name")?,
             products_by_category: tree("products_by_category")?,
@@ -319,6 +322,7 @@ impl Store {
         store.migrate_supplier_index()?;
         store.migrate_category_index()?;
         store.migrate_inactive_index()?;
+        store.migrate_tombstone_chunks(&store.db.open_tree("tombstones")?)?;
         store.refresh_wanted_events()?;
         Ok(store)
     }

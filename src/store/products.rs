@@ -484,15 +484,15 @@ impl Store {
                 t.move_categories(ns, Some(&old), None)?;
                 t.move_active(ns, Some(&old), None)?;
                 t.products.remove(&keys::ns_id(ns, id.as_bytes())[..])?;
-                let tombstone = super::Tombstone {
-                    id: *id,
-                    ean: old.ean.clone(),
-                    reference: old.reference.clone(),
-                    deleted_at: now,
-                };
-                t.tombstones.insert(
-                    &keys::ns_updated(ns, now.unix_timestamp_nanos(), id.as_bytes())[..],
-                    codec::encode(&tombstone),
+                let tombstone = super::tombstones::bury(
+                    t.tombstones,
+                    ns,
+                    super::Tombstone {
+                        id: *id,
+                        ean: old.ean.clone(),
+                        reference: old.reference.clone(),
+                        deleted_at: now,
+                    },
                 )?;
                 t.emit(ns, EventKind::ProductDeleted, now, || {
                     EventData::Deleted(tombstone.clone())
@@ -625,24 +625,36 @@ impl Store {
         since: OffsetDateTime,
     ) -> StoreResult<Vec<(Namespace, ProductId)>> {
         let mut out = Vec::new();
-        for tree in [&self.products_by_updated, &self.tombstones] {
-            let mut from: Vec<u8> = Vec::new();
-            while let Some(first) = tree.range(from.as_slice()..).keys().next() {
-                let first = first?;
-                let ns = keys::namespace_of(&first)
-                    .ok_or_else(|| StoreError::Corrupt("change index: bad key".into()))?;
-                for k in super::time_range(tree, ns, Some(since)).keys() {
-                    let k = k?;
-                    let id = k
-                        .get(33..)
-                        .and_then(ProductId::from_slice)
-                        .ok_or_else(|| StoreError::Corrupt("change index: short key".into()))?;
-                    out.push((ns, id));
-                }
-                match keys::prefix_end(&keys::namespace(ns)) {
-                    Some(next) => from = next,
-                    None => break,
-                }
+        let tree = &self.products_by_updated;
+        let mut from: Vec<u8> = Vec::new();
+        while let Some(first) = tree.range(from.as_slice()..).keys().next() {
+            let first = first?;
+            let ns = keys::namespace_of(&first)
+                .ok_or_else(|| StoreError::Corrupt("change index: bad key".into()))?;
+            for k in super::time_range(tree, ns, Some(since)).keys() {
+                let k = k?;
+                let id = k
+                    .get(33..)
+                    .and_then(ProductId::from_slice)
+                    .ok_or_else(|| StoreError::Corrupt("change index: short key".into()))?;
+                out.push((ns, id));
+            }
+            match keys::prefix_end(&keys::namespace(ns)) {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        let mut from: Vec<u8> = Vec::new();
+        while let Some(first) = self.tombstones.range(from.as_slice()..).keys().next() {
+            let first = first?;
+            let ns = keys::namespace_of(&first)
+                .ok_or_else(|| StoreError::Corrupt("tombstones: bad key".into()))?;
+            for t in self.tombstones_since(ns, since) {
+                out.push((ns, t?.id));
+            }
+            match keys::prefix_end(&keys::namespace(ns)) {
+                Some(next) => from = next,
+                None => break,
             }
         }
         Ok(out)
