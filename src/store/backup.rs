@@ -21,6 +21,43 @@ pub enum BackupError {
     Sled(#[from] sled::Error),
     #[error("not a pixee-pim backup, or the file is damaged: {0}")]
     Format(&'static str),
+    #[error("{0}")]
+    NoSpace(String),
+}
+
+/// The free space an online backup's spool file leaves on its filesystem (the store's own, as
+/// the spool sits in the data dir): the copy stops before the store's writes could run out of
+/// room. The larger of 64 MiB and 2 % of the filesystem.
+fn spool_reserve(fs_bytes: u64) -> u64 {
+    (64u64 << 20).max(fs_bytes / 50)
+}
+
+/// How often (bytes written to the spool) the copy looks at the free space again.
+const SPACE_CHECK_EVERY: u64 = 32 << 20;
+
+/// The free space left to unprivileged writers on `dir`'s filesystem, and its size.
+fn free_space(dir: &Path) -> std::io::Result<(u64, u64)> {
+    let s = rustix::fs::statvfs(dir)?;
+    Ok((
+        s.f_bavail.saturating_mul(s.f_frsize),
+        s.f_blocks.saturating_mul(s.f_frsize),
+    ))
+}
+
+/// Refuses to go on when the spool would take `dir`'s filesystem below its reserve.
+fn check_space(dir: &Path, reserve: impl Fn(u64) -> u64) -> Result<(), BackupError> {
+    let (free, size) = free_space(dir)?;
+    let keep = reserve(size);
+    if free < keep {
+        return Err(BackupError::NoSpace(format!(
+            "the online backup stopped: {} has {} MiB free and keeps at least {} MiB for the \
+             store's own writes (the backup's spool file needs about the size of the live data)",
+            dir.display(),
+            free >> 20,
+            keep >> 20
+        )));
+    }
+    Ok(())
 }
 
 /// The output with its running SHA-256 (the trailer).
@@ -128,7 +165,7 @@ pub fn write_online(
     // stay on this thread (a low-priority thread holding sled's write lock would keep the
     // request workers waiting).
     let result = (|| {
-        let copied = in_background(|| copy_trees(&trees, &spool_path));
+        let copied = in_background(|| copy_trees(&trees, &spool_path, spool_reserve));
         // The cut, also when the copy failed: the drain thread must stop either way.
         let reports = barrier(store, || drain.cut())?;
         let reports = reports.ok_or(BackupError::Format("the change listener stopped"))?;
@@ -185,8 +222,15 @@ struct Section {
     count: u64,
 }
 
-fn copy_trees(trees: &[sled::Tree], path: &Path) -> Result<Vec<Section>, BackupError> {
+fn copy_trees(
+    trees: &[sled::Tree],
+    path: &Path,
+    reserve: impl Fn(u64) -> u64,
+) -> Result<Vec<Section>, BackupError> {
     use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    check_space(dir, &reserve)?;
+    let mut checked_at = 0u64;
     let file = std::fs::File::options()
         .write(true)
         .create_new(true)
@@ -206,6 +250,10 @@ fn copy_trees(trees: &[sled::Tree], path: &Path) -> Result<Vec<Section>, BackupE
                 offset += 4 + part.len() as u64;
             }
             count += 1;
+            if offset - checked_at >= SPACE_CHECK_EVERY {
+                check_space(dir, &reserve)?;
+                checked_at = offset;
+            }
         }
         sections.push(Section {
             offset: start,
@@ -418,11 +466,34 @@ pub fn verify(input: &mut impl Read) -> Result<u64, BackupError> {
 }
 
 /// Checks a whole backup (its SHA-256 trailer), then loads it into `store` (which must be
-/// empty): two passes over the file, entries applied in batches, never the file in memory.
+/// empty): two passes over the file, entries applied in batches, never the file in memory. The
+/// load hashes what it reads too and compares it with the trailer again, so a file that
+/// changed between the passes is refused; a load that fails for any reason leaves the store
+/// empty again, as it found it.
 pub fn restore(store: &Store, input: &mut (impl Read + std::io::Seek)) -> Result<u64, BackupError> {
     let body_len = verify(input)?;
     input.seek(std::io::SeekFrom::Start(0))?;
-    let mut body = std::io::BufReader::with_capacity(1 << 20, input.take(body_len));
+    load(store, input, body_len).inspect_err(|_| {
+        let emptied = TREES.iter().try_for_each(|name| {
+            store.db().open_tree(name)?.clear()?;
+            Ok::<_, sled::Error>(())
+        });
+        if let Err(e) = emptied.map_err(BackupError::from).and_then(|()| {
+            store.flush_blocking()?;
+            Ok(())
+        }) {
+            tracing::error!(error = %e, "a failed restore could not empty the store again");
+        }
+    })
+}
+
+/// What [`restore`] loads: the body's `body_len` bytes, then the trailer, hashed as read.
+fn load(store: &Store, input: &mut impl Read, body_len: u64) -> Result<u64, BackupError> {
+    let hashing = HashingReader {
+        inner: input.by_ref().take(body_len),
+        hasher: Sha256::new(),
+    };
+    let mut body = std::io::BufReader::with_capacity(1 << 20, hashing);
     let mut magic = [0u8; 8];
     body.read_exact(&mut magic)?;
     if &magic != MAGIC {
@@ -460,8 +531,31 @@ pub fn restore(store: &Store, input: &mut (impl Read + std::io::Seek)) -> Result
         tree.apply_batch(batch)?;
         total += count;
     }
+    // The loop ends where the body does: every byte of it went through the hasher.
+    let digest = body.into_inner().hasher.finalize();
+    let mut trailer = [0u8; 32];
+    input.read_exact(&mut trailer)?;
+    if digest.as_slice() != trailer {
+        return Err(BackupError::Format(
+            "the file changed while it was being restored",
+        ));
+    }
     store.flush_blocking()?;
     Ok(total)
+}
+
+/// A reader that hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 fn read_u32(input: &mut impl Read) -> Result<u32, BackupError> {
@@ -540,5 +634,91 @@ mod tests {
             verify(&mut &altered[..]),
             Err(BackupError::Format("checksum mismatch"))
         ));
+    }
+
+    /// Serves one backup on the first pass and another after the seek back to the start: a
+    /// file replaced between `restore`'s check and its load.
+    struct Replaced {
+        first: std::io::Cursor<Vec<u8>>,
+        second: Option<std::io::Cursor<Vec<u8>>>,
+        seeked: bool,
+    }
+
+    impl Read for Replaced {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match (&mut self.second, self.seeked) {
+                (Some(second), true) => second.read(buf),
+                _ => self.first.read(buf),
+            }
+        }
+    }
+
+    impl std::io::Seek for Replaced {
+        fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+            self.seeked = true;
+            match &mut self.second {
+                Some(second) => second.seek(to),
+                None => self.first.seek(to),
+            }
+        }
+    }
+
+    #[test]
+    fn a_backup_that_changes_between_check_and_load_is_refused_and_leaves_the_store_empty() {
+        let (_dir, store) = store_with(30_000);
+        let mut file = Vec::new();
+        write(&store, &mut file).unwrap();
+        // The same structure with one value byte changed, far past the first batch.
+        let mut altered = file.clone();
+        let at = file.len() / 2
+            + file[file.len() / 2..]
+                .windows(40)
+                .position(|w| w == [7u8; 40])
+                .unwrap();
+        altered[at] ^= 1;
+        let fresh_dir = tempfile::tempdir().unwrap();
+        let fresh = Store::open(fresh_dir.path(), 1 << 20).unwrap();
+        let mut input = Replaced {
+            first: std::io::Cursor::new(file.clone()),
+            second: Some(std::io::Cursor::new(altered)),
+            seeked: false,
+        };
+        let err = restore(&fresh, &mut input).unwrap_err();
+        assert!(
+            matches!(err, BackupError::Format(m) if m.contains("changed")),
+            "{err}"
+        );
+        assert!(fresh.is_empty().unwrap());
+        // The unchanged file then restores into the same store.
+        let mut input = Replaced {
+            first: std::io::Cursor::new(file),
+            second: None,
+            seeked: false,
+        };
+        assert!(restore(&fresh, &mut input).unwrap() >= 30_000);
+        assert_eq!(fresh.db().open_tree("products").unwrap().len(), 30_000);
+    }
+
+    #[test]
+    fn an_online_backup_stops_before_the_spool_eats_the_reserve_and_leaves_no_spool() {
+        let (dir, store) = store_with(100);
+        let trees: Vec<sled::Tree> = TREES
+            .iter()
+            .map(|name| store.db().open_tree(name).unwrap())
+            .collect();
+        let path = dir.path().join("backup-test.spool");
+        // A reserve larger than any disk: refused before anything is written.
+        let err = copy_trees(&trees, &path, |_| u64::MAX).err().unwrap();
+        assert!(
+            matches!(err, BackupError::NoSpace(ref m) if m.contains("MiB free")),
+            "{err}"
+        );
+        assert!(!path.exists());
+        // The real reserve on this machine's disk lets it through.
+        assert_eq!(
+            copy_trees(&trees, &path, spool_reserve).unwrap().len(),
+            TREES.len()
+        );
+        assert!(path.exists());
     }
 }
