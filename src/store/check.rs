@@ -475,8 +475,6 @@ impl Store {
         Ok(CheckReport { trees })
     }
 
-    /// Categories: keys, the name index, paths and depths that follow the parents, product
-    /// counts and the product index against the products, mappings that name a category.
     /// Tombstone chunks (`tombstones.rs`): each holds 1 to `TOMBSTONE_CHUNK` tombstones, a
     /// sealed one sits under its first tombstone's key and the head under the namespace's head
     /// key, and a namespace's tombstones strictly increase (deletion time, then id) from chunk
@@ -524,6 +522,8 @@ impl Store {
         Ok(count)
     }
 
+    /// Categories: keys, the name index, paths and depths that follow the parents, product
+    /// counts and the product index against the products, mappings that name a category.
     fn check_categories(
         &self,
         trees: &mut Vec<(&'static str, usize)>,

@@ -530,6 +530,24 @@ impl Store {
     }
 }
 
+/// Each namespace with a key in `tree` (a catalog tree: keys start with the namespace), in key
+/// order: one seek per namespace.
+fn namespaces_in(tree: &sled::Tree) -> impl Iterator<Item = StoreResult<Namespace>> + '_ {
+    let mut from = Some(Vec::new());
+    std::iter::from_fn(move || {
+        let start = from.take()?;
+        let first = match tree.range(start..).keys().next()? {
+            Ok(k) => k,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let Some(ns) = keys::namespace_of(&first) else {
+            return Some(Err(StoreError::Corrupt("catalog tree: bad key".into())));
+        };
+        from = keys::prefix_end(&keys::namespace(ns));
+        Some(Ok(ns))
+    })
+}
+
 /// The keys of a tree laid out as namespace + time + id (`keys::updated_key`) that belong to
 /// `ns` and, when `since` is given, carry that time or a later one.
 fn time_range(tree: &sled::Tree, ns: Namespace, since: Option<time::OffsetDateTime>) -> sled::Iter {

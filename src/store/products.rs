@@ -626,11 +626,8 @@ impl Store {
     ) -> StoreResult<Vec<(Namespace, ProductId)>> {
         let mut out = Vec::new();
         let tree = &self.products_by_updated;
-        let mut from: Vec<u8> = Vec::new();
-        while let Some(first) = tree.range(from.as_slice()..).keys().next() {
-            let first = first?;
-            let ns = keys::namespace_of(&first)
-                .ok_or_else(|| StoreError::Corrupt("change index: bad key".into()))?;
+        for ns in super::namespaces_in(tree) {
+            let ns = ns?;
             for k in super::time_range(tree, ns, Some(since)).keys() {
                 let k = k?;
                 let id = k
@@ -639,22 +636,11 @@ impl Store {
                     .ok_or_else(|| StoreError::Corrupt("change index: short key".into()))?;
                 out.push((ns, id));
             }
-            match keys::prefix_end(&keys::namespace(ns)) {
-                Some(next) => from = next,
-                None => break,
-            }
         }
-        let mut from: Vec<u8> = Vec::new();
-        while let Some(first) = self.tombstones.range(from.as_slice()..).keys().next() {
-            let first = first?;
-            let ns = keys::namespace_of(&first)
-                .ok_or_else(|| StoreError::Corrupt("tombstones: bad key".into()))?;
+        for ns in super::namespaces_in(&self.tombstones) {
+            let ns = ns?;
             for t in self.tombstones_since(ns, since) {
                 out.push((ns, t?.id));
-            }
-            match keys::prefix_end(&keys::namespace(ns)) {
-                Some(next) => from = next,
-                None => break,
             }
         }
         Ok(out)
