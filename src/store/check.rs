@@ -7,7 +7,7 @@
 use super::{
     ApiKeyRecord, AuditEvent, CategoryRecord, KeyUsage, MAX_DEPTH, MappingRecord, ProductRecord,
     RefreshRecord, SessionRecord, Store, StoreError, StoreResult, SupplierRecord, TenantRecord,
-    Tombstone, UserRecord, codec, keys, products::read_count, suppliers::code_key,
+    UserRecord, codec, keys, products::read_count, suppliers::code_key,
 };
 use super::{
     BodyRecord, DeliveryRecord, EventRecord, JobRecord, LogRecord, TemplateRecord, WebhookRecord,
@@ -475,47 +475,58 @@ impl Store {
         Ok(CheckReport { trees })
     }
 
-    /// Tombstone chunks (`tombstones.rs`): each holds 1 to `TOMBSTONE_CHUNK` tombstones, a
-    /// sealed one sits under its first tombstone's key and the head under the namespace's head
-    /// key, and a namespace's tombstones strictly increase (deletion time, then id) from chunk
-    /// to chunk. Returns how many tombstones there are (the report counts tombstones, not
-    /// chunks).
+    /// Tombstone chunks (`tombstones.rs`): each holds 1 to `TOMBSTONE_CHUNK` tombstones under a
+    /// catalog key no later than its first tombstone's and after the previous chunk's last; a
+    /// namespace's tombstones strictly increase (deletion time, then id) from chunk to chunk;
+    /// its cursor follows its chunks, names a key of the namespace, and no tombstone is later
+    /// than the last deletion time it holds. Returns how many tombstones there are (the report
+    /// counts tombstones, not chunks).
     fn check_tombstones(&self) -> StoreResult<usize> {
+        use super::tombstones::{Cursor, decode_chunk, is_cursor};
         let mut count = 0;
-        let mut last: Option<([u8; 17], (i128, crate::domain::ProductId))> = None;
+        // The namespace walked, its last tombstone's key and position.
+        type Last = ([u8; 17], [u8; 49], (i128, crate::domain::ProductId));
+        let mut last: Option<Last> = None;
         for item in self.tombstones.iter() {
             let (k, v) = item?;
-            let chunk: Vec<Tombstone> =
-                codec::decode(&v).map_err(|e| corrupt("tombstones", &k, e))?;
-            let (Some(first), Ok(ns)) =
-                (chunk.first(), <[u8; 17]>::try_from(&k[..k.len().min(17)]))
-            else {
-                return Err(corrupt("tombstones", &k, "empty chunk or short key"));
+            let bad = |what: &str| corrupt("tombstones", &k, what);
+            let ns: [u8; 17] = k
+                .get(..17)
+                .and_then(|p| p.try_into().ok())
+                .filter(|p: &[u8; 17]| keys::namespace_of(p).is_some() && k.len() == 49)
+                .ok_or_else(|| bad("key is not a namespace + deletion time + id"))?;
+            let previous = last.filter(|(n, _, _)| *n == ns);
+            if is_cursor(&k) {
+                let cursor = Cursor::decode(&v).map_err(|e| bad(&e.to_string()))?;
+                if cursor.open[..17] != ns {
+                    return Err(bad("the cursor names another namespace's chunk"));
+                }
+                if previous.is_some_and(|(_, _, pos)| pos.0 > cursor.last_nanos) {
+                    return Err(bad("a tombstone is later than the cursor's last deletion"));
+                }
+                continue;
+            }
+            let chunk = decode_chunk(&v).map_err(|e| bad(&e.to_string()))?;
+            let Some(first) = chunk.first() else {
+                return Err(bad("empty chunk"));
             };
             if chunk.len() > super::TOMBSTONE_CHUNK {
-                return Err(corrupt("tombstones", &k, "chunk holds too many tombstones"));
+                return Err(bad("chunk holds too many tombstones"));
             }
-            let head = super::tombstones::head_key(&ns);
-            let sealed = keys::updated_key(
-                &ns,
-                first.deleted_at.unix_timestamp_nanos(),
-                first.id.as_bytes(),
-            );
-            if k[..] != head[..] && k[..] != sealed[..] {
-                return Err(corrupt(
-                    "tombstones",
-                    &k,
-                    "key is neither the namespace's head nor namespace + first deletion time + id",
+            if k[..] > first.key(&ns)[..] || previous.is_some_and(|(_, key, _)| k[..] <= key[..]) {
+                return Err(bad(
+                    "key is not between the previous chunk's last tombstone and this one's first",
                 ));
             }
+            let mut pos = previous.map(|(_, _, pos)| pos);
             for t in &chunk {
-                if let Some((last_ns, pos)) = last
-                    && last_ns == ns
-                    && t.position() <= pos
-                {
-                    return Err(corrupt("tombstones", &k, "tombstones out of order"));
+                if pos.is_some_and(|p| t.position() <= p) {
+                    return Err(bad("tombstones out of order"));
                 }
-                last = Some((ns, t.position()));
+                pos = Some(t.position());
+            }
+            if let (Some(pos), Some(t)) = (pos, chunk.last()) {
+                last = Some((ns, t.key(&ns), pos));
             }
             count += chunk.len();
         }

@@ -25,7 +25,7 @@
 //! | suppliers | namespace + supplier id (16) | SupplierRecord |
 //! | supplier_by_code | namespace + lower-cased code | supplier id |
 //! | products_by_supplier | namespace + supplier id + product id | empty |
-//! | tombstone_chunks | namespace + the first tombstone's deleted_at nanos (16, BE) + product id; the head: namespace + 32 × `0xFF` | up to 32 Tombstones (`tombstones.rs`) |
+//! | tombstone_chunks | namespace + the chunk's first tombstone's deleted_at nanos (16, BE) + product id; the cursor: namespace + 32 × `0xFF` | up to 32 Tombstones; the cursor: the open chunk's key + the last deletion's nanos (`tombstones.rs`) |
 //! | categories | namespace + category id (16) | CategoryRecord |
 //! | category_by_name | namespace + parent id (nil for a root) + lower-cased name | category id |
 //! | products_by_category | namespace + category id + product id | empty |

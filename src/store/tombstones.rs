@@ -3,23 +3,32 @@
 //!
 //! **Chunks, not one record per deletion.** Tombstones are kept for 90 days by default, so
 //! under steady deletes they are most of the store's records. sled splits a leaf at 16 entries
-//! whatever their size and keeps a few hundred bytes of state in memory per page, paged out or
-//! not: one record per tombstone cost about 40 bytes of RSS per deletion for as long as it was
-//! kept (docs/PERFORMANCE.md, "Memory under months of writes"). A namespace's tombstones are
-//! therefore packed [`CHUNK`] to a value:
+//! whatever their size and keeps its page state in memory for every page, paged out or not: one
+//! record per tombstone cost about 234 bytes of RSS for as long as it was kept
+//! (docs/PERFORMANCE.md, "What a kept tombstone costs"). A namespace's tombstones are therefore
+//! packed [`CHUNK`] to a value:
 //!
-//! - the **head** (key: namespace + 32 bytes of `0xFF`, after every time key of its namespace)
-//!   takes each new tombstone, in the delete's transaction;
-//! - once full it is **sealed**: moved, in the same transaction, under the key its first
-//!   tombstone had in the one-per-record layout (namespace + deleted_at nanos + product id),
-//!   and never changed again but by the sweep.
+//! - a chunk's key is the key its first tombstone had in the one-per-record layout (namespace +
+//!   deleted_at nanos + product id), set when the chunk is created and never changed;
+//! - the namespace's **open** chunk takes each new tombstone, appended in place in the delete's
+//!   transaction; a full one is left as it is and the next tombstone opens a new chunk under
+//!   its own key;
+//! - the namespace's **cursor** (key: namespace + 32 bytes of `0xFF`, after every chunk of the
+//!   namespace) names the open chunk and the last deletion time, so a transaction, which
+//!   cannot scan, finds both.
+//!
+//! Nothing already committed moves to a key before another: a reader walking the tree (sled's
+//! iterators read each page once, as it was when they reached it) never passes a tombstone
+//! that was moved behind it. A tombstone appended to a chunk the reader already passed was
+//! stamped after the feed's horizon (`horizon.rs`), which the feed does not answer yet anyway.
 //!
 //! Within a namespace, tombstones are strictly increasing in `deleted_at` in the order the
 //! deletes commit: one stamped no later than the namespace's last is stamped a nanosecond after
-//! it. So chunks cover disjoint, ordered ranges, and a feed reads them in key order. The stamp
-//! only moves forward, which the change-feed horizon allows (`horizon.rs`: a write's position is
-//! never before its stamp). Stores written with one record per tombstone (the `tombstones` tree)
-//! are moved into chunks when the store opens.
+//! it (only forward, which the feed horizon allows: a position is never before its stamp). So
+//! chunks cover disjoint, ordered ranges and a feed reads them in key order. Stores written
+//! with one record per tombstone (the `tombstones` tree) are moved into chunks when the store
+//! opens; their tombstones may share a time (one bulk delete), which the order by (time, id)
+//! keeps apart.
 use super::{Namespace, Store, StoreError, StoreResult, codec, keys};
 use crate::domain::ProductId;
 use serde::{Deserialize, Serialize};
@@ -44,8 +53,8 @@ impl Tombstone {
         (self.deleted_at.unix_timestamp_nanos(), self.id)
     }
 
-    /// Its key in the one-per-record layout; a sealed chunk's key is its first tombstone's.
-    fn key(&self, ns: &[u8]) -> [u8; 49] {
+    /// Its key in the one-per-record layout; a chunk's key is its first tombstone's.
+    pub(super) fn key(&self, ns: &[u8]) -> [u8; 49] {
         keys::updated_key(
             ns,
             self.deleted_at.unix_timestamp_nanos(),
@@ -54,47 +63,102 @@ impl Tombstone {
     }
 }
 
-/// The head chunk's key: after every time key of the namespace.
-pub(super) fn head_key(ns: &[u8]) -> [u8; 49] {
+/// The namespace's cursor key: after every chunk key of the namespace.
+pub(super) fn cursor_key(ns: &[u8]) -> [u8; 49] {
     let mut out = [0xFF; 49];
     out[..17].copy_from_slice(ns);
     out
 }
 
-/// Whether a chunk's key is the namespace's head.
-pub(super) fn is_head(key: &[u8]) -> bool {
+/// Whether a key is a namespace's cursor.
+pub(super) fn is_cursor(key: &[u8]) -> bool {
     key.len() == 49 && key[17..].iter().all(|&b| b == 0xFF)
 }
 
-fn decode_chunk(bytes: &[u8]) -> StoreResult<Vec<Tombstone>> {
+/// The cursor's value: the open chunk's key and the namespace's last deletion time.
+pub(super) struct Cursor {
+    pub(super) open: [u8; 49],
+    pub(super) last_nanos: i128,
+}
+
+impl Cursor {
+    fn encode(&self) -> Vec<u8> {
+        let mut raw = [0u8; 65];
+        raw[..49].copy_from_slice(&self.open);
+        raw[49..].copy_from_slice(&self.last_nanos.to_be_bytes());
+        codec::raw(&raw)
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> StoreResult<Cursor> {
+        let raw = codec::unraw(bytes)
+            .filter(|r| r.len() == 65)
+            .ok_or_else(|| StoreError::Corrupt("tombstones: bad cursor".into()))?;
+        let mut open = [0u8; 49];
+        open.copy_from_slice(&raw[..49]);
+        let mut last = [0u8; 16];
+        last.copy_from_slice(&raw[49..]);
+        Ok(Cursor {
+            open,
+            last_nanos: i128::from_be_bytes(last),
+        })
+    }
+}
+
+pub(super) fn decode_chunk(bytes: &[u8]) -> StoreResult<Vec<Tombstone>> {
     codec::decode(bytes)
 }
 
-/// Adds a tombstone to its namespace's head chunk inside a delete's transaction, sealing the
-/// head first when it is full; returns the tombstone as stored (its `deleted_at` moved a
-/// nanosecond past the namespace's last one when it was not after it).
+/// Adds a tombstone to its namespace's open chunk inside a delete's transaction (a new chunk
+/// under its own key when the open one is full or gone); returns the tombstone as stored (its
+/// `deleted_at` moved a nanosecond past the namespace's last one when it was not after it).
 pub(super) fn bury(
     tree: &TransactionalTree,
     ns: Namespace,
     mut stone: Tombstone,
 ) -> Result<Tombstone, ConflictableTransactionError<StoreError>> {
+    let corrupt = ConflictableTransactionError::Abort;
     let prefix = keys::namespace(ns);
-    let head = head_key(&prefix);
-    let mut chunk = match tree.get(head)? {
-        Some(bytes) => decode_chunk(&bytes).map_err(ConflictableTransactionError::Abort)?,
-        None => Vec::new(),
+    let cursor_at = cursor_key(&prefix);
+    let cursor = match tree.get(cursor_at)? {
+        Some(bytes) => Some(Cursor::decode(&bytes).map_err(corrupt)?),
+        None => None,
     };
-    if let Some(last) = chunk.last()
-        && stone.deleted_at <= last.deleted_at
-    {
-        stone.deleted_at = last.deleted_at + time::Duration::nanoseconds(1);
+    if let Some(c) = &cursor {
+        let stamp = stone.deleted_at.unix_timestamp_nanos();
+        if stamp <= c.last_nanos {
+            if c.last_nanos - stamp > 1_000_000_000 {
+                tracing::warn!(
+                    ahead_ms = (c.last_nanos - stamp) / 1_000_000,
+                    "a deletion is stamped after the namespace's last one, which is ahead of \
+                     the clock (did the clock step back?)"
+                );
+            }
+            stone.deleted_at = OffsetDateTime::from_unix_timestamp_nanos(c.last_nanos + 1)
+                .map_err(|_| {
+                    corrupt(StoreError::Corrupt("tombstones: time out of range".into()))
+                })?;
+        }
     }
-    if chunk.len() >= CHUNK {
-        tree.insert(&chunk[0].key(&prefix)[..], codec::encode(&chunk))?;
-        chunk.clear();
-    }
-    chunk.push(stone.clone());
-    tree.insert(&head[..], codec::encode(&chunk))?;
+    let open = match &cursor {
+        Some(c) => match tree.get(c.open)? {
+            Some(bytes) => Some((c.open, decode_chunk(&bytes).map_err(corrupt)?)),
+            None => None,
+        },
+        None => None,
+    };
+    let (key, chunk) = match open {
+        Some((key, mut chunk)) if chunk.len() < CHUNK => {
+            chunk.push(stone.clone());
+            (key, chunk)
+        }
+        _ => (stone.key(&prefix), vec![stone.clone()]),
+    };
+    tree.insert(&key[..], codec::encode(&chunk))?;
+    let cursor = Cursor {
+        open: key,
+        last_nanos: stone.deleted_at.unix_timestamp_nanos(),
+    };
+    tree.insert(&cursor_at[..], cursor.encode())?;
     Ok(stone)
 }
 
@@ -118,12 +182,10 @@ impl Store {
             Some(Err(e)) => return Box::new(std::iter::once(Err(e.into()))),
             None => since_key.to_vec(),
         };
-        let chunks = match keys::prefix_end(&prefix) {
-            Some(end) => self.tombstones.range(start..end),
-            None => self.tombstones.range(start..),
-        };
-        // The sweep may move a chunk forward while this reads (to the key of its first kept
-        // tombstone): what was already passed is not given twice.
+        // Every chunk of the namespace; the cursor, after them, is not one.
+        let chunks = self.tombstones.range(start..cursor_key(&prefix).to_vec());
+        // A chunk rewritten by the sweep while this reads may be met again: what was already
+        // passed is not given twice.
         let mut last: Option<(i128, ProductId)> = None;
         Box::new(
             chunks
@@ -149,8 +211,8 @@ impl Store {
     /// Removes every tombstone deleted before `cutoff`, in every namespace; returns how many.
     /// Chunks sort by namespace, then time, so the walk reads only the chunks that hold
     /// something expired plus one per namespace, then seeks to the next namespace. A chunk
-    /// partly expired keeps the rest: a sealed one moves to its first kept tombstone's key, the
-    /// head is rewritten in a transaction (a delete may be adding to it).
+    /// partly expired keeps the rest under its key. Each chunk is rewritten in a transaction of
+    /// its own: a delete may be appending to it.
     pub fn sweep_tombstones(&self, cutoff: OffsetDateTime) -> StoreResult<usize> {
         let mut removed = 0;
         let mut from = Vec::new();
@@ -161,27 +223,15 @@ impl Store {
                     .get(..17)
                     .and_then(|p| p.try_into().ok())
                     .ok_or_else(|| StoreError::Corrupt("tombstones: short key".into()))?;
-                let (gone, done) = if is_head(&k) {
-                    (self.sweep_head(&k, cutoff)?, true)
+                let done = if is_cursor(&k) {
+                    true
+                } else if decode_chunk(&v)?.iter().any(|t| t.deleted_at < cutoff) {
+                    let (gone, left) = self.sweep_chunk(&k, cutoff)?;
+                    removed += gone;
+                    left > 0
                 } else {
-                    let chunk = decode_chunk(&v)?;
-                    let keep: Vec<Tombstone> = chunk
-                        .iter()
-                        .filter(|t| t.deleted_at >= cutoff)
-                        .cloned()
-                        .collect();
-                    let gone = chunk.len() - keep.len();
-                    if gone > 0 {
-                        let mut batch = sled::Batch::default();
-                        batch.remove(&k);
-                        if let Some(first) = keep.first() {
-                            batch.insert(&first.key(&prefix)[..], codec::encode(&keep));
-                        }
-                        self.tombstones.apply_batch(batch)?;
-                    }
-                    (gone, !keep.is_empty())
+                    true
                 };
-                removed += gone;
                 if done {
                     match keys::prefix_end(&prefix) {
                         Some(next) => {
@@ -201,12 +251,14 @@ impl Store {
         Ok(removed)
     }
 
-    /// Drops the head chunk's tombstones older than `cutoff`; returns how many.
-    fn sweep_head(&self, key: &[u8], cutoff: OffsetDateTime) -> StoreResult<usize> {
+    /// Drops a chunk's tombstones older than `cutoff`, the chunk itself when none is left;
+    /// returns how many went and how many are left. The cursor may go on naming a chunk that
+    /// went: the next deletion then opens a new one.
+    fn sweep_chunk(&self, key: &[u8], cutoff: OffsetDateTime) -> StoreResult<(usize, usize)> {
         self.tombstones
             .transaction(|t| {
                 let Some(bytes) = t.get(key)? else {
-                    return Ok(0);
+                    return Ok((0, 0));
                 };
                 let chunk = decode_chunk(&bytes).map_err(ConflictableTransactionError::Abort)?;
                 let keep: Vec<&Tombstone> =
@@ -217,7 +269,7 @@ impl Store {
                 } else if gone > 0 {
                     t.insert(key, codec::encode(&keep))?;
                 }
-                Ok(gone)
+                Ok((gone, keep.len()))
             })
             .map_err(super::from_tx)
     }
@@ -243,7 +295,10 @@ impl Store {
                 let t: Tombstone = codec::decode(v)?;
                 all.insert(t.position(), t);
             }
-            for (_, v) in &old_chunks {
+            for (k, v) in &old_chunks {
+                if is_cursor(k) {
+                    continue;
+                }
                 for t in decode_chunk(v)? {
                     all.insert(t.position(), t);
                 }
@@ -253,14 +308,15 @@ impl Store {
             for (k, _) in &old_chunks {
                 batch.remove(k);
             }
-            let mut pieces = all.chunks(CHUNK).peekable();
-            while let Some(piece) = pieces.next() {
-                let key = if pieces.peek().is_some() {
-                    piece[0].key(&prefix)
-                } else {
-                    head_key(&prefix)
+            for piece in all.chunks(CHUNK) {
+                batch.insert(&piece[0].key(&prefix)[..], codec::encode(&piece));
+            }
+            if let (Some(piece), Some(last)) = (all.chunks(CHUNK).next_back(), all.last()) {
+                let cursor = Cursor {
+                    open: piece[0].key(&prefix),
+                    last_nanos: last.deleted_at.unix_timestamp_nanos(),
                 };
-                batch.insert(&key[..], codec::encode(&piece));
+                batch.insert(&cursor_key(&prefix)[..], cursor.encode());
             }
             self.tombstones.apply_batch(batch)?;
             let mut batch = sled::Batch::default();
@@ -323,8 +379,8 @@ mod tests {
         let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
         let cutoff = t0 + time::Duration::hours(1);
         let namespaces = namespaces(3);
-        // In each namespace, a second apart: 75 before the cutoff (two sealed chunks and part of
-        // a third), one exactly at it, 24 after; the head holds the last 4.
+        // In each namespace, a second apart: 75 before the cutoff (two full chunks and part of
+        // a third), one exactly at it, 24 after; the open chunk holds the last 4.
         for ns in &namespaces {
             for i in 0..100i64 {
                 let at = cutoff + time::Duration::seconds(i - 75);
@@ -358,10 +414,26 @@ mod tests {
                 .count("tombstone_chunks"),
             150
         );
-        // Everything expired, the head included.
+        // Everything expired, the open chunks included: only the cursors are left, and the
+        // next deletion opens a new chunk after them.
         let later = cutoff + time::Duration::days(1);
         assert_eq!(store.sweep_tombstones(later).unwrap(), 150);
-        assert!(store.tombstones.is_empty());
+        assert!(
+            store
+                .tombstones
+                .iter()
+                .keys()
+                .all(|k| is_cursor(&k.unwrap()))
+        );
+        let next = bury_one(&store, namespaces[0], stone(7, later));
+        assert_eq!(all(&store, namespaces[0]), vec![next]);
+        assert_eq!(
+            store
+                .check_integrity::<crate::auth::lockout::LockoutState>()
+                .unwrap()
+                .count("tombstone_chunks"),
+            1
+        );
     }
 
     #[test]
@@ -374,7 +446,7 @@ mod tests {
             .map(|i| bury_one(&store, ns, stone(i, t0 + time::Duration::seconds(i as i64))))
             .collect();
         assert!(
-            store.tombstones.len() < 5,
+            store.tombstones.len() <= 5,
             "{} chunks",
             store.tombstones.len()
         );
@@ -388,6 +460,16 @@ mod tests {
         }
         // Another namespace sees none of them.
         assert!(all(&store, namespaces(1)[0]).is_empty());
+        // The check finds a chunk under a key after its first tombstone's.
+        let check = || store.check_integrity::<crate::auth::lockout::LockoutState>();
+        assert_eq!(check().unwrap().count("tombstone_chunks"), stored.len());
+        let (k, v) = store.tombstones.iter().next().unwrap().unwrap();
+        let first = &decode_chunk(&v).unwrap()[0];
+        let later = first.deleted_at + time::Duration::seconds(1);
+        let moved = keys::updated_key(&k[..17], later.unix_timestamp_nanos(), first.id.as_bytes());
+        store.tombstones.remove(&k).unwrap();
+        store.tombstones.insert(moved, v).unwrap();
+        assert!(check().is_err());
     }
 
     #[test]
@@ -454,9 +536,35 @@ mod tests {
                 .count("tombstone_chunks"),
             namespaces.len() * (2 * CHUNK + 3)
         );
-        // New deletions continue after the moved ones, in the head.
+        // New deletions continue after the moved ones, in the last chunk.
         let next = bury_one(&store, namespaces[0], stone(99, t0));
         assert!(next.deleted_at > expected[0].last().unwrap().deleted_at);
         assert_eq!(all(&store, namespaces[0]).last(), Some(&next));
+    }
+
+    #[test]
+    fn a_reader_meets_every_tombstone_committed_before_it_while_chunks_fill_and_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let ns = namespaces(1)[0];
+        let at = |i: usize| t0 + time::Duration::seconds(i as i64);
+        // Twenty full chunks (more than one sled leaf) and an open one of 8.
+        let before: Vec<Tombstone> = (0..20 * CHUNK + 8)
+            .map(|i| bury_one(&store, ns, stone(i, at(i))))
+            .collect();
+        let from = 18 * CHUNK;
+        let mut reader = store.tombstones_since(ns, at(from));
+        let first = reader.next().unwrap().unwrap();
+        // Meanwhile the open chunk fills and two more open.
+        for i in 0..2 * CHUNK + 30 {
+            bury_one(&store, ns, stone(i, at(10_000 + i)));
+        }
+        let mut seen = vec![first];
+        seen.extend(reader.map(Result::unwrap));
+        let seen: Vec<ProductId> = seen.iter().map(|t| t.id).collect();
+        for t in &before[from..] {
+            assert!(seen.contains(&t.id), "{} missing", t.ean);
+        }
     }
 }
