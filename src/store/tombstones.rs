@@ -215,34 +215,20 @@ impl Store {
     /// its own: a delete may be appending to it.
     pub fn sweep_tombstones(&self, cutoff: OffsetDateTime) -> StoreResult<usize> {
         let mut removed = 0;
-        let mut from = Vec::new();
-        'namespaces: loop {
-            for item in self.tombstones.range(from.as_slice()..) {
+        for ns in super::namespaces_in(&self.tombstones) {
+            // The namespace's chunks in time order, then its cursor: stop at the first chunk
+            // that keeps something, since every later one is newer.
+            for item in self.tombstones.scan_prefix(keys::namespace(ns?)) {
                 let (k, v) = item?;
-                let prefix: [u8; 17] = k
-                    .get(..17)
-                    .and_then(|p| p.try_into().ok())
-                    .ok_or_else(|| StoreError::Corrupt("tombstones: short key".into()))?;
-                let done = if is_cursor(&k) {
-                    true
-                } else if decode_chunk(&v)?.iter().any(|t| t.deleted_at < cutoff) {
-                    let (gone, left) = self.sweep_chunk(&k, cutoff)?;
-                    removed += gone;
-                    left > 0
-                } else {
-                    true
-                };
-                if done {
-                    match keys::prefix_end(&prefix) {
-                        Some(next) => {
-                            from = next;
-                            continue 'namespaces;
-                        }
-                        None => break 'namespaces,
-                    }
+                if is_cursor(&k) || !decode_chunk(&v)?.iter().any(|t| t.deleted_at < cutoff) {
+                    break;
+                }
+                let (gone, left) = self.sweep_chunk(&k, cutoff)?;
+                removed += gone;
+                if left > 0 {
+                    break;
                 }
             }
-            break;
         }
         if removed > 0 {
             // Change feeds list tombstones.
@@ -347,6 +333,17 @@ mod tests {
             .collect()
     }
 
+    /// A store in a temporary dir (kept while the dir lives).
+    fn opened() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        (dir, store)
+    }
+
+    fn t0() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+
     fn stone(i: usize, at: OffsetDateTime) -> Tombstone {
         Tombstone {
             id: ProductId::generate(),
@@ -374,9 +371,8 @@ mod tests {
 
     #[test]
     fn the_sweep_removes_what_expired_in_every_namespace_and_keeps_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
-        let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let (_dir, store) = opened();
+        let t0 = t0();
         let cutoff = t0 + time::Duration::hours(1);
         let namespaces = namespaces(3);
         // In each namespace, a second apart: 75 before the cutoff (two full chunks and part of
@@ -438,9 +434,8 @@ mod tests {
 
     #[test]
     fn a_feed_reads_from_the_middle_of_a_chunk_across_chunk_boundaries() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
-        let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let (_dir, store) = opened();
+        let t0 = t0();
         let ns = namespaces(1)[0];
         let stored: Vec<Tombstone> = (0..3 * CHUNK + 5)
             .map(|i| bury_one(&store, ns, stone(i, t0 + time::Duration::seconds(i as i64))))
@@ -474,9 +469,8 @@ mod tests {
 
     #[test]
     fn a_deletion_stamped_no_later_than_the_last_is_stamped_just_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
-        let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let (_dir, store) = opened();
+        let t0 = t0();
         let ns = namespaces(1)[0];
         let first = bury_one(&store, ns, stone(0, t0));
         assert_eq!(first.deleted_at, t0);
@@ -492,7 +486,7 @@ mod tests {
     #[test]
     fn stores_with_one_record_per_tombstone_move_into_chunks_when_opened() {
         let dir = tempfile::tempdir().unwrap();
-        let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let t0 = t0();
         let namespaces = namespaces(2);
         let mut expected = Vec::new();
         {
@@ -544,9 +538,8 @@ mod tests {
 
     #[test]
     fn a_reader_meets_every_tombstone_committed_before_it_while_chunks_fill_and_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
-        let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let (_dir, store) = opened();
+        let t0 = t0();
         let ns = namespaces(1)[0];
         let at = |i: usize| t0 + time::Duration::seconds(i as i64);
         // Twenty full chunks (more than one sled leaf) and an open one of 8.

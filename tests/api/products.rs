@@ -589,6 +589,69 @@ async fn deletions_leave_tombstones_that_change_feeds_report_until_they_are_swep
     assert_eq!(feed(before).await["deleted"].as_array().unwrap().len(), 0);
 }
 
+/// A bulk delete of more products than one stored chunk of tombstones holds (32), all stamped
+/// at the same clock time: the change feed reports each of them once, in deletion order, with
+/// strictly increasing `deleted_at` (docs/DECISIONS.md, "Deletion times within a namespace").
+#[actix_web::test]
+async fn a_bulk_delete_larger_than_a_tombstone_chunk_is_reported_whole_and_in_order() {
+    use pixee_pim::clock::Clock as _;
+    let app = spawn_app().await;
+    let (_, key) = app.admin_and_key(ALL).await;
+    let mut ids = Vec::new();
+    for n in 0..45u64 {
+        let body = 400_000_000_000 + n;
+        let digits: Vec<u64> = body
+            .to_string()
+            .bytes()
+            .map(|b| u64::from(b - b'0'))
+            .collect();
+        let sum: u64 = digits
+            .iter()
+            .enumerate()
+            .map(|(i, d)| if i % 2 == 1 { 3 * d } else { *d })
+            .sum();
+        let created: Value = app
+            .with_key(Method::POST, "/api/v1/products", &key.raw)
+            .json(&json!({"ean": format!("{body}{}", (10 - sum % 10) % 10), "name": "Doomed"}))
+            .json_value()
+            .await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let since = app.clock.now();
+    let answer: Value = app
+        .with_key(Method::POST, "/api/v1/products/bulk-delete", &key.raw)
+        .json(&json!({ "ids": ids }))
+        .json_value()
+        .await;
+    assert_eq!(answer["deleted"], 45, "{answer}");
+    let at = since
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let feed: Value = app
+        .with_key(
+            Method::GET,
+            &format!("/api/v1/products?updated_since={at}"),
+            &key.raw,
+        )
+        .json_value()
+        .await;
+    let deleted = feed["deleted"].as_array().unwrap();
+    let reported: Vec<&str> = deleted.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(reported, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    let times: Vec<time::OffsetDateTime> = deleted
+        .iter()
+        .map(|d| {
+            time::OffsetDateTime::parse(
+                d["deleted_at"].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+        })
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+    assert!(times[0] >= since);
+}
+
 /// List answers are kept until the next catalog write: the very next identical request sees
 /// every kind of write that changes what the list shows, including a supplier's new code
 /// reaching its products.
