@@ -55,6 +55,14 @@ pub struct ServeArgs {
     /// How often the store writes its log and cleans it, in milliseconds (10 to 10000)
     #[arg(long, env = "PIXEE_STORE_FLUSH_MS")]
     pub store_flush_ms: Option<u64>,
+    /// Keep every record in this PostgreSQL database instead of sled in the data dir
+    /// (postgres://user:password@host/db). Prefer the environment variable or the config file:
+    /// a flag shows in the process list
+    #[arg(skip)]
+    pub database_url: Option<String>,
+    /// Connections to PostgreSQL (default: the request workers plus four)
+    #[arg(long, env = "PIXEE_DATABASE_CONNECTIONS")]
+    pub database_connections: Option<u32>,
     /// Largest JSON request body in bytes
     #[arg(long, env = "PIXEE_JSON_LIMIT_BYTES")]
     pub json_limit_bytes: Option<usize>,
@@ -193,6 +201,7 @@ pub struct Settings {
     pub session_idle_days: u32,
     pub cache_mb: u64,
     pub store_flush_ms: u64,
+    pub database: Option<Database>,
     pub json_limit_bytes: usize,
     pub workers: usize,
     pub trust_forwarded_for: bool,
@@ -214,6 +223,30 @@ pub struct Settings {
     pub admin_password: Option<String>,
 }
 
+/// Where the records live when not in sled: a PostgreSQL URL (its password never shows in
+/// `Debug`) and the size of the connection pool.
+#[derive(Clone)]
+pub struct Database {
+    pub url: String,
+    pub connections: u32,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("url", &"(hidden)")
+            .field("connections", &self.connections)
+            .finish()
+    }
+}
+
+/// Request workers by default: the cores on sled, whose calls rarely wait; four per core on
+/// PostgreSQL, where a worker waits for each round trip to the database.
+fn default_workers(postgres: bool) -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    if postgres { cores * 4 } else { cores }
+}
+
 impl Settings {
     /// Defaults everywhere, for `data_dir`.
     pub fn defaults(data_dir: PathBuf) -> Settings {
@@ -221,7 +254,18 @@ impl Settings {
     }
 
     pub fn resolve(data_dir: PathBuf, a: ServeArgs) -> Settings {
-        let workers = std::thread::available_parallelism().map_or(2, usize::from);
+        let database_url = a.database_url.filter(|u| !u.is_empty());
+        let workers = a
+            .workers
+            .unwrap_or_else(|| default_workers(database_url.is_some()))
+            .max(1);
+        let database = database_url.map(|url| Database {
+            url,
+            connections: a
+                .database_connections
+                .unwrap_or(workers as u32 + 4)
+                .clamp(2, 1000),
+        });
         Settings {
             data_dir,
             listen: a.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
@@ -240,7 +284,8 @@ impl Settings {
                 .unwrap_or(crate::store::DEFAULT_FLUSH_MS)
                 .clamp(10, 10_000),
             json_limit_bytes: a.json_limit_bytes.unwrap_or(1 << 20).max(1024),
-            workers: a.workers.unwrap_or(workers).max(1),
+            workers,
+            database,
             trust_forwarded_for: a.trust_forwarded_for.unwrap_or(false),
             trusted_proxy_hops: a.trusted_proxy_hops.unwrap_or(1).clamp(1, 16),
             refresh_rate_per_minute: a.refresh_rate_per_minute.unwrap_or(30),
@@ -307,6 +352,8 @@ fn fill_from_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
         session_idle_days,
         cache_mb,
         store_flush_ms,
+        database_url,
+        database_connections,
         json_limit_bytes,
         workers,
         trust_forwarded_for,

@@ -165,6 +165,14 @@ impl From<StoreError> for Error {
                 ErrorKind::Conflict,
                 "the records changed during the write; retry",
             ),
+            StoreError::Unavailable(why) => {
+                tracing::warn!(error = %why, "the database is unavailable");
+                Error::new(
+                    ErrorKind::Unavailable,
+                    "the database is unavailable; retry shortly",
+                )
+                .with_retry_after(1)
+            }
             other => Error::internal(other),
         }
     }

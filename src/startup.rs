@@ -82,7 +82,41 @@ pub struct DataDir {
     pub store: Store,
 }
 
+/// Where the admin commands find the store: the data dir, and the PostgreSQL database when
+/// the records are kept there (`--database-url`).
+#[derive(Clone)]
+pub struct Place {
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.database_url {
+            // Never the URL itself: it may carry a password.
+            Some(_) => write!(f, "PostgreSQL (data dir {})", self.data_dir.display()),
+            None => write!(f, "{}", self.data_dir.display()),
+        }
+    }
+}
+
 impl DataDir {
+    /// Opens the store where `place` says, with a sled cache of `cache_mb` when it is sled's.
+    pub fn open_place(place: &Place, cache_mb: u64) -> Result<DataDir, StartError> {
+        match &place.database_url {
+            None => DataDir::open(&place.data_dir, cache_mb),
+            Some(url) => DataDir::open_postgres(&place.data_dir, url, 4),
+        }
+    }
+
+    /// The data dir, locked, with the store in the PostgreSQL database at `url`.
+    pub fn open_postgres(dir: &Path, url: &str, connections: u32) -> Result<DataDir, StartError> {
+        let lock = DataDir::lock(dir)?;
+        let store = Store::open_postgres(url, connections)
+            .map_err(|e| other(format!("cannot open the store in PostgreSQL: {e}")))?;
+        DataDir::checked(lock, store, "PostgreSQL")
+    }
+
     /// Creates the directory if needed, takes its lock without waiting, opens the store.
     pub fn open(dir: &Path, cache_mb: u64) -> Result<DataDir, StartError> {
         DataDir::open_tuned(dir, cache_mb, crate::store::DEFAULT_FLUSH_MS)
@@ -90,6 +124,36 @@ impl DataDir {
 
     /// [`DataDir::open`] with sled's log flushed and cleaned every `flush_ms` milliseconds.
     pub fn open_tuned(dir: &Path, cache_mb: u64, flush_ms: u64) -> Result<DataDir, StartError> {
+        let lock = DataDir::lock(dir)?;
+        let store = Store::open_tuned(dir, cache_mb.saturating_mul(1024 * 1024), flush_ms)
+            .map_err(|e| other(format!("cannot open the store in {}: {e}", dir.display())))?;
+        DataDir::checked(lock, store, &dir.display().to_string())
+    }
+
+    /// The data dir as `serve` uses it: the store in sled there, or in the PostgreSQL database
+    /// of `settings.database` (the data dir then holds the search index and the admin socket).
+    pub fn open_for(settings: &Settings) -> Result<DataDir, StartError> {
+        let Some(database) = &settings.database else {
+            return DataDir::open_tuned(
+                &settings.data_dir,
+                settings.cache_mb,
+                settings.store_flush_ms,
+            );
+        };
+        DataDir::open_postgres(&settings.data_dir, &database.url, database.connections)
+    }
+
+    /// Start-up stays fast whatever the store's size: only the small core trees are checked
+    /// here; `backup` and `check` check everything.
+    fn checked(lock: File, store: Store, place: &str) -> Result<DataDir, StartError> {
+        store
+            .verify_core()
+            .map_err(|e| other(format!("the store in {place} is damaged: {e}")))?;
+        Ok(DataDir { _lock: lock, store })
+    }
+
+    /// Creates the directory if needed and takes its lock without waiting.
+    fn lock(dir: &Path) -> Result<File, StartError> {
         // The store holds the token-signing secret: owner-only from the start.
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -115,14 +179,7 @@ impl DataDir {
                 )));
             }
         }
-        let store = Store::open_tuned(dir, cache_mb.saturating_mul(1024 * 1024), flush_ms)
-            .map_err(|e| other(format!("cannot open the store in {}: {e}", dir.display())))?;
-        // Start-up stays fast whatever the store's size: only the small core trees are checked
-        // here; `backup` checks everything.
-        store
-            .verify_core()
-            .map_err(|e| other(format!("the store in {} is damaged: {e}", dir.display())))?;
-        Ok(DataDir { _lock: lock, store })
+        Ok(lock)
     }
 }
 
@@ -200,11 +257,7 @@ impl Application {
     ) -> Result<Application, StartError> {
         jsonwebtoken::crypto::CryptoProvider::try_get_default()
             .ok_or_else(|| other("BUG: no JWT crypto provider is compiled in"))?;
-        let data_dir = DataDir::open_tuned(
-            &settings.data_dir,
-            settings.cache_mb,
-            settings.store_flush_ms,
-        )?;
+        let data_dir = DataDir::open_for(&settings)?;
         // Everything that can fail at start-up happens before the first-start bootstrap, so a
         // generated admin password is never created and then lost to a failed start.
         // The search index first: a rebuild (after a restore) can take a while, and no client

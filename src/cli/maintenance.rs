@@ -3,7 +3,7 @@ use super::{api_err, fail};
 use crate::auth::Auth;
 use crate::auth::lockout::LockoutState;
 use crate::domain::Environment;
-use crate::startup::{DataDir, StartError};
+use crate::startup::{DataDir, Place, StartError};
 use crate::store::{CheckReport, backup};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -36,14 +36,14 @@ pub(super) async fn seed(
     Ok(())
 }
 
-pub(super) fn run_backup(data_dir: &Path, out: &Path, online: bool) -> Result<(), StartError> {
+pub(super) fn run_backup(place: &Place, out: &Path, online: bool) -> Result<(), StartError> {
     // Offline: the store is opened (and locked) first, so a running server is refused with
     // the exit code of a locked data dir before any file is written.
     let offline = if online {
         None
     } else {
-        let dir = DataDir::open(data_dir, 16)?;
-        check_store(&dir, data_dir)?;
+        let dir = DataDir::open_place(place, 16)?;
+        check_store(&dir, place)?;
         Some(dir)
     };
     // FILE.partial, created new (never through a file or link already there) and private.
@@ -68,7 +68,7 @@ pub(super) fn run_backup(data_dir: &Path, out: &Path, online: bool) -> Result<()
         Some(dir) => backup::write(&dir.store, &mut file)
             .map(Some)
             .map_err(|e| e.to_string()),
-        None => crate::admin::request_backup(data_dir, &mut file).map(|_| None),
+        None => crate::admin::request_backup(&place.data_dir, &mut file).map(|_| None),
     };
     let finished = written.and_then(|n| {
         let file = file.into_inner().map_err(|e| e.error().to_string())?;
@@ -102,13 +102,13 @@ pub(super) fn run_backup(data_dir: &Path, out: &Path, online: bool) -> Result<()
 }
 
 /// `pixee-pim check`: prints the records of each tree, then `ok`; a damaged store exits 1.
-pub(super) fn run_check(data_dir: &Path) -> Result<(), StartError> {
-    let dir = DataDir::open(data_dir, 16)?;
-    let report = check_store(&dir, data_dir)?;
+pub(super) fn run_check(place: &Place) -> Result<(), StartError> {
+    let dir = DataDir::open_place(place, 16)?;
+    let report = check_store(&dir, place)?;
     for (tree, n) in &report.trees {
         println!("{tree}\t{n}");
     }
-    let index = crate::search::index_dir(data_dir);
+    let index = crate::search::index_dir(&place.data_dir);
     if index.exists() {
         let found = crate::search::verify(&index, &dir.store).map_err(fail)?;
         println!("search index\t{}", found.indexed);
@@ -134,13 +134,13 @@ pub(super) fn run_check(data_dir: &Path) -> Result<(), StartError> {
 }
 
 /// `pixee-pim reindex`: builds the search index from scratch from the store.
-pub(super) fn run_reindex(data_dir: &Path) -> Result<(), StartError> {
-    let dir = DataDir::open(data_dir, 64)?;
+pub(super) fn run_reindex(place: &Place) -> Result<(), StartError> {
+    let dir = DataDir::open_place(place, 64)?;
     let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
     let started = std::time::Instant::now();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let n = crate::search::rebuild(
-        &crate::search::index_dir(data_dir),
+        &crate::search::index_dir(&place.data_dir),
         &dir.store,
         &clock,
         |n| {
@@ -158,31 +158,74 @@ pub(super) fn run_reindex(data_dir: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
-fn check_store(dir: &DataDir, data_dir: &Path) -> Result<CheckReport, StartError> {
-    dir.store.check_integrity::<LockoutState>().map_err(|e| {
-        fail(format!(
-            "the store in {} is damaged: {e}",
-            data_dir.display()
-        ))
-    })
+fn check_store(dir: &DataDir, place: &Place) -> Result<CheckReport, StartError> {
+    dir.store
+        .check_integrity::<LockoutState>()
+        .map_err(|e| fail(format!("the store in {} is damaged: {e}", place)))
 }
 
-pub(super) fn run_restore(data_dir: &Path, from: &Path) -> Result<(), StartError> {
+/// `pixee-pim migrate --from-data-dir DIR --database-url URL`: checks the sled store in DIR,
+/// copies it into the PostgreSQL database (which must hold no record), then checks the copy
+/// and compares the two reports tree by tree.
+pub(super) fn run_migrate(from: &Path, to: &Place) -> Result<(), StartError> {
+    if to.database_url.is_none() {
+        return Err(fail(
+            "migrate needs --database-url (or PIXEE_DATABASE_URL): the PostgreSQL database to copy into",
+        ));
+    }
+    let source_place = Place {
+        data_dir: from.to_path_buf(),
+        database_url: None,
+    };
+    let source = DataDir::open(from, 64)?;
+    let before = check_store(&source, &source_place)?;
+    let target = DataDir::open_place(to, 16)?;
+    if !target.store.is_empty().map_err(fail)? {
+        return Err(fail(
+            "the PostgreSQL database already holds records: migrate copies into an empty one only",
+        ));
+    }
+    let started = std::time::Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let copied = backup::copy_store(&source.store, &target.store, |n| {
+        if tty && n > 0 && n.is_multiple_of(100_000) {
+            eprintln!("pixee-pim: {n} records copied");
+        }
+    })
+    .map_err(|e| {
+        fail(format!(
+            "the copy failed (empty the database before trying again): {e}"
+        ))
+    })?;
+    let after = check_store(&target, to)?;
+    if after.trees != before.trees {
+        return Err(fail(format!(
+            "the copy differs from the source: {:?} against {:?}",
+            after.trees, before.trees
+        )));
+    }
+    eprintln!(
+        "pixee-pim: copied {copied} records from {} into PostgreSQL in {:.1} s; both check clean",
+        from.display(),
+        started.elapsed().as_secs_f64()
+    );
+    println!("ok: {} records checked", after.total());
+    Ok(())
+}
+
+pub(super) fn run_restore(place: &Place, from: &Path) -> Result<(), StartError> {
     let mut input = std::fs::File::open(from)
         .map_err(|e| fail(format!("cannot read {}: {e}", from.display())))?;
-    let dir = DataDir::open(data_dir, 16)?;
+    let dir = DataDir::open_place(place, 16)?;
     if !dir.store.is_empty().map_err(fail)? {
         return Err(fail(format!(
             "restore needs an empty data dir; {} already holds a store",
-            data_dir.display()
+            place
         )));
     }
     let n = backup::restore(&dir.store, &mut input).map_err(fail)?;
     // The index is derived data: the first start builds it from the restored store.
-    crate::search::remove(&crate::search::index_dir(data_dir)).map_err(fail)?;
-    eprintln!(
-        "pixee-pim: restored {n} entries into {}",
-        data_dir.display()
-    );
+    crate::search::remove(&crate::search::index_dir(&place.data_dir)).map_err(fail)?;
+    eprintln!("pixee-pim: restored {n} entries into {}", place);
     Ok(())
 }

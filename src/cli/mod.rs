@@ -6,16 +6,16 @@ use crate::auth::passwords::HashCost;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{DEFAULT_DATA_DIR, ServeArgs, Settings, merge_config_file};
 use crate::domain::{Environment, KeyId, Role, ScopeSet};
-use crate::startup::{Application, DataDir, StartError, build_auth};
+use crate::startup::{Application, DataDir, Place, StartError, build_auth};
 use crate::store::Membership;
 use clap::{CommandFactory, Parser, Subcommand};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 mod maintenance;
 mod transfer;
-use maintenance::{run_backup, run_check, run_reindex, run_restore, seed};
+use maintenance::{run_backup, run_check, run_migrate, run_reindex, run_restore, seed};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +27,16 @@ pub struct Cli {
     /// Data directory (one sled database)
     #[arg(long, global = true, env = "PIXEE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+    /// Keep the records in this PostgreSQL database instead of sled in the data dir
+    /// (postgres://user:password@host/db; the data dir still holds the search index). Prefer
+    /// the environment variable or the config file: a flag shows in the process list
+    #[arg(
+        long,
+        global = true,
+        env = "PIXEE_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
     /// Log lines as text or as one JSON object per line (for log shippers)
     #[arg(
         long,
@@ -65,6 +75,13 @@ pub enum Command {
     },
     /// Check that every record decodes and every index agrees (the server must be stopped)
     Check,
+    /// Copy the sled store of another data dir into the empty PostgreSQL database of
+    /// --database-url (both servers stopped); refuses a database that holds any record
+    Migrate {
+        /// The data dir whose sled store is copied
+        #[arg(long)]
+        from_data_dir: PathBuf,
+    },
     /// Print shell completions for bash, zsh or fish (e.g. `pixee-pim completions bash >
     /// /etc/bash_completion.d/pixee-pim`)
     Completions {
@@ -229,11 +246,21 @@ pub enum KeyCmd {
 
 /// Runs the command; `Err` carries the exit code and the one line for stderr.
 pub async fn run(cli: Cli) -> Result<(), StartError> {
+    let place = Place {
+        data_dir: cli.data_dir.clone(),
+        database_url: cli.database_url.clone().filter(|u| !u.is_empty()),
+    };
     match cli.command {
-        Command::Serve(args) => serve(cli.data_dir, *args).await,
-        Command::Backup { out, online } => run_backup(&cli.data_dir, &out, online),
-        Command::Restore { from } => run_restore(&cli.data_dir, &from),
-        Command::Check => run_check(&cli.data_dir),
+        Command::Serve(mut args) => {
+            if place.database_url.is_some() {
+                args.database_url = place.database_url;
+            }
+            serve(cli.data_dir, *args).await
+        }
+        Command::Backup { out, online } => run_backup(&place, &out, online),
+        Command::Restore { from } => run_restore(&place, &from),
+        Command::Check => run_check(&place),
+        Command::Migrate { from_data_dir } => run_migrate(&from_data_dir, &place),
         Command::Healthcheck { url, insecure } => healthcheck(url, insecure).await,
         Command::Completions { shell } => {
             let shell = match shell {
@@ -255,7 +282,7 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
                     dir.display()
                 ))
             }),
-        Command::Reindex => run_reindex(&cli.data_dir),
+        Command::Reindex => run_reindex(&place),
         Command::Import {
             file,
             tenant,
@@ -265,10 +292,9 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
             skip_header_rows,
             supplier_code,
         } => {
-            let data_dir = cli.data_dir.clone();
             run_blocking(move || {
                 transfer::run_import(
-                    &data_dir,
+                    &place,
                     transfer::ImportArgs {
                         file: &file,
                         tenant: &tenant,
@@ -290,10 +316,9 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
             search,
             no_bom,
         } => {
-            let data_dir = cli.data_dir.clone();
             run_blocking(move || {
                 transfer::run_export(
-                    &data_dir,
+                    &place,
                     transfer::ExportArgs {
                         tenant: &tenant,
                         test,
@@ -306,7 +331,7 @@ pub async fn run(cli: Cli) -> Result<(), StartError> {
             })
             .await
         }
-        other => admin(cli.data_dir, other).await,
+        other => admin(&place, other).await,
     }
 }
 
@@ -382,9 +407,9 @@ async fn healthcheck(url: Option<String>, insecure: bool) -> Result<(), StartErr
     Err(fail(format!("{target}: {status} {detail}")))
 }
 
-fn open_admin(data_dir: &Path) -> Result<(DataDir, Auth), StartError> {
-    let dir = DataDir::open(data_dir, 16)?;
-    let settings = Settings::defaults(data_dir.to_path_buf());
+fn open_admin(place: &Place) -> Result<(DataDir, Auth), StartError> {
+    let dir = DataDir::open_place(place, 16)?;
+    let settings = Settings::defaults(place.data_dir.clone());
     let auth = build_auth(
         &dir.store,
         &settings,
@@ -431,8 +456,8 @@ fn find_key(auth: &Auth, id: &str) -> Result<crate::store::ApiKeyRecord, StartEr
         .ok_or_else(|| fail("no such key"))
 }
 
-async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
-    let (_dir, auth) = open_admin(&data_dir)?;
+async fn admin(place: &Place, cmd: Command) -> Result<(), StartError> {
+    let (_dir, auth) = open_admin(place)?;
     match cmd {
         Command::Tenant(TenantCmd::Create { name }) => {
             let t = auth.create_tenant(&name).map_err(api_err)?;
@@ -565,12 +590,13 @@ async fn admin(data_dir: PathBuf, cmd: Command) -> Result<(), StartError> {
             } else {
                 Environment::Live
             };
-            seed(&data_dir, &auth, &tenant, env, keys, products).await?;
+            seed(&place.data_dir, &auth, &tenant, env, keys, products).await?;
         }
         Command::Serve(_)
         | Command::Backup { .. }
         | Command::Restore { .. }
         | Command::Check
+        | Command::Migrate { .. }
         | Command::Healthcheck { .. }
         | Command::Completions { .. }
         | Command::Man { .. }

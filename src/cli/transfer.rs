@@ -6,7 +6,7 @@ use crate::catalog::Catalog;
 use crate::clock::{SharedClock, SystemClock};
 use crate::domain::Environment;
 use crate::jobs::{ExportRequest, ImportForm, Jobs, JobsConfig};
-use crate::startup::StartError;
+use crate::startup::{Place, StartError};
 use crate::store::{JobKind, JobRecord, JobStatus, Namespace};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -43,13 +43,13 @@ struct Opened {
     ns: Namespace,
 }
 
-fn open(data_dir: &Path, tenant: &str, test: bool) -> Result<Opened, StartError> {
-    let (dir, auth) = open_admin(data_dir)?;
+fn open(place: &Place, tenant: &str, test: bool) -> Result<Opened, StartError> {
+    let (dir, auth) = open_admin(place)?;
     let tenant = auth.find_tenant(tenant).map_err(api_err)?;
     let clock: SharedClock = Arc::new(SystemClock);
     let store = dir.store.clone();
     let (search, _) = crate::search::SearchIndex::open(
-        &crate::search::index_dir(data_dir),
+        &crate::search::index_dir(&place.data_dir),
         store.clone(),
         clock.clone(),
     )
@@ -60,7 +60,7 @@ fn open(data_dir: &Path, tenant: &str, test: bool) -> Result<Opened, StartError>
         catalog.clone(),
         clock,
         JobsConfig {
-            dir: data_dir.join("jobs"),
+            dir: place.data_dir.join("jobs"),
             workers: 1,
             export_retention: time::Duration::hours(24),
         },
@@ -132,13 +132,13 @@ fn follow(
     }
 }
 
-pub(super) fn run_import(data_dir: &Path, args: ImportArgs<'_>) -> Result<(), StartError> {
+pub(super) fn run_import(place: &Place, args: ImportArgs<'_>) -> Result<(), StartError> {
     let file_name = args
         .file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let o = open(data_dir, args.tenant, args.test)?;
+    let o = open(place, args.tenant, args.test)?;
     let (id, part) = o.jobs.upload_target();
     std::fs::copy(args.file, &part)
         .map_err(|e| fail(format!("cannot read {}: {e}", args.file.display())))?;
@@ -204,7 +204,7 @@ pub(super) fn run_import(data_dir: &Path, args: ImportArgs<'_>) -> Result<(), St
     }
 }
 
-pub(super) fn run_export(data_dir: &Path, args: ExportArgs<'_>) -> Result<(), StartError> {
+pub(super) fn run_export(place: &Place, args: ExportArgs<'_>) -> Result<(), StartError> {
     let (format, json_lines) = match args.format {
         "csv" => ("csv", false),
         "json" => ("json", false),
@@ -216,7 +216,7 @@ pub(super) fn run_export(data_dir: &Path, args: ExportArgs<'_>) -> Result<(), St
             )));
         }
     };
-    let o = open(data_dir, args.tenant, args.test)?;
+    let o = open(place, args.tenant, args.test)?;
     let request = ExportRequest {
         format: format.into(),
         search: args

@@ -3,10 +3,10 @@
 //! A key record keeps the digest of its current secret and, during a rotation grace period,
 //! the previous digest with its deadline. Revocation removes every digest index entry in the
 //! same transaction that marks the record, so no later lookup can find the key.
+use super::kv::Transactional;
 use super::{Store, StoreError, StoreResult, abort, codec, from_tx, keys};
 use crate::domain::{Environment, KeyId, ScopeSet, TenantId, digests_equal};
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
 use std::sync::Arc;
 use time::OffsetDateTime;
 
@@ -61,22 +61,22 @@ impl Store {
             &self.api_key_tenants,
         )
             .transaction(|(records, by_digest, by_tenant, reaches)| {
-                by_digest.insert(&key.digest[..], codec::raw(key.id.as_bytes()))?;
-                by_tenant.insert(
+                by_digest.set(&key.digest[..], codec::raw(key.id.as_bytes()))?;
+                by_tenant.set(
                     &keys::pair(key.tenant.as_bytes(), key.id.as_bytes())[..],
                     codec::raw(&[]),
                 )?;
                 for t in extra.iter().filter(|t| **t != key.tenant) {
-                    by_tenant.insert(
+                    by_tenant.set(
                         &keys::pair(t.as_bytes(), key.id.as_bytes())[..],
                         codec::raw(&[]),
                     )?;
-                    reaches.insert(
+                    reaches.set(
                         &keys::pair(key.id.as_bytes(), t.as_bytes())[..],
                         codec::raw(&[]),
                     )?;
                 }
-                records.insert(key.id.as_bytes(), codec::encode(key))?;
+                records.set(key.id.as_bytes(), codec::encode(key))?;
                 Ok(())
             })
             .map_err(from_tx);
@@ -152,7 +152,7 @@ impl Store {
                 {
                     return abort(StoreError::NotFound);
                 }
-                by_tenant.remove(&keys::pair(tenant.as_bytes(), id.as_bytes())[..])?;
+                by_tenant.unset(&keys::pair(tenant.as_bytes(), id.as_bytes())[..])?;
                 Ok(())
             })
             .map_err(from_tx)
@@ -187,13 +187,13 @@ impl Store {
                 };
                 let mut dropped = vec![key.digest];
                 if key.revoked_at.is_none() {
-                    by_digest.remove(&key.digest[..])?;
+                    by_digest.unset(&key.digest[..])?;
                     if let Some((old, _)) = key.previous.take() {
-                        by_digest.remove(&old[..])?;
+                        by_digest.unset(&old[..])?;
                         dropped.push(old);
                     }
                     key.revoked_at = Some(now);
-                    records.insert(id.as_bytes(), codec::encode(&key))?;
+                    records.set(id.as_bytes(), codec::encode(&key))?;
                 }
                 Ok((key, dropped))
             })
@@ -234,20 +234,20 @@ impl Store {
                 // Every digest that pointed at the old record leaves the cache after the commit.
                 let mut dropped = vec![key.digest];
                 if let Some((older, _)) = key.previous.take() {
-                    by_digest.remove(&older[..])?;
+                    by_digest.unset(&older[..])?;
                     dropped.push(older);
                 }
                 match grace_until {
                     Some(until) if until > now => key.previous = Some((key.digest, until)),
                     _ => {
-                        by_digest.remove(&key.digest[..])?;
+                        by_digest.unset(&key.digest[..])?;
                     }
                 }
-                by_digest.insert(&new_digest[..], codec::raw(id.as_bytes()))?;
+                by_digest.set(&new_digest[..], codec::raw(id.as_bytes()))?;
                 key.digest = new_digest;
                 key.hint = new_hint.to_owned();
                 key.rotated_at = Some(now);
-                records.insert(id.as_bytes(), codec::encode(&key))?;
+                records.set(id.as_bytes(), codec::encode(&key))?;
                 Ok((key, dropped))
             })
             .map_err(from_tx);
@@ -281,7 +281,7 @@ impl Store {
 type TxResult<T> = Result<T, sled::transaction::UnabortableTransactionError>;
 
 fn load_key(
-    records: &sled::transaction::TransactionalTree,
+    records: &super::kv::TxTree,
     tenant: TenantId,
     id: KeyId,
 ) -> TxResult<Result<ApiKeyRecord, StoreError>> {

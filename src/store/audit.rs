@@ -20,7 +20,7 @@ pub struct AuditEvent {
 
 impl Store {
     pub fn append_audit(&self, tenant: TenantId, event: &AuditEvent) -> StoreResult<()> {
-        self.audit.insert(
+        self.audit.set(
             &keys::pair(tenant.as_bytes(), event.id.as_bytes())[..],
             codec::encode(event),
         )?;
@@ -40,7 +40,7 @@ impl Store {
                 .and_then(|id| id.get_timestamp())
                 .map(|t| t.to_unix().0);
             if at.is_some_and(|secs| i64::try_from(secs).unwrap_or(i64::MAX) < before) {
-                self.audit.remove(&key)?;
+                self.audit.unset(&key)?;
                 removed += 1;
             }
         }

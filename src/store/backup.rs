@@ -23,6 +23,9 @@ pub enum BackupError {
     Format(&'static str),
     #[error("{0}")]
     NoSpace(String),
+    /// The store is in PostgreSQL, whose own tools take its backups (pg_dump, base backups).
+    #[error("the store is kept in PostgreSQL: back it up with PostgreSQL's own tools (pg_dump)")]
+    NotSled,
 }
 
 /// The free space an online backup's spool file leaves on its filesystem (the store's own, as
@@ -149,13 +152,17 @@ pub fn write_online(
     out: &mut (impl Write + Send),
     spool: &Path,
 ) -> Result<u64, BackupError> {
-    let trees: Vec<sled::Tree> = TREES
+    if store.db().sled().is_none() {
+        return Err(BackupError::NotSled);
+    }
+    let trees: Vec<crate::store::kv::Tree> = TREES
         .iter()
         .map(|name| store.db().open_tree(name))
         .collect::<Result<_, _>>()?;
     let subscribers = barrier(store, || {
         trees
             .iter()
+            .filter_map(|t| t.sled())
             .map(|t| t.watch_prefix(vec![]))
             .collect::<Vec<_>>()
     })?;
@@ -223,7 +230,7 @@ struct Section {
 }
 
 fn copy_trees(
-    trees: &[sled::Tree],
+    trees: &[super::kv::Tree],
     path: &Path,
     reserve: impl Fn(u64) -> u64,
 ) -> Result<Vec<Section>, BackupError> {
@@ -487,6 +494,38 @@ pub fn restore(store: &Store, input: &mut (impl Read + std::io::Seek)) -> Result
     })
 }
 
+/// Copies every record of `from` into `to` (`migrate`: a sled store into an empty PostgreSQL
+/// one), tree by tree in batches of 10 000; `progress` hears the running total. Returns the
+/// records copied. The caller checks both stores and compares their reports afterwards.
+pub fn copy_store(
+    from: &Store,
+    to: &Store,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, BackupError> {
+    let mut total = 0;
+    for name in TREES {
+        let (source, target) = (from.db().open_tree(name)?, to.db().open_tree(name)?);
+        let mut batch = super::kv::Batch::default();
+        let mut in_batch = 0;
+        for item in source.iter() {
+            let (k, v) = item?;
+            batch.insert(k, v);
+            in_batch += 1;
+            if in_batch == 10_000 {
+                target.apply_batch(std::mem::take(&mut batch))?;
+                total += in_batch;
+                in_batch = 0;
+                progress(total);
+            }
+        }
+        target.apply_batch(batch)?;
+        total += in_batch;
+        progress(total);
+    }
+    to.flush_blocking()?;
+    Ok(total)
+}
+
 /// What [`restore`] loads: the body's `body_len` bytes, then the trailer, hashed as read.
 fn load(store: &Store, input: &mut impl Read, body_len: u64) -> Result<u64, BackupError> {
     let hashing = HashingReader {
@@ -516,7 +555,7 @@ fn load(store: &Store, input: &mut impl Read, body_len: u64) -> Result<u64, Back
         let mut count = [0u8; 8];
         body.read_exact(&mut count)?;
         let count = u64::from_be_bytes(count);
-        let mut batch = sled::Batch::default();
+        let mut batch = super::kv::Batch::default();
         let (mut k, mut v) = (Vec::new(), Vec::new());
         for i in 0..count {
             let klen = read_u32(&mut body)? as usize;
@@ -588,7 +627,7 @@ mod tests {
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         let tree = store.db().open_tree("products").unwrap();
         for i in 0..n {
-            tree.insert(i.to_be_bytes(), vec![7u8; 40]).unwrap();
+            tree.set(i.to_be_bytes(), vec![7u8; 40]).unwrap();
         }
         (dir, store)
     }
@@ -702,7 +741,7 @@ mod tests {
     #[test]
     fn an_online_backup_stops_before_the_spool_eats_the_reserve_and_leaves_no_spool() {
         let (dir, store) = store_with(100);
-        let trees: Vec<sled::Tree> = TREES
+        let trees: Vec<crate::store::kv::Tree> = TREES
             .iter()
             .map(|name| store.db().open_tree(name).unwrap())
             .collect();

@@ -6,9 +6,9 @@ use super::{ApiKeyRecord, Namespace, ProductRecord, Store, StoreResult, codec, k
 impl Store {
     pub fn bulk_insert_api_keys(&self, records: &[ApiKeyRecord]) -> StoreResult<()> {
         let (mut recs, mut by_digest, mut by_tenant) = (
-            sled::Batch::default(),
-            sled::Batch::default(),
-            sled::Batch::default(),
+            super::kv::Batch::default(),
+            super::kv::Batch::default(),
+            super::kv::Batch::default(),
         );
         for k in records {
             recs.insert(k.id.as_bytes(), codec::encode(k));
@@ -31,9 +31,9 @@ impl Store {
         products: &[ProductRecord],
     ) -> StoreResult<()> {
         let (mut recs, mut by_ean, mut by_updated) = (
-            sled::Batch::default(),
-            sled::Batch::default(),
-            sled::Batch::default(),
+            super::kv::Batch::default(),
+            super::kv::Batch::default(),
+            super::kv::Batch::default(),
         );
         for p in products {
             recs.insert(&keys::ns_id(ns, p.id.as_bytes())[..], codec::encode(p));
@@ -43,7 +43,7 @@ impl Store {
                 codec::raw(&[]),
             );
         }
-        let mut inactive = sled::Batch::default();
+        let mut inactive = super::kv::Batch::default();
         let mut inactive_n = 0u64;
         for p in products.iter().filter(|p| !p.is_active) {
             inactive.insert(&keys::ns_id(ns, p.id.as_bytes())[..], codec::raw(&[]));

@@ -99,7 +99,7 @@ impl ProductTrees<'_> {
             return abort(StoreError::Retry);
         }
         self.counters
-            .insert(version_key(ns), codec::raw(&(current + 1).to_be_bytes()))?;
+            .set(version_key(ns), codec::raw(&(current + 1).to_be_bytes()))?;
         Ok(())
     }
 
@@ -112,7 +112,7 @@ impl ProductTrees<'_> {
 
     fn put_category(&self, ns: Namespace, c: &CategoryRecord) -> Result<(), TxError> {
         self.categories
-            .insert(&keys::ns_id(ns, c.id.as_bytes())[..], codec::encode(c))?;
+            .set(&keys::ns_id(ns, c.id.as_bytes())[..], codec::encode(c))?;
         Ok(())
     }
 
@@ -160,11 +160,11 @@ impl ProductTrees<'_> {
         };
         for c in before.difference(&after) {
             self.by_category
-                .remove(&keys::ns_pair(ns, c.as_bytes(), pid.as_bytes())[..])?;
+                .unset(&keys::ns_pair(ns, c.as_bytes(), pid.as_bytes())[..])?;
             self.count_category(ns, *c, -1)?;
         }
         for c in after.difference(&before) {
-            self.by_category.insert(
+            self.by_category.set(
                 &keys::ns_pair(ns, c.as_bytes(), pid.as_bytes())[..],
                 codec::raw(&[]),
             )?;
@@ -237,10 +237,10 @@ impl Store {
                 key.extend_from_slice(&k[..17]);
                 key.extend_from_slice(c.as_bytes());
                 key.extend_from_slice(p.id.as_bytes());
-                self.products_by_category.insert(key, codec::raw(&[]))?;
+                self.products_by_category.set(key, codec::raw(&[]))?;
             }
         }
-        self.meta.insert(DONE, codec::raw(b"1"))?;
+        self.meta.set(DONE, codec::raw(b"1"))?;
         self.db.flush()?;
         Ok(())
     }
@@ -349,7 +349,7 @@ impl Store {
                 created_at: now,
                 updated_at: now,
             };
-            t.category_by_name.insert(key, codec::raw(id.as_bytes()))?;
+            t.category_by_name.set(key, codec::raw(id.as_bytes()))?;
             t.put_category(ns, &record)?;
             Ok(record)
         })
@@ -389,9 +389,9 @@ impl Store {
                 if t.category_by_name.get(&new_key)?.is_some() {
                     return abort(StoreError::Duplicate(super::Unique::CategoryName));
                 }
-                t.category_by_name.remove(old_key)?;
+                t.category_by_name.unset(old_key)?;
                 t.category_by_name
-                    .insert(new_key, codec::raw(old.id.as_bytes()))?;
+                    .set(new_key, codec::raw(old.id.as_bytes()))?;
             }
             let (path, depth) = child_path(parent.as_ref(), &place.name);
             let moved = path != old.path || depth != old.depth;
@@ -497,10 +497,10 @@ impl Store {
                 t.add_indexes(ns, &new)?;
                 for c in old.category_ids.iter().filter(|c| doomed.contains(c)) {
                     t.by_category
-                        .remove(&keys::ns_pair(ns, c.as_bytes(), pid.as_bytes())[..])?;
+                        .unset(&keys::ns_pair(ns, c.as_bytes(), pid.as_bytes())[..])?;
                 }
                 t.products
-                    .insert(&keys::ns_id(ns, pid.as_bytes())[..], codec::encode(&new))?;
+                    .set(&keys::ns_id(ns, pid.as_bytes())[..], codec::encode(&new))?;
                 t.emit_product(ns, super::EventKind::ProductUpdated, &new)?;
             }
             if memberships != expected {
@@ -508,11 +508,11 @@ impl Store {
             }
             for c in subtree {
                 t.category_by_name
-                    .remove(name_key(ns, c.parent_id, &c.name))?;
-                t.categories.remove(&keys::ns_id(ns, c.id.as_bytes())[..])?;
+                    .unset(name_key(ns, c.parent_id, &c.name))?;
+                t.categories.unset(&keys::ns_id(ns, c.id.as_bytes())[..])?;
             }
             for k in &channels {
-                t.mappings.remove(k.as_slice())?;
+                t.mappings.unset(k.as_slice())?;
             }
             Ok(detached)
         })
@@ -564,7 +564,7 @@ impl Store {
                 },
                 None => m.clone(),
             };
-            t.mappings.insert(key.as_slice(), codec::encode(&record))?;
+            t.mappings.set(key.as_slice(), codec::encode(&record))?;
             Ok((record, created))
         })
     }
@@ -612,7 +612,7 @@ mod tests {
             p.category_ids = vec![legacy];
             store
                 .products
-                .insert(keys::ns_id(ns, p.id.as_bytes()), codec::encode(&p))
+                .set(keys::ns_id(ns, p.id.as_bytes()), codec::encode(&p))
                 .unwrap();
             store.meta.remove("products_by_category_built").unwrap();
             store.db.flush().unwrap();

@@ -42,7 +42,10 @@ fn corrupt(tree: &str, key: &[u8], what: impl std::fmt::Display) -> StoreError {
 use crate::domain::hex;
 
 /// Every (key, decoded value) of one tree.
-fn records<T: DeserializeOwned>(tree: &sled::Tree, name: &str) -> StoreResult<Vec<(Vec<u8>, T)>> {
+fn records<T: DeserializeOwned>(
+    tree: &super::kv::Tree,
+    name: &str,
+) -> StoreResult<Vec<(Vec<u8>, T)>> {
     let mut out = Vec::new();
     for item in tree.iter() {
         let (k, v) = item?;
@@ -56,7 +59,7 @@ fn records<T: DeserializeOwned>(tree: &sled::Tree, name: &str) -> StoreResult<Ve
 /// no entry that points nowhere or at the wrong record, and no record without its entry.
 /// Returns the tree's name and number of entries, for the report.
 fn agrees(
-    tree: &sled::Tree,
+    tree: &super::kv::Tree,
     name: &'static str,
     expected: &HashMap<Vec<u8>, Vec<u8>>,
 ) -> StoreResult<(&'static str, usize)> {
@@ -674,7 +677,7 @@ mod tests {
         // The record says revoked, but the digest still resolves: a key that would work again.
         store
             .api_keys
-            .insert(key.id.as_bytes(), codec::encode(&revoked))
+            .set(key.id.as_bytes(), codec::encode(&revoked))
             .unwrap();
         let err = store.check_integrity::<LockoutState>().unwrap_err();
         assert!(err.to_string().contains("api_key_by_digest"), "{err}");
@@ -684,7 +687,7 @@ mod tests {
     fn a_half_written_record_a_dangling_index_and_a_wrong_count_are_caught() {
         let (_dir, store, ns) = seeded();
         let (k, v) = store.products.iter().next().unwrap().unwrap();
-        store.products.insert(&k, &v[..v.len() / 2]).unwrap();
+        store.products.set(&k, &v[..v.len() / 2]).unwrap();
         let err = store.check_integrity::<LockoutState>().unwrap_err();
         assert!(err.to_string().contains("products["), "{err}");
 
@@ -692,7 +695,7 @@ mod tests {
         assert_ne!(ns, ns2);
         store
             .product_by_ean
-            .insert(keys::ns_str(ns2, "96385074"), codec::raw(&[7; 16]))
+            .set(keys::ns_str(ns2, "96385074"), codec::raw(&[7; 16]))
             .unwrap();
         let err = store.check_integrity::<LockoutState>().unwrap_err();
         assert!(err.to_string().contains("product_by_ean"), "{err}");
@@ -700,7 +703,7 @@ mod tests {
         let (_dir, store, ns3) = seeded();
         store
             .counters
-            .insert(&keys::namespace(ns3)[..], codec::raw(&9u64.to_be_bytes()))
+            .set(&keys::namespace(ns3)[..], codec::raw(&9u64.to_be_bytes()))
             .unwrap();
         let err = store.check_integrity::<LockoutState>().unwrap_err();
         assert!(err.to_string().contains("says 9 products"), "{err}");

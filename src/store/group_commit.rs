@@ -96,7 +96,7 @@ impl GroupCommit {
 #[cfg(test)]
 mod tests {
     use crate::store::Store;
-    use sled::Transactional;
+    use crate::store::kv::Transactional;
     use std::time::Duration;
 
     /// 96 tasks committing transactions and awaiting durability at once, on two runtime threads
@@ -123,8 +123,8 @@ mod tests {
                                 let key = [t, i, round];
                                 (&store.sessions, &store.refresh_tokens)
                                     .transaction(|(a, b)| {
-                                        a.insert(&key[..], &key[..])?;
-                                        b.insert(&key[..], &key[..])?;
+                                        a.set(&key[..], &key[..])?;
+                                        b.set(&key[..], &key[..])?;
                                         Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
                                     })
                                     .unwrap();

@@ -2,13 +2,14 @@
 //! import mappings. An import's progress is written in the same transaction as the products
 //! of the rows it covers ([`Store::import_batch`]), so a job resumed after a crash starts
 //! exactly after its last committed batch.
+use super::kv::Transactional;
+use super::kv::TxTree;
 use super::products::ProductTrees;
 use super::{
     Namespace, ProductRecord, Store, StoreError, StoreResult, abort, codec, from_tx, keys,
 };
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::transaction::ConflictableTransactionError;
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -215,7 +216,7 @@ fn log_key(job: Uuid, row: u64, seq: u64) -> [u8; 32] {
 }
 
 fn write_logs(
-    logs_tree: &TransactionalTree,
+    logs_tree: &TxTree,
     job: &JobRecord,
     first_seq: u64,
     logs: &[LogRecord],
@@ -225,7 +226,7 @@ fn write_logs(
         if seq >= MAX_LOGS {
             break;
         }
-        logs_tree.insert(&log_key(job.id, log.row, seq)[..], codec::encode(log))?;
+        logs_tree.set(&log_key(job.id, log.row, seq)[..], codec::encode(log))?;
     }
     Ok(())
 }
@@ -234,7 +235,7 @@ impl Store {
     /// Writes a job record as it is (a new job, or a change nothing else races with).
     pub fn put_job(&self, ns: Namespace, job: &JobRecord) -> StoreResult<()> {
         self.jobs
-            .insert(keys::ns_id(ns, job.id.as_bytes()), codec::encode(job))?;
+            .set(keys::ns_id(ns, job.id.as_bytes()), codec::encode(job))?;
         Ok(())
     }
 
@@ -263,7 +264,7 @@ impl Store {
                 let old: JobRecord = codec::decode(&old).or_else(abort)?;
                 let mut job = old.clone();
                 edit(&mut job).or_else(abort)?;
-                jobs.insert(&key[..], codec::encode(&job))?;
+                jobs.set(&key[..], codec::encode(&job))?;
                 if let Some(kind) = job_event(&old, &job) {
                     let at = job.finished_at.or(job.started_at).unwrap_or(job.created_at);
                     super::webhooks::emit(events, switch, ns, kind, at, || {
@@ -314,7 +315,7 @@ impl Store {
         progress: &Progress<'_>,
     ) -> StoreResult<(JobRecord, Vec<RowWrite>)> {
         let key = keys::ns_id(ns, job.as_bytes());
-        let run = |t: &ProductTrees<'_>, extra: &[TransactionalTree]| {
+        let run = |t: &ProductTrees<'_>, extra: &[TxTree]| {
             let (jobs, logs_tree) = (&extra[0], &extra[1]);
             let Some(stored) = jobs.get(key)? else {
                 return abort(StoreError::NotFound);
@@ -326,26 +327,23 @@ impl Store {
             }
             let (next, logs) = progress(&stored, &results).or_else(abort)?;
             write_logs(logs_tree, &next, stored.logs, &logs)?;
-            jobs.insert(&key[..], codec::encode(&next))?;
+            jobs.set(&key[..], codec::encode(&next))?;
             Ok((next, results))
         };
         if writes.is_empty() {
             // Nothing of the catalog changes (a dry run, a batch of bad rows): the job's trees
             // alone, without moving the catalog's epoch.
             let trees = [&self.jobs, &self.job_logs];
-            return <[&sled::Tree] as sled::Transactional<StoreError>>::transaction(
-                &trees[..],
-                |t| {
-                    let Some(stored) = t[0].get(key)? else {
-                        return abort(StoreError::NotFound);
-                    };
-                    let stored: JobRecord = codec::decode(&stored).or_else(abort)?;
-                    let (next, logs) = progress(&stored, &[]).or_else(abort)?;
-                    write_logs(&t[1], &next, stored.logs, &logs)?;
-                    t[0].insert(&key[..], codec::encode(&next))?;
-                    Ok((next, Vec::new()))
-                },
-            )
+            return super::kv::transaction(&trees[..], |t| {
+                let Some(stored) = t[0].get(key)? else {
+                    return abort(StoreError::NotFound);
+                };
+                let stored: JobRecord = codec::decode(&stored).or_else(abort)?;
+                let (next, logs) = progress(&stored, &[]).or_else(abort)?;
+                write_logs(&t[1], &next, stored.logs, &logs)?;
+                t[0].set(&key[..], codec::encode(&next))?;
+                Ok((next, Vec::new()))
+            })
             .map_err(super::from_tx);
         }
         self.product_tx_with(&[&self.jobs, &self.job_logs], run)
@@ -392,14 +390,14 @@ impl Store {
     /// Removes a job's log (an import started over from its first row).
     pub fn clear_job_logs(&self, job: Uuid) -> StoreResult<()> {
         for k in self.job_logs.scan_prefix(job.as_bytes()).keys() {
-            self.job_logs.remove(k?)?;
+            self.job_logs.unset(k?)?;
         }
         Ok(())
     }
 
     pub fn put_template(&self, ns: Namespace, t: &TemplateRecord) -> StoreResult<()> {
         self.import_templates
-            .insert(keys::ns_id(ns, t.id.as_bytes()), codec::encode(t))?;
+            .set(keys::ns_id(ns, t.id.as_bytes()), codec::encode(t))?;
         Ok(())
     }
 

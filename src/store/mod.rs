@@ -18,6 +18,8 @@ mod group_commit;
 mod horizon;
 mod jobs;
 pub mod keys;
+pub(crate) mod kv;
+mod pg;
 mod products;
 mod sessions;
 mod suppliers;
@@ -61,7 +63,13 @@ pub struct Namespace {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage error: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
+    /// The database cannot be reached (PostgreSQL down or restarting): the API answers 503.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused to open (a bad URL, a failed migration, another node's lock).
+    #[error("{0}")]
+    Backend(String),
     #[error("stored record could not be decoded: {0}")]
     Corrupt(String),
     /// A unique value another record already holds; which one is typed, so callers never
@@ -92,6 +100,18 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            // `pg.rs` reports a lost or refused connection this way.
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::NotConnected => {
+                StoreError::Unavailable(io.to_string())
+            }
+            e => StoreError::Sled(e),
+        }
+    }
+}
 
 /// The values the store keeps unique.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,7 +210,7 @@ impl Caches {
 
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    db: kv::Db,
     /// How many API-key digest lookups reached the store (lets tests prove that malformed keys
     /// never do, and is the seed of a future metrics endpoint).
     key_lookups: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -203,44 +223,44 @@ pub struct Store {
     catalog_epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The stamps of product writes not yet committed (change feeds answer up to the oldest).
     horizon: std::sync::Arc<horizon::Horizon>,
-    pub(crate) meta: sled::Tree,
-    pub(crate) tenants: sled::Tree,
-    pub(crate) tenant_by_name: sled::Tree,
-    pub(crate) users: sled::Tree,
-    pub(crate) user_by_email: sled::Tree,
-    pub(crate) tenant_members: sled::Tree,
-    pub(crate) api_keys: sled::Tree,
-    pub(crate) api_key_by_digest: sled::Tree,
-    pub(crate) api_keys_by_tenant: sled::Tree,
-    pub(crate) api_key_tenants: sled::Tree,
-    pub(crate) api_key_usage: sled::Tree,
-    pub(crate) sessions: sled::Tree,
-    pub(crate) sessions_by_user: sled::Tree,
-    pub(crate) refresh_tokens: sled::Tree,
-    pub(crate) lockout: sled::Tree,
-    pub(crate) audit: sled::Tree,
-    pub(crate) products: sled::Tree,
-    pub(crate) product_by_ean: sled::Tree,
-    pub(crate) product_by_ref: sled::Tree,
-    pub(crate) products_by_updated: sled::Tree,
-    pub(crate) counters: sled::Tree,
-    pub(crate) suppliers: sled::Tree,
-    pub(crate) supplier_by_code: sled::Tree,
-    pub(crate) products_by_supplier: sled::Tree,
-    pub(crate) tombstones: sled::Tree,
-    pub(crate) categories: sled::Tree,
-    pub(crate) category_by_name: sled::Tree,
-    pub(crate) products_by_category: sled::Tree,
-    pub(crate) category_mappings: sled::Tree,
-    pub(crate) products_inactive: sled::Tree,
-    pub(crate) jobs: sled::Tree,
-    pub(crate) job_logs: sled::Tree,
-    pub(crate) import_templates: sled::Tree,
-    pub(crate) webhooks: sled::Tree,
-    pub(crate) webhook_events: sled::Tree,
-    pub(crate) webhook_bodies: sled::Tree,
-    pub(crate) webhook_deliveries: sled::Tree,
-    pub(crate) webhook_due: sled::Tree,
+    pub(crate) meta: kv::Tree,
+    pub(crate) tenants: kv::Tree,
+    pub(crate) tenant_by_name: kv::Tree,
+    pub(crate) users: kv::Tree,
+    pub(crate) user_by_email: kv::Tree,
+    pub(crate) tenant_members: kv::Tree,
+    pub(crate) api_keys: kv::Tree,
+    pub(crate) api_key_by_digest: kv::Tree,
+    pub(crate) api_keys_by_tenant: kv::Tree,
+    pub(crate) api_key_tenants: kv::Tree,
+    pub(crate) api_key_usage: kv::Tree,
+    pub(crate) sessions: kv::Tree,
+    pub(crate) sessions_by_user: kv::Tree,
+    pub(crate) refresh_tokens: kv::Tree,
+    pub(crate) lockout: kv::Tree,
+    pub(crate) audit: kv::Tree,
+    pub(crate) products: kv::Tree,
+    pub(crate) product_by_ean: kv::Tree,
+    pub(crate) product_by_ref: kv::Tree,
+    pub(crate) products_by_updated: kv::Tree,
+    pub(crate) counters: kv::Tree,
+    pub(crate) suppliers: kv::Tree,
+    pub(crate) supplier_by_code: kv::Tree,
+    pub(crate) products_by_supplier: kv::Tree,
+    pub(crate) tombstones: kv::Tree,
+    pub(crate) categories: kv::Tree,
+    pub(crate) category_by_name: kv::Tree,
+    pub(crate) products_by_category: kv::Tree,
+    pub(crate) category_mappings: kv::Tree,
+    pub(crate) products_inactive: kv::Tree,
+    pub(crate) jobs: kv::Tree,
+    pub(crate) job_logs: kv::Tree,
+    pub(crate) import_templates: kv::Tree,
+    pub(crate) webhooks: kv::Tree,
+    pub(crate) webhook_events: kv::Tree,
+    pub(crate) webhook_bodies: kv::Tree,
+    pub(crate) webhook_deliveries: kv::Tree,
+    pub(crate) webhook_due: kv::Tree,
     /// Which namespaces' changes write webhook events (see `webhooks.rs`).
     events_on: std::sync::Arc<webhooks::EventSwitch>,
 }
@@ -270,6 +290,26 @@ impl Store {
             .mode(sled::Mode::LowSpace)
             .flush_every_ms(Some(flush_every_ms.clamp(10, 10_000)))
             .open()?;
+        Store::on(kv::Db::Sled(db))
+    }
+
+    /// Opens the store kept in the PostgreSQL database at `url` (SPEC §12), applying the schema
+    /// migrations first, with up to `connections` connections. Refused while another process
+    /// serves the same database.
+    pub fn open_postgres(url: &str, connections: u32) -> StoreResult<Store> {
+        let db = pg::PgDb::connect(url, connections).map_err(StoreError::Backend)?;
+        Store::on(kv::Db::Pg(db))
+    }
+
+    /// Which engine holds the records.
+    pub fn engine(&self) -> &'static str {
+        match self.db {
+            kv::Db::Sled(_) => "sled",
+            kv::Db::Pg(_) => "postgresql",
+        }
+    }
+
+    fn on(db: kv::Db) -> StoreResult<Store> {
         let tree = |name: &str| db.open_tree(name);
         let store = Store {
             meta: tree("meta")?,
@@ -358,14 +398,18 @@ impl Store {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub(crate) fn db(&self) -> &sled::Db {
+    pub(crate) fn db(&self) -> &kv::Db {
         &self.db
     }
 
     /// Makes every write so far durable. Awaited before a response confirms a write.
     /// Concurrent callers share one flush (see [`group_commit`]).
     pub async fn flush(&self) -> StoreResult<()> {
-        self.group_commit.flush(&self.db).await
+        match &self.db {
+            kv::Db::Sled(db) => self.group_commit.flush(db).await,
+            // Every PostgreSQL commit is durable when it answers.
+            kv::Db::Pg(_) => Ok(()),
+        }
     }
 
     /// Bytes the store's files take on disk.
@@ -385,7 +429,9 @@ impl Store {
     }
 
     pub fn flush_blocking(&self) -> StoreResult<()> {
-        self.db.flush()?;
+        if let kv::Db::Sled(db) = &self.db {
+            db.flush()?;
+        }
         Ok(())
     }
 
@@ -397,7 +443,7 @@ impl Store {
     }
 
     pub fn meta_set(&self, key: &str, value: &[u8]) -> StoreResult<()> {
-        self.meta.insert(key, codec::raw(value))?;
+        self.meta.set(key, codec::raw(value))?;
         Ok(())
     }
 
@@ -446,7 +492,7 @@ impl Store {
         S: serde::Serialize + serde::de::DeserializeOwned + Default,
         F: Fn(&S) -> (S, bool),
     {
-        use sled::Transactional;
+        use kv::Transactional;
         let result = (&self.lockout, &self.users)
             .transaction(|(lockout, users)| {
                 let old: S = lockout
@@ -454,14 +500,14 @@ impl Store {
                     .and_then(|v| codec::decode(&v).ok())
                     .unwrap_or_default();
                 let (new, locks) = next(&old);
-                lockout.insert(email.as_bytes(), codec::encode(&new))?;
+                lockout.set(email.as_bytes(), codec::encode(&new))?;
                 if locks
                     && let Some(uid) = user
                     && let Some(bytes) = users.get(uid.as_bytes())?
                 {
                     let mut u: UserRecord = codec::decode(&bytes).or_else(abort)?;
                     u.token_version = u.token_version.wrapping_add(1);
-                    users.insert(uid.as_bytes(), codec::encode(&u))?;
+                    users.set(uid.as_bytes(), codec::encode(&u))?;
                 }
                 Ok((old, new, locks))
             })
@@ -532,7 +578,7 @@ impl Store {
 
 /// Each namespace with a key in `tree` (a catalog tree: keys start with the namespace), in key
 /// order: one seek per namespace.
-fn namespaces_in(tree: &sled::Tree) -> impl Iterator<Item = StoreResult<Namespace>> + '_ {
+fn namespaces_in(tree: &kv::Tree) -> impl Iterator<Item = StoreResult<Namespace>> + '_ {
     let mut from = Some(Vec::new());
     std::iter::from_fn(move || {
         let start = from.take()?;
@@ -550,7 +596,7 @@ fn namespaces_in(tree: &sled::Tree) -> impl Iterator<Item = StoreResult<Namespac
 
 /// The keys of a tree laid out as namespace + time + id (`keys::updated_key`) that belong to
 /// `ns` and, when `since` is given, carry that time or a later one.
-fn time_range(tree: &sled::Tree, ns: Namespace, since: Option<time::OffsetDateTime>) -> sled::Iter {
+fn time_range(tree: &kv::Tree, ns: Namespace, since: Option<time::OffsetDateTime>) -> kv::Iter {
     let prefix = keys::namespace(ns);
     let start = match since {
         Some(t) => keys::ns_updated(ns, t.unix_timestamp_nanos(), &[0u8; 16]).to_vec(),
@@ -565,7 +611,7 @@ fn time_range(tree: &sled::Tree, ns: Namespace, since: Option<time::OffsetDateTi
 /// The product ids that end the keys of an index under `prefix` (namespace + a supplier or
 /// category id): the products of one supplier or category.
 fn product_ids_under(
-    tree: &sled::Tree,
+    tree: &kv::Tree,
     prefix: &[u8],
     name: &str,
 ) -> StoreResult<Vec<crate::domain::ProductId>> {
@@ -589,7 +635,7 @@ pub(crate) fn abort<T>(
 pub(crate) fn from_tx(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
     match e {
         sled::transaction::TransactionError::Abort(e) => e,
-        sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+        sled::transaction::TransactionError::Storage(e) => e.into(),
     }
 }
 

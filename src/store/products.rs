@@ -1,13 +1,13 @@
 //! Product records and their per-namespace indexes (EAN, reference, updated_at, supplier,
 //! category) and counter. Uniqueness of EAN and reference, and the existence of a newly
 //! referenced supplier or category, are checked inside the same transaction that writes.
+use super::kv::TxTree;
 use super::{
     EventData, EventKind, Namespace, Store, StoreError, StoreResult, abort, codec, from_tx, keys,
 };
 use crate::domain::ProductId;
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+use sled::transaction::UnabortableTransactionError;
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -38,22 +38,22 @@ pub struct ProductRecord {
 /// The trees a product write touches, inside one transaction. Supplier writes use the same set,
 /// since renaming or deleting a supplier rewrites the products that reference it.
 pub(super) struct ProductTrees<'a> {
-    pub(super) products: &'a TransactionalTree,
-    by_ean: &'a TransactionalTree,
-    by_ref: &'a TransactionalTree,
-    by_updated: &'a TransactionalTree,
-    pub(super) counters: &'a TransactionalTree,
-    pub(super) suppliers: &'a TransactionalTree,
-    pub(super) supplier_by_code: &'a TransactionalTree,
-    by_supplier: &'a TransactionalTree,
-    tombstones: &'a TransactionalTree,
-    pub(super) categories: &'a TransactionalTree,
-    pub(super) category_by_name: &'a TransactionalTree,
-    pub(super) by_category: &'a TransactionalTree,
-    pub(super) mappings: &'a TransactionalTree,
-    inactive: &'a TransactionalTree,
+    pub(super) products: &'a TxTree,
+    by_ean: &'a TxTree,
+    by_ref: &'a TxTree,
+    by_updated: &'a TxTree,
+    pub(super) counters: &'a TxTree,
+    pub(super) suppliers: &'a TxTree,
+    pub(super) supplier_by_code: &'a TxTree,
+    by_supplier: &'a TxTree,
+    tombstones: &'a TxTree,
+    pub(super) categories: &'a TxTree,
+    pub(super) category_by_name: &'a TxTree,
+    pub(super) by_category: &'a TxTree,
+    pub(super) mappings: &'a TxTree,
+    inactive: &'a TxTree,
     /// The webhook outbox: events are written with the change that causes them.
-    events: &'a TransactionalTree,
+    events: &'a TxTree,
     switch: &'a super::webhooks::EventSwitch,
 }
 
@@ -108,7 +108,7 @@ impl ProductTrees<'_> {
         self.move_categories(ns, None, Some(p))?;
         self.move_active(ns, None, Some(p))?;
         self.products
-            .insert(&keys::ns_id(ns, p.id.as_bytes())[..], codec::encode(p))?;
+            .set(&keys::ns_id(ns, p.id.as_bytes())[..], codec::encode(p))?;
         self.bump_count(ns, 1)?;
         self.emit_product(ns, EventKind::ProductCreated, p)?;
         Ok(Ok(()))
@@ -144,7 +144,7 @@ impl ProductTrees<'_> {
         self.move_categories(ns, Some(&old), Some(&new))?;
         self.move_active(ns, Some(&old), Some(&new))?;
         self.products
-            .insert(&keys::ns_id(ns, id.as_bytes())[..], codec::encode(&new))?;
+            .set(&keys::ns_id(ns, id.as_bytes())[..], codec::encode(&new))?;
         self.emit_product(ns, EventKind::ProductUpdated, &new)?;
         Ok(Ok(new))
     }
@@ -171,7 +171,7 @@ impl ProductTrees<'_> {
         }
     }
 
-    fn index_owner(&self, tree: &TransactionalTree, key: &[u8]) -> Tx<Option<ProductId>> {
+    fn index_owner(&self, tree: &TxTree, key: &[u8]) -> Tx<Option<ProductId>> {
         Ok(tree
             .get(key)?
             .and_then(|v| codec::unraw(&v).and_then(ProductId::from_slice)))
@@ -192,11 +192,11 @@ impl ProductTrees<'_> {
         }
         if let Some((sid, pid)) = before {
             self.by_supplier
-                .remove(&keys::ns_pair(ns, sid.as_bytes(), pid.as_bytes())[..])?;
+                .unset(&keys::ns_pair(ns, sid.as_bytes(), pid.as_bytes())[..])?;
             self.count_reference(ns, sid, -1)?;
         }
         if let Some((sid, pid)) = after {
-            self.by_supplier.insert(
+            self.by_supplier.set(
                 &keys::ns_pair(ns, sid.as_bytes(), pid.as_bytes())[..],
                 codec::raw(&[]),
             )?;
@@ -221,27 +221,27 @@ impl ProductTrees<'_> {
         let counter = keys::inactive_counter(ns);
         let mut count = self.counters.get(&counter)?.map_or(0, |v| read_count(&v));
         if let Some(id) = before {
-            self.inactive.remove(&keys::ns_id(ns, id.as_bytes())[..])?;
+            self.inactive.unset(&keys::ns_id(ns, id.as_bytes())[..])?;
             count = count.saturating_sub(1);
         }
         if let Some(id) = after {
             self.inactive
-                .insert(&keys::ns_id(ns, id.as_bytes())[..], codec::raw(&[]))?;
+                .set(&keys::ns_id(ns, id.as_bytes())[..], codec::raw(&[]))?;
             count += 1;
         }
         self.counters
-            .insert(counter, codec::raw(&count.to_be_bytes()))?;
+            .set(counter, codec::raw(&count.to_be_bytes()))?;
         Ok(())
     }
 
     pub(super) fn add_indexes(&self, ns: Namespace, p: &ProductRecord) -> Tx<()> {
         self.by_ean
-            .insert(keys::ns_str(ns, &p.ean), codec::raw(p.id.as_bytes()))?;
+            .set(keys::ns_str(ns, &p.ean), codec::raw(p.id.as_bytes()))?;
         if let Some(r) = &p.reference {
             self.by_ref
-                .insert(keys::ns_str(ns, r), codec::raw(p.id.as_bytes()))?;
+                .set(keys::ns_str(ns, r), codec::raw(p.id.as_bytes()))?;
         }
-        self.by_updated.insert(
+        self.by_updated.set(
             &keys::ns_updated(ns, p.updated_at.unix_timestamp_nanos(), p.id.as_bytes())[..],
             codec::raw(&[]),
         )?;
@@ -249,11 +249,11 @@ impl ProductTrees<'_> {
     }
 
     pub(super) fn remove_indexes(&self, ns: Namespace, p: &ProductRecord) -> Tx<()> {
-        self.by_ean.remove(keys::ns_str(ns, &p.ean))?;
+        self.by_ean.unset(keys::ns_str(ns, &p.ean))?;
         if let Some(r) = &p.reference {
-            self.by_ref.remove(keys::ns_str(ns, r))?;
+            self.by_ref.unset(keys::ns_str(ns, r))?;
         }
-        self.by_updated.remove(
+        self.by_updated.unset(
             &keys::ns_updated(ns, p.updated_at.unix_timestamp_nanos(), p.id.as_bytes())[..],
         )?;
         Ok(())
@@ -317,7 +317,7 @@ impl ProductTrees<'_> {
         let current = self.counters.get(key)?.map_or(0, |v| read_count(&v));
         let next = current.saturating_add_signed(delta);
         self.counters
-            .insert(&key[..], codec::raw(&next.to_be_bytes()))?;
+            .set(&key[..], codec::raw(&next.to_be_bytes()))?;
         Ok(())
     }
 
@@ -336,7 +336,7 @@ impl ProductTrees<'_> {
 /// Rewrites the record at `key` with `edit` applied; nothing when there is no readable record
 /// (a reference counted by a record kept from before that record type existed).
 pub(super) fn edit_record<T: Serialize + serde::de::DeserializeOwned>(
-    tree: &TransactionalTree,
+    tree: &TxTree,
     key: &[u8],
     edit: impl FnOnce(&mut T),
 ) -> Tx<()> {
@@ -347,7 +347,7 @@ pub(super) fn edit_record<T: Serialize + serde::de::DeserializeOwned>(
         return Ok(());
     };
     edit(&mut record);
-    tree.insert(key, codec::encode(&record))?;
+    tree.set(key, codec::encode(&record))?;
     Ok(())
 }
 
@@ -372,14 +372,14 @@ impl Store {
 
     /// [`Store::product_tx`] over `extra` trees as well (an import's job record and logs,
     /// committed with the rows they cover); `f` sees them in the same order.
-    pub(super) fn product_tx_with<T, F>(&self, extra: &[&sled::Tree], f: F) -> StoreResult<T>
+    pub(super) fn product_tx_with<T, F>(&self, extra: &[&super::kv::Tree], f: F) -> StoreResult<T>
     where
         F: Fn(
             &ProductTrees<'_>,
-            &[TransactionalTree],
+            &[TxTree],
         ) -> Result<T, sled::transaction::ConflictableTransactionError<StoreError>>,
     {
-        let mut trees: Vec<&sled::Tree> = vec![
+        let mut trees: Vec<&super::kv::Tree> = vec![
             &self.products,
             &self.product_by_ean,
             &self.product_by_ref,
@@ -397,7 +397,7 @@ impl Store {
             &self.webhook_events,
         ];
         trees.extend_from_slice(extra);
-        let result = <[&sled::Tree] as Transactional<StoreError>>::transaction(&trees[..], |t| {
+        let result = super::kv::transaction(&trees[..], |t| {
             f(
                 &ProductTrees {
                     products: &t[0],
@@ -483,7 +483,7 @@ impl Store {
                 t.move_supplier(ns, Some(&old), None)?;
                 t.move_categories(ns, Some(&old), None)?;
                 t.move_active(ns, Some(&old), None)?;
-                t.products.remove(&keys::ns_id(ns, id.as_bytes())[..])?;
+                t.products.unset(&keys::ns_id(ns, id.as_bytes())[..])?;
                 let tombstone = super::tombstones::bury(
                     t.tombstones,
                     ns,
@@ -690,15 +690,15 @@ impl Store {
             let (k, v) = item?;
             let p: ProductRecord = codec::decode(&v)?;
             if !p.is_active {
-                self.products_inactive.insert(&k, codec::raw(&[]))?;
+                self.products_inactive.set(&k, codec::raw(&[]))?;
                 *counts.entry(k[..17].to_vec()).or_default() += 1;
             }
         }
         for (ns, n) in counts {
             let key = [ns.as_slice(), keys::INACTIVE.as_bytes()].concat();
-            self.counters.insert(key, codec::raw(&n.to_be_bytes()))?;
+            self.counters.set(key, codec::raw(&n.to_be_bytes()))?;
         }
-        self.meta.insert(DONE, codec::raw(b"1"))?;
+        self.meta.set(DONE, codec::raw(b"1"))?;
         self.db.flush()?;
         Ok(())
     }
@@ -766,7 +766,7 @@ mod tests {
         // A counter that disagrees is found.
         store
             .counters
-            .insert(keys::inactive_counter(ns), codec::raw(&5u64.to_be_bytes()))
+            .set(keys::inactive_counter(ns), codec::raw(&5u64.to_be_bytes()))
             .unwrap();
         let err = store.check_integrity::<LockoutState>().unwrap_err();
         assert!(err.to_string().contains("inactive"), "{err}");

@@ -4,10 +4,10 @@
 //! transactions one at a time, so two concurrent refreshes with one token see the token unspent
 //! at most once.
 use super::UserRecord;
+use super::kv::Transactional;
 use super::{Store, StoreError, StoreResult, abort, codec, from_tx, keys};
 use crate::domain::{SessionId, UserId};
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
 use time::OffsetDateTime;
 
 pub use crate::domain::Digest;
@@ -77,12 +77,12 @@ impl Store {
                 {
                     return abort(StoreError::Conflict("the credentials changed during login"));
                 }
-                sessions.insert(session.id.as_bytes(), codec::encode(session))?;
-                by_user.insert(
+                sessions.set(session.id.as_bytes(), codec::encode(session))?;
+                by_user.set(
                     &keys::pair(session.user.as_bytes(), session.id.as_bytes())[..],
                     codec::raw(&[]),
                 )?;
-                tokens.insert(&refresh_digest[..], codec::encode(refresh))?;
+                tokens.set(&refresh_digest[..], codec::encode(refresh))?;
                 Ok(())
             })
             .map_err(from_tx);
@@ -139,16 +139,16 @@ impl Store {
                     return Ok(SpendOutcome::Invalid);
                 }
                 token.spent_at = Some(now);
-                tokens.insert(&digest[..], codec::encode(&token))?;
+                tokens.set(&digest[..], codec::encode(&token))?;
                 let next = RefreshRecord {
                     session: session.id,
                     parent: Some(*digest),
                     issued_at: now,
                     spent_at: None,
                 };
-                tokens.insert(&next_digest[..], codec::encode(&next))?;
+                tokens.set(&next_digest[..], codec::encode(&next))?;
                 session.last_seen_at = now;
-                sessions.insert(session.id.as_bytes(), codec::encode(&session))?;
+                sessions.set(session.id.as_bytes(), codec::encode(&session))?;
                 Ok(SpendOutcome::Spent(session))
             })
             .map_err(from_tx);
@@ -173,9 +173,9 @@ impl Store {
                 let mut s: SessionRecord = codec::decode(&bytes).or_else(abort)?;
                 if s.revoked_at.is_none() {
                     s.revoked_at = Some(now);
-                    sessions.insert(id.as_bytes(), codec::encode(&s))?;
+                    sessions.set(id.as_bytes(), codec::encode(&s))?;
                 }
-                by_user.remove(&keys::pair(s.user.as_bytes(), id.as_bytes())[..])?;
+                by_user.unset(&keys::pair(s.user.as_bytes(), id.as_bytes())[..])?;
                 Ok(Some(s))
             })
             .map_err(from_tx);
@@ -309,10 +309,10 @@ impl Store {
                 .flatten()
                 .is_none_or(|s| s.revoked_at.is_some());
             if revoked {
-                self.sessions_by_user.remove(&k)?;
+                self.sessions_by_user.unset(&k)?;
             }
         }
-        self.meta.insert(DONE, codec::raw(b"1"))?;
+        self.meta.set(DONE, codec::raw(b"1"))?;
         self.db.flush()?;
         Ok(())
     }

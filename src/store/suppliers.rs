@@ -47,10 +47,10 @@ impl Store {
                 key.extend_from_slice(&k[..17]);
                 key.extend_from_slice(sid.as_bytes());
                 key.extend_from_slice(p.id.as_bytes());
-                self.products_by_supplier.insert(key, codec::raw(&[]))?;
+                self.products_by_supplier.set(key, codec::raw(&[]))?;
             }
         }
-        self.meta.insert(DONE, codec::raw(b"1"))?;
+        self.meta.set(DONE, codec::raw(b"1"))?;
         self.db.flush()?;
         Ok(())
     }
@@ -63,9 +63,9 @@ impl Store {
                 return abort(StoreError::Duplicate(super::Unique::SupplierCode));
             }
             t.supplier_by_code
-                .insert(code.as_slice(), codec::raw(s.id.as_bytes()))?;
+                .set(code.as_slice(), codec::raw(s.id.as_bytes()))?;
             t.suppliers
-                .insert(&keys::ns_id(ns, s.id.as_bytes())[..], codec::encode(s))?;
+                .set(&keys::ns_id(ns, s.id.as_bytes())[..], codec::encode(s))?;
             t.emit(ns, super::EventKind::SupplierCreated, s.created_at, || {
                 super::EventData::Supplier(Box::new(s.clone()))
             })?;
@@ -148,16 +148,16 @@ impl Store {
                     return abort(StoreError::Duplicate(super::Unique::SupplierCode));
                 }
                 t.supplier_by_code
-                    .remove(keys::ns_str(ns, &code_key(&old.code)))?;
+                    .unset(keys::ns_str(ns, &code_key(&old.code)))?;
                 t.supplier_by_code
-                    .insert(new_code, codec::raw(id.as_bytes()))?;
+                    .set(new_code, codec::raw(id.as_bytes()))?;
             }
             if new.code != old.code {
                 relink(t, ns, id, referencing, old.product_count, now, |p| {
                     p.supplier_code = Some(new.code.clone());
                 })?;
             }
-            t.suppliers.insert(&key[..], codec::encode(&new))?;
+            t.suppliers.set(&key[..], codec::encode(&new))?;
             t.emit(
                 ns,
                 super::EventKind::SupplierUpdated,
@@ -194,8 +194,8 @@ impl Store {
                 p.supplier_id = None;
                 p.supplier_code = None;
             })?;
-            t.supplier_by_code.remove(keys::ns_str(ns, &code_key(&old.code)))?;
-            t.suppliers.remove(&key[..])?;
+            t.supplier_by_code.unset(keys::ns_str(ns, &code_key(&old.code)))?;
+            t.suppliers.unset(&key[..])?;
             Ok(old.product_count)
         })
     }
@@ -228,7 +228,7 @@ fn relink(
         t.add_indexes(ns, &new)?;
         t.move_supplier(ns, Some(&old), Some(&new))?;
         t.products
-            .insert(&keys::ns_id(ns, pid.as_bytes())[..], codec::encode(&new))?;
+            .set(&keys::ns_id(ns, pid.as_bytes())[..], codec::encode(&new))?;
         t.emit_product(ns, super::EventKind::ProductUpdated, &new)?;
     }
     if found != count {

@@ -1,8 +1,8 @@
 //! Tenants: id, unique (case-insensitive) name.
+use super::kv::Transactional;
 use super::{Store, StoreError, StoreResult, abort, codec, from_tx};
 use crate::domain::TenantId;
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
 use time::OffsetDateTime;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -20,8 +20,8 @@ impl Store {
                 if by_name.get(name_key.as_bytes())?.is_some() {
                     return abort(StoreError::Duplicate(super::Unique::TenantName));
                 }
-                by_name.insert(name_key.as_bytes(), codec::raw(tenant.id.as_bytes()))?;
-                tenants.insert(tenant.id.as_bytes(), codec::encode(tenant))?;
+                by_name.set(name_key.as_bytes(), codec::raw(tenant.id.as_bytes()))?;
+                tenants.set(tenant.id.as_bytes(), codec::encode(tenant))?;
                 Ok(())
             })
             .map_err(from_tx);

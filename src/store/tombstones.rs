@@ -29,10 +29,11 @@
 //! with one record per tombstone (the `tombstones` tree) are moved into chunks when the store
 //! opens; their tombstones may share a time (one bulk delete), which the order by (time, id)
 //! keeps apart.
+use super::kv::TxTree;
 use super::{Namespace, Store, StoreError, StoreResult, codec, keys};
 use crate::domain::ProductId;
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::transaction::ConflictableTransactionError;
 use time::OffsetDateTime;
 
 /// Tombstones per chunk: a page of 16 chunks holds 512 of them, and a delete rewrites at most
@@ -112,7 +113,7 @@ pub(super) fn decode_chunk(bytes: &[u8]) -> StoreResult<Vec<Tombstone>> {
 /// under its own key when the open one is full or gone); returns the tombstone as stored (its
 /// `deleted_at` moved a nanosecond past the namespace's last one when it was not after it).
 pub(super) fn bury(
-    tree: &TransactionalTree,
+    tree: &TxTree,
     ns: Namespace,
     mut stone: Tombstone,
 ) -> Result<Tombstone, ConflictableTransactionError<StoreError>> {
@@ -153,12 +154,12 @@ pub(super) fn bury(
         }
         _ => (stone.key(&prefix), vec![stone.clone()]),
     };
-    tree.insert(&key[..], codec::encode(&chunk))?;
+    tree.set(&key[..], codec::encode(&chunk))?;
     let cursor = Cursor {
         open: key,
         last_nanos: stone.deleted_at.unix_timestamp_nanos(),
     };
-    tree.insert(&cursor_at[..], cursor.encode())?;
+    tree.set(&cursor_at[..], cursor.encode())?;
     Ok(stone)
 }
 
@@ -251,9 +252,9 @@ impl Store {
                     chunk.iter().filter(|s| s.deleted_at >= cutoff).collect();
                 let gone = chunk.len() - keep.len();
                 if keep.is_empty() {
-                    t.remove(key)?;
+                    t.unset(key)?;
                 } else if gone > 0 {
-                    t.insert(key, codec::encode(&keep))?;
+                    t.set(key, codec::encode(&keep))?;
                 }
                 Ok((gone, keep.len()))
             })
@@ -264,14 +265,14 @@ impl Store {
     /// tree) into chunks, one namespace at a time. Each namespace's chunks are rewritten from
     /// both layouts (sorted, duplicates dropped) before its old records are removed, so a crash
     /// in between is finished by the next open.
-    pub(super) fn migrate_tombstone_chunks(&self, legacy: &sled::Tree) -> StoreResult<()> {
+    pub(super) fn migrate_tombstone_chunks(&self, legacy: &super::kv::Tree) -> StoreResult<()> {
         while let Some(first) = legacy.iter().keys().next() {
             let first = first?;
             let prefix: [u8; 17] = first
                 .get(..17)
                 .and_then(|p| p.try_into().ok())
                 .ok_or_else(|| StoreError::Corrupt("tombstones: short key".into()))?;
-            let scan = |tree: &sled::Tree| -> StoreResult<Vec<(sled::IVec, sled::IVec)>> {
+            let scan = |tree: &super::kv::Tree| -> StoreResult<Vec<(sled::IVec, sled::IVec)>> {
                 Ok(tree.scan_prefix(prefix).collect::<Result<Vec<_>, _>>()?)
             };
             let old_records = scan(legacy)?;
@@ -290,7 +291,7 @@ impl Store {
                 }
             }
             let all: Vec<Tombstone> = all.into_values().collect();
-            let mut batch = sled::Batch::default();
+            let mut batch = super::kv::Batch::default();
             for (k, _) in &old_chunks {
                 batch.remove(k);
             }
@@ -305,7 +306,7 @@ impl Store {
                 batch.insert(&cursor_key(&prefix)[..], cursor.encode());
             }
             self.tombstones.apply_batch(batch)?;
-            let mut batch = sled::Batch::default();
+            let mut batch = super::kv::Batch::default();
             for (k, _) in &old_records {
                 batch.remove(k);
             }
@@ -463,7 +464,7 @@ mod tests {
         let later = first.deleted_at + time::Duration::seconds(1);
         let moved = keys::updated_key(&k[..17], later.unix_timestamp_nanos(), first.id.as_bytes());
         store.tombstones.remove(&k).unwrap();
-        store.tombstones.insert(moved, v).unwrap();
+        store.tombstones.set(moved, v).unwrap();
         assert!(check().is_err());
     }
 
@@ -499,7 +500,7 @@ mod tests {
                     .collect();
                 for t in &stones {
                     legacy
-                        .insert(t.key(&keys::namespace(*ns)), codec::encode(t))
+                        .set(t.key(&keys::namespace(*ns)), codec::encode(t))
                         .unwrap();
                 }
                 let mut sorted = stones;
@@ -512,10 +513,9 @@ mod tests {
             let first = &expected[0];
             for t in first {
                 legacy
-                    .insert(t.key(&keys::namespace(namespaces[0])), codec::encode(t))
+                    .set(t.key(&keys::namespace(namespaces[0])), codec::encode(t))
                     .unwrap();
             }
-            legacy.flush().unwrap();
             store.db.flush().unwrap();
         }
         let store = super::super::reopen(dir.path());

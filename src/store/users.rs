@@ -1,8 +1,8 @@
 //! Users, their memberships and the email index.
+use super::kv::Transactional;
 use super::{Store, StoreError, StoreResult, abort, codec, from_tx, keys};
 use crate::domain::{Role, TenantId, UserId};
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
 use time::OffsetDateTime;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,11 +51,11 @@ impl Store {
                 if by_email.get(user.email.as_bytes())?.is_some() {
                     return abort(StoreError::Duplicate(super::Unique::Email));
                 }
-                by_email.insert(user.email.as_bytes(), codec::raw(user.id.as_bytes()))?;
-                users.insert(user.id.as_bytes(), codec::encode(user))?;
+                by_email.set(user.email.as_bytes(), codec::raw(user.id.as_bytes()))?;
+                users.set(user.id.as_bytes(), codec::encode(user))?;
                 for m in &user.memberships {
-                    members.insert(
-                        &keys::pair(m.tenant.as_bytes(), user.id.as_bytes()),
+                    members.set(
+                        keys::pair(m.tenant.as_bytes(), user.id.as_bytes()),
                         codec::raw(m.role.as_str().as_bytes()),
                     )?;
                 }
@@ -107,12 +107,12 @@ impl Store {
                     return abort(e);
                 }
                 for m in &user.memberships {
-                    members.insert(
-                        &keys::pair(m.tenant.as_bytes(), id.as_bytes()),
+                    members.set(
+                        keys::pair(m.tenant.as_bytes(), id.as_bytes()),
                         codec::raw(m.role.as_str().as_bytes()),
                     )?;
                 }
-                users.insert(id.as_bytes(), codec::encode(&user))?;
+                users.set(id.as_bytes(), codec::encode(&user))?;
                 Ok(user)
             })
             .map_err(from_tx);
@@ -141,7 +141,7 @@ impl Store {
                     user.password_hash = hash.to_owned();
                 }
                 user.updated_at = now;
-                users.insert(id.as_bytes(), codec::encode(&user))?;
+                users.set(id.as_bytes(), codec::encode(&user))?;
                 if let Some(sid) = keep
                     && let Some(sbytes) = sessions.get(sid.as_bytes())?
                 {
@@ -149,7 +149,7 @@ impl Store {
                         codec::decode(&sbytes).or_else(abort)?;
                     if session.user == id {
                         session.user_version = user.token_version;
-                        sessions.insert(sid.as_bytes(), codec::encode(&session))?;
+                        sessions.set(sid.as_bytes(), codec::encode(&session))?;
                     }
                 }
                 Ok(user)

@@ -13,11 +13,12 @@
 //! - `webhook_due`: namespace + webhook id + due time (ms, BE) + delivery id → nothing: the
 //!   deliveries still to attempt, per webhook in due order, so one slow receiver never stands
 //!   in front of another webhook's deliveries.
+use super::kv::Transactional;
+use super::kv::TxTree;
 use super::{JobRecord, ProductRecord, SupplierRecord, Tombstone};
 use super::{Namespace, Store, StoreError, StoreResult, abort, codec, from_tx, keys};
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+use sled::transaction::UnabortableTransactionError;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::RwLock;
 use time::OffsetDateTime;
@@ -256,7 +257,7 @@ fn due_key(ns: Namespace, webhook: Uuid, at: OffsetDateTime, delivery: Uuid) -> 
 /// Writes an event into the outbox inside the caller's transaction, when an active webhook of
 /// `ns` subscribes to `kind`. `data` is only built then.
 pub(super) fn emit(
-    outbox: &TransactionalTree,
+    outbox: &TxTree,
     switch: &EventSwitch,
     ns: Namespace,
     kind: EventKind,
@@ -272,27 +273,22 @@ pub(super) fn emit(
         at,
         data: data(),
     };
-    outbox.insert(event_key(ns, event.id), codec::encode(&event))?;
+    outbox.set(event_key(ns, event.id), codec::encode(&event))?;
     Ok(())
 }
 
 /// Puts `d` (with its due entry, when it has a next attempt) inside a transaction.
-fn put_delivery(
-    deliveries: &TransactionalTree,
-    due: &TransactionalTree,
-    ns: Namespace,
-    d: &DeliveryRecord,
-) -> Tx<()> {
-    deliveries.insert(&delivery_key(ns, d.webhook_id, d.id)[..], codec::encode(d))?;
+fn put_delivery(deliveries: &TxTree, due: &TxTree, ns: Namespace, d: &DeliveryRecord) -> Tx<()> {
+    deliveries.set(&delivery_key(ns, d.webhook_id, d.id)[..], codec::encode(d))?;
     if let Some(at) = d.next_attempt_at {
-        due.insert(due_key(ns, d.webhook_id, at, d.id), codec::raw(&[]))?;
+        due.set(due_key(ns, d.webhook_id, at, d.id), codec::raw(&[]))?;
     }
     Ok(())
 }
 
-fn drop_due(due: &TransactionalTree, ns: Namespace, d: &DeliveryRecord) -> Tx<()> {
+fn drop_due(due: &TxTree, ns: Namespace, d: &DeliveryRecord) -> Tx<()> {
     if let Some(at) = d.next_attempt_at {
-        due.remove(due_key(ns, d.webhook_id, at, d.id))?;
+        due.unset(due_key(ns, d.webhook_id, at, d.id))?;
     }
     Ok(())
 }
@@ -337,7 +333,7 @@ impl Store {
 
     pub fn put_webhook(&self, ns: Namespace, w: &WebhookRecord) -> StoreResult<()> {
         self.webhooks
-            .insert(&keys::ns_id(ns, w.id.as_bytes())[..], codec::encode(w))?;
+            .set(&keys::ns_id(ns, w.id.as_bytes())[..], codec::encode(w))?;
         Ok(())
     }
 
@@ -401,7 +397,7 @@ impl Store {
     /// race: fan-out checks the webhook inside its own transaction.
     pub fn delete_webhook(&self, ns: Namespace, id: Uuid) -> StoreResult<bool> {
         let prefix = keys::ns_id(ns, id.as_bytes());
-        let gather = |tree: &sled::Tree| -> StoreResult<Vec<sled::IVec>> {
+        let gather = |tree: &super::kv::Tree| -> StoreResult<Vec<sled::IVec>> {
             tree.scan_prefix(prefix)
                 .keys()
                 .map(|k| k.map_err(StoreError::from))
@@ -417,10 +413,10 @@ impl Store {
                     return Ok(false);
                 }
                 for k in &deliveries {
-                    stored.remove(k)?;
+                    stored.unset(k)?;
                 }
                 for k in &due {
-                    pending.remove(k)?;
+                    pending.unset(k)?;
                 }
                 Ok(true)
             })
@@ -431,7 +427,7 @@ impl Store {
             // transaction), so what is left is removed.
             for tree in [&self.webhook_due, &self.webhook_deliveries] {
                 for k in gather(tree)? {
-                    tree.remove(k)?;
+                    tree.unset(k)?;
                 }
             }
         }
@@ -506,10 +502,10 @@ impl Store {
         )
             .transaction(|(outbox, stored, due, hooks, kept)| {
                 for k in events {
-                    outbox.remove(&k[..])?;
+                    outbox.unset(&k[..])?;
                 }
                 for (event, body) in bodies {
-                    kept.insert(event.as_bytes(), codec::encode(body))?;
+                    kept.set(event.as_bytes(), codec::encode(body))?;
                 }
                 for (ns, d) in deliveries {
                     // Read inside the transaction: a webhook deleted meanwhile gets nothing.
@@ -639,7 +635,7 @@ impl Store {
                 Some(d) => out.push(d),
                 // A due entry without its delivery (the webhook was deleted meanwhile).
                 None => {
-                    self.webhook_due.remove(&k)?;
+                    self.webhook_due.unset(&k)?;
                 }
             }
         }
@@ -701,7 +697,7 @@ impl Store {
                     drop_due(due, *ns, &old)?;
                     put_delivery(deliveries, due, *ns, &d)?;
                     if hook != hook_before {
-                        hooks.insert(&wkey[..], codec::encode(&hook))?;
+                        hooks.set(&wkey[..], codec::encode(&hook))?;
                     }
                     out.push(Some(Recorded {
                         delivery: d,
@@ -896,7 +892,7 @@ mod tests {
         let bad = event_key(ns, Uuid::now_v7());
         store
             .webhook_events
-            .insert(&bad[..], &b"\xff\x00not a record"[..])
+            .set(&bad[..], &b"\xff\x00not a record"[..])
             .unwrap();
         let good = EventRecord {
             id: Uuid::now_v7(),
@@ -912,7 +908,7 @@ mod tests {
         let good_key = event_key(ns, good.id);
         store
             .webhook_events
-            .insert(&good_key[..], codec::encode(&good))
+            .set(&good_key[..], codec::encode(&good))
             .unwrap();
         let pending = store.pending_events(10).unwrap();
         assert_eq!(pending.unreadable, vec![bad.clone()]);

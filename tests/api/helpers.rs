@@ -50,6 +50,9 @@ pub async fn spawn_app_with(args: ServeArgs) -> TestApp {
 /// enough for concurrent ones to queue for a hash slot, as they do under a real flood.
 pub async fn spawn_app_costing(mut args: ServeArgs, cost: HashCost) -> TestApp {
     args.login_rate_per_minute.get_or_insert(0);
+    if crate::postgres::selected() && args.database_url.is_none() {
+        args.database_url = Some(crate::postgres::fresh_database());
+    }
     let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     let clock = Arc::new(ManualClock::new(start_time()));
     start(dir, clock, args, cost).await
@@ -74,7 +77,11 @@ async fn start(
     let app = loop {
         match Application::build(settings.clone(), shared.clone(), cost).await {
             Ok(app) => break app,
-            Err(e) if attempts < 50 && format!("{e:?}").contains("could not acquire lock") => {
+            Err(e)
+                if attempts < 50
+                    && (format!("{e:?}").contains("could not acquire lock")
+                        || format!("{e:?}").contains("another pixee-pim process")) =>
+            {
                 attempts += 1;
                 actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
             }
@@ -283,6 +290,14 @@ impl TestApp {
 
     /// Stops the server (in-flight requests finish, the store is flushed) and starts it again on
     /// the same data dir and clock.
+    /// Stops the server and lets go of its store (the data dir and database stay).
+    pub async fn stop(mut self) {
+        self.handle.stop(true).await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
     pub async fn restart(mut self) -> TestApp {
         self.handle.stop(true).await;
         if let Some(task) = self.task.take() {

@@ -19,6 +19,8 @@ mod openapi;
 mod operations;
 mod package;
 mod partner;
+mod pg_store;
+mod postgres;
 mod products;
 mod rate_limits;
 mod search;

@@ -1,0 +1,283 @@
+//! What only the PostgreSQL store does (SPEC §12), whatever `PIXEE_TEST_STORE` says: `migrate`
+//! from sled and `check` on PostgreSQL through the compiled binary, the one-process rule, and
+//! a database that goes away and comes back under a running server.
+use crate::helpers::*;
+use crate::postgres::{Cluster, fresh_database};
+use pixee_pim::config::ServeArgs;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pixee-pim");
+
+fn on_sled() -> ServeArgs {
+    // An empty URL is no URL: the store stays in sled whatever the run selected.
+    ServeArgs {
+        database_url: Some(String::new()),
+        ..Default::default()
+    }
+}
+
+fn on(url: &str) -> ServeArgs {
+    ServeArgs {
+        database_url: Some(url.to_string()),
+        ..Default::default()
+    }
+}
+
+fn pixee(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .env_remove("PIXEE_ADMIN_PASSWORD")
+        .env_remove("PIXEE_DATABASE_URL")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+/// The per-tree lines of `check` (the search-index lines differ: each data dir has its own).
+fn tree_counts(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter(|l| l.contains('\t') && !l.starts_with("search index"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn ean(i: u32) -> String {
+    let body = format!("400{i:09}");
+    let sum: u32 = body
+        .bytes()
+        .enumerate()
+        .map(|(n, b)| u32::from(b - b'0') * if n % 2 == 0 { 1 } else { 3 })
+        .sum();
+    format!("{body}{}", (10 - sum % 10) % 10)
+}
+
+#[actix_web::test]
+async fn migrate_moves_a_sled_store_into_an_empty_database_and_check_agrees_on_both() {
+    let app = spawn_app_with(on_sled()).await;
+    let (admin, key) = app
+        .admin_and_key(&["products:read", "products:write", "products:delete"])
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let res = app
+            .create_product(&key.raw, &ean(i), &format!("Lamp {i}"))
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.expect("json");
+        ids.push(body["id"].as_str().expect("id").to_string());
+    }
+    let gone = app
+        .with_key(
+            Method::DELETE,
+            &format!("/api/v1/products/{}", ids[0]),
+            &key.raw,
+        )
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(gone.status(), StatusCode::NO_CONTENT);
+    let revoked = app
+        .create_key(&admin.token, &["products:read"], "live")
+        .await;
+    let res = app
+        .with_token(
+            Method::DELETE,
+            &format!("/api/v1/api-keys/{}", revoked.id),
+            &admin.token,
+        )
+        .send()
+        .await
+        .expect("revoke");
+    assert!(res.status().is_success(), "revoke: {}", res.status());
+    let source = app.data_dir.clone();
+    app.stop().await;
+
+    let url = fresh_database();
+    let target = tempfile::tempdir().expect("dir");
+    let sled_check = pixee(source.path(), &["check"]);
+    assert!(sled_check.status.success(), "{}", text(&sled_check.stderr));
+    let out = pixee(
+        target.path(),
+        &[
+            "migrate",
+            "--from-data-dir",
+            source.path().to_str().unwrap(),
+            "--database-url",
+            &url,
+        ],
+    );
+    assert!(out.status.success(), "migrate: {}", text(&out.stderr));
+    let pg_check = pixee(target.path(), &["check", "--database-url", &url]);
+    assert!(pg_check.status.success(), "{}", text(&pg_check.stderr));
+    let (sled_trees, pg_trees) = (
+        tree_counts(&text(&sled_check.stdout)),
+        tree_counts(&text(&pg_check.stdout)),
+    );
+    assert!(
+        sled_trees.iter().any(|l| l == "products\t24"),
+        "{sled_trees:?}"
+    );
+    assert_eq!(
+        pg_trees, sled_trees,
+        "the copy's check matches the source's"
+    );
+
+    // A second migrate into the same database is refused and changes nothing.
+    let again = pixee(
+        target.path(),
+        &[
+            "migrate",
+            "--from-data-dir",
+            source.path().to_str().unwrap(),
+            "--database-url",
+            &url,
+        ],
+    );
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already holds records"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    // The server on the migrated database: the same admin, keys and catalog.
+    let pg = spawn_app_with(on(&url)).await;
+    assert_eq!(
+        pg.status_with_key(Method::GET, "/api/v1/products", &key.raw)
+            .await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        pg.status_with_key(Method::GET, "/api/v1/auth/me", &revoked.raw)
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "a key revoked before the move stays revoked"
+    );
+    let list: Value = pg
+        .with_key(Method::GET, "/api/v1/products?per_page=100", &key.raw)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list["total"], 24, "{list}");
+    let deleted = pg
+        .with_key(
+            Method::GET,
+            &format!("/api/v1/products/{}", ids[0]),
+            &key.raw,
+        )
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(deleted.status(), StatusCode::NOT_FOUND);
+    pg.admin().await;
+}
+
+#[actix_web::test]
+async fn one_database_serves_one_process_and_migrate_needs_a_database_url() {
+    let url = fresh_database();
+    let app = spawn_app_with(on(&url)).await;
+    let other = tempfile::tempdir().expect("dir");
+    let out = pixee(other.path(), &["check", "--database-url", &url]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("another pixee-pim process"),
+        "{}",
+        text(&out.stderr)
+    );
+    let key = app.admin_and_key(&["products:read"]).await.1;
+    assert_eq!(
+        app.status_with_key(Method::GET, "/api/v1/auth/me", &key.raw)
+            .await,
+        StatusCode::OK
+    );
+    app.stop().await;
+    let out = pixee(other.path(), &["check", "--database-url", &url]);
+    assert!(
+        out.status.success(),
+        "check once the server stopped: {}",
+        text(&out.stderr)
+    );
+    let out = pixee(
+        other.path(),
+        &["migrate", "--from-data-dir", other.path().to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--database-url"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[actix_web::test]
+async fn a_database_that_goes_away_gives_503s_and_the_server_recovers_by_itself() {
+    let cluster = Cluster::start();
+    let url = cluster.fresh_database();
+    let app = spawn_app_with(on(&url)).await;
+    let (_, key) = app
+        .admin_and_key(&["products:read", "products:write"])
+        .await;
+    let res = app.create_product(&key.raw, &ean(1), "Before").await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let before: Value = res.json().await.expect("json");
+    let path = format!("/api/v1/products/{}", before["id"].as_str().expect("id"));
+
+    cluster.pg_ctl("stop");
+    let res = app.create_product(&key.raw, &ean(2), "While down").await;
+    assert!(res.headers().contains_key("retry-after"));
+    assert_problem(res, 503, "SERVICE_UNAVAILABLE").await;
+    let res = app
+        .with_key(Method::GET, &path, &key.raw)
+        .send()
+        .await
+        .expect("get");
+    assert_problem(res, 503, "SERVICE_UNAVAILABLE").await;
+
+    cluster.pg_ctl("start");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let res = app.create_product(&key.raw, &ean(3), "After").await;
+        if res.status() == StatusCode::CREATED {
+            break res;
+        }
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < deadline, "the server did not recover");
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(after.status(), StatusCode::CREATED);
+    let res = app
+        .with_key(Method::GET, &path, &key.raw)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "the write confirmed before is there"
+    );
+    let list: Value = app
+        .with_key(Method::GET, "/api/v1/products", &key.raw)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        list["total"], 2,
+        "the write refused while down never landed: {list}"
+    );
+}
