@@ -372,6 +372,7 @@ impl Store {
         // A namespace without products may keep a counter at 0; one with products must count
         // them exactly.
         let mut counters = 0;
+        let mut counted: std::collections::BTreeMap<Vec<u8>, i64> = Default::default();
         for item in self.counters.iter() {
             let (k, v) = item?;
             codec::unraw(&v).ok_or_else(|| corrupt("counters", &k, "bad version byte"))?;
@@ -393,16 +394,24 @@ impl Store {
                 counters += 1;
                 continue;
             }
-            let stored = read_count(&v);
-            let actual = per_ns.remove(k.as_ref()).unwrap_or(0);
-            if stored != actual {
+            // The product count: the base record and the shards' deltas, summed per namespace.
+            let stored = match k.len() {
+                17 => read_count(&v) as i64,
+                19 if k[17] == 0 && k[18] < keys::COUNT_SHARDS => super::products::read_delta(&v),
+                _ => return Err(corrupt("counters", &k, "not a counter key")),
+            };
+            *counted.entry(k[..17].to_vec()).or_insert(0i64) += stored;
+            counters += 1;
+        }
+        for (ns, stored) in &counted {
+            let actual = per_ns.remove(ns.as_slice()).unwrap_or(0);
+            if *stored != actual as i64 {
                 return Err(corrupt(
                     "counters",
-                    &k,
+                    ns,
                     format!("says {stored} products, the namespace holds {actual}"),
                 ));
             }
-            counters += 1;
         }
         if let Some(ns) = per_ns.keys().next() {
             return Err(corrupt(

@@ -21,7 +21,7 @@
 //! | product_by_ean | namespace + EAN | product id |
 //! | product_by_ref | namespace + reference | product id |
 //! | products_by_updated | namespace + updated_at nanos (16, BE) + product id | empty |
-//! | counters | namespace (17); namespace + `categories` | u64 BE: product count; tree version |
+//! | counters | namespace (17); namespace + 0 + shard (19); namespace + `categories` | u64 BE: product count of bulk loads and of stores from before the shards; i64 BE: what creates and deletes moved it by, per shard; tree version |
 //! | suppliers | namespace + supplier id (16) | SupplierRecord |
 //! | supplier_by_code | namespace + lower-cased code | supplier id |
 //! | products_by_supplier | namespace + supplier id + product id | empty |
@@ -43,6 +43,20 @@ pub fn namespace(ns: Namespace) -> [u8; 17] {
     let mut out = [0u8; 17];
     out[..16].copy_from_slice(ns.tenant.as_bytes());
     out[16] = ns.environment.tag();
+    out
+}
+
+/// How many shards a namespace's product count is spread over: concurrent creates and deletes
+/// in one namespace then rarely write the same counter record (on PostgreSQL two transactions
+/// writing one record cannot both commit; one runs again).
+pub const COUNT_SHARDS: u8 = 64;
+
+/// The shard of a namespace's product count that a product's creation and deletion move: the
+/// namespace, a 0 byte, then the shard (from the id's random tail).
+pub fn count_shard(ns: Namespace, id: &[u8; 16]) -> [u8; 19] {
+    let mut out = [0u8; 19];
+    out[..17].copy_from_slice(&namespace(ns));
+    out[18] = id[15] % COUNT_SHARDS;
     out
 }
 

@@ -5,10 +5,18 @@
 //! encoding are the same on both engines, so `check`, `backup`'s walk and `migrate` are one
 //! code path; the schema is applied by sqlx's embedded migrations under their advisory lock.
 //!
-//! Transactions run at `SERIALIZABLE`: a transaction sees one snapshot, and one that would
-//! break serializability fails with SQLSTATE 40001 and is run again from the start, which is
-//! sled's own rule (its closures already run again on a conflict). A committed transaction is
-//! durable (PostgreSQL's `synchronous_commit`), so `Store::flush` has nothing left to wait for.
+//! Transactions run at `REPEATABLE READ` (one snapshot) and lock every row they read
+//! (`FOR UPDATE`) until they end; their writes go as one upsert and one removal just before
+//! the commit. A row changed since the snapshot (SQLSTATE 40001), a deadlock (40P01) or a
+//! duplicate key runs the closure again from the start, which is sled's own rule: its closures
+//! already run again on a conflict. So every row a transaction read or wrote is unchanged by
+//! others from its snapshot to its commit, and a key it found absent cannot be written by
+//! another transaction that commits first (the upsert then conflicts): every read-check-write
+//! of the store (an EAN, a refresh token, a lockout counter, a reference count) is exact.
+//! `SERIALIZABLE` gave the same answers, but its predicate locks on index pages made
+//! concurrent creates in one namespace fail each other nine times in ten
+//! (docs/PERFORMANCE.md, "PostgreSQL"). A committed transaction is durable (PostgreSQL's
+//! `synchronous_commit`), so `Store::flush` has nothing left to wait for.
 //!
 //! The store's callers are synchronous (sled is), so this engine owns a small tokio runtime for
 //! sqlx and each call waits for its future there: the caller's thread blocks for the round trip,
@@ -235,6 +243,9 @@ pub struct PgTree {
 }
 
 const GET: &str = "SELECT v FROM kv WHERE tree = $1 AND k = $2";
+/// A transaction's read: the row is locked against other transactions until the commit, and
+/// one written since the transaction's snapshot fails it (a conflict, run again).
+const GET_LOCKED: &str = "SELECT v FROM kv WHERE tree = $1 AND k = $2 FOR UPDATE";
 const REMOVE: &str = "DELETE FROM kv WHERE tree = $1 AND k = $2 RETURNING v";
 
 impl PgTree {
@@ -708,7 +719,7 @@ impl PgTxTree {
         }
         let (tree, key) = (self.name.to_string(), key.to_vec());
         let v: Option<Vec<u8>> = self.state.run(move |mut tx| async move {
-            let r = sqlx::query_scalar(GET)
+            let r = sqlx::query_scalar(GET_LOCKED)
                 .bind(tree)
                 .bind(key)
                 .fetch_optional(&mut *tx)
@@ -747,8 +758,8 @@ impl PgTxTree {
     }
 }
 
-/// Runs `f` as one `SERIALIZABLE` transaction over `trees`, again from the start after a
-/// conflict (with a short, growing, jittered pause), as sled does.
+/// Runs `f` as one transaction over `trees` (see the module's notes), again from the start
+/// after a conflict (with a short, growing, jittered pause), as sled does.
 pub(crate) fn transaction<T, E, F>(trees: &[&PgTree], f: F) -> Result<T, TransactionError<E>>
 where
     F: Fn(&[TxTree]) -> Result<T, ConflictableTransactionError<E>>,
@@ -764,7 +775,10 @@ where
         attempt += 1;
         let pool = db.pool();
         let tx = db
-            .run(async move { pool.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE").await })
+            .run(async move {
+                pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                    .await
+            })
             .map_err(TransactionError::Storage)?;
         let state = Arc::new(TxState {
             db: db.clone(),

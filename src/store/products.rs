@@ -109,7 +109,7 @@ impl ProductTrees<'_> {
         self.move_active(ns, None, Some(p))?;
         self.products
             .set(&keys::ns_id(ns, p.id.as_bytes())[..], codec::encode(p))?;
-        self.bump_count(ns, 1)?;
+        self.bump_count(ns, p.id.as_bytes(), 1)?;
         self.emit_product(ns, EventKind::ProductCreated, p)?;
         Ok(Ok(()))
     }
@@ -312,12 +312,12 @@ impl ProductTrees<'_> {
         Ok(Ok(()))
     }
 
-    fn bump_count(&self, ns: Namespace, delta: i64) -> Tx<()> {
-        let key = keys::namespace(ns);
-        let current = self.counters.get(key)?.map_or(0, |v| read_count(&v));
-        let next = current.saturating_add_signed(delta);
+    /// Moves the namespace's product count by `delta`, in the shard of product `id`.
+    fn bump_count(&self, ns: Namespace, id: &[u8; 16], delta: i64) -> Tx<()> {
+        let key = keys::count_shard(ns, id);
+        let current = self.counters.get(key)?.map_or(0, |v| read_delta(&v));
         self.counters
-            .set(&key[..], codec::raw(&next.to_be_bytes()))?;
+            .set(&key[..], codec::raw(&(current + delta).to_be_bytes()))?;
         Ok(())
     }
 
@@ -352,6 +352,32 @@ pub(super) fn edit_record<T: Serialize + serde::de::DeserializeOwned>(
 }
 
 /// A product counter value (version byte + u64 BE); 0 when absent or unreadable.
+/// A shard of a product count: what creates and deletes moved it by (may be negative: a product
+/// counted in the base is deleted through its shard).
+pub(super) fn read_delta(v: &[u8]) -> i64 {
+    codec::unraw(v)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, i64::from_be_bytes)
+}
+
+/// A namespace's product count from its counter records: the base (bulk loads, stores from
+/// before the shards) plus every shard. `records` are the counters from the namespace's key up
+/// to its shards' end, in key order.
+pub(super) fn sum_count(
+    records: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+) -> StoreResult<u64> {
+    let mut total: i64 = 0;
+    for item in records {
+        let (k, v) = item?;
+        total += if k.len() == 17 {
+            read_count(&v) as i64
+        } else {
+            read_delta(&v)
+        };
+    }
+    Ok(total.max(0) as u64)
+}
+
 pub(super) fn read_count(v: &[u8]) -> u64 {
     codec::unraw(v)
         .and_then(|b| b.try_into().ok())
@@ -484,6 +510,7 @@ impl Store {
                 t.move_categories(ns, Some(&old), None)?;
                 t.move_active(ns, Some(&old), None)?;
                 t.products.unset(&keys::ns_id(ns, id.as_bytes())[..])?;
+                t.bump_count(ns, id.as_bytes(), -1)?;
                 let tombstone = super::tombstones::bury(
                     t.tombstones,
                     ns,
@@ -499,7 +526,6 @@ impl Store {
                 })?;
                 deleted.push(*id);
             }
-            t.bump_count(ns, -(deleted.len() as i64))?;
             Ok(deleted)
         })
     }
@@ -539,11 +565,10 @@ impl Store {
     }
 
     pub fn product_count(&self, ns: Namespace) -> StoreResult<u64> {
-        Ok(self
-            .counters
-            .get(keys::namespace(ns))?
-            .map(|v| read_count(&v))
-            .unwrap_or(0))
+        let base = keys::namespace(ns);
+        let mut end = base.to_vec();
+        end.push(1);
+        sum_count(self.counters.range(&base[..]..&end[..]))
     }
 
     /// Ids of the namespace's products by last change (oldest first unless `newest_first`),
@@ -770,6 +795,50 @@ mod tests {
             .unwrap();
         let err = store.check_integrity::<LockoutState>().unwrap_err();
         assert!(err.to_string().contains("inactive"), "{err}");
+    }
+
+    #[test]
+    fn the_product_count_sums_its_base_and_shards_and_check_finds_a_wrong_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let ns = Namespace {
+            tenant: TenantId::generate(),
+            environment: Environment::Live,
+        };
+        // Bulk loads count in the base record; creates and deletes in the shards, so a product
+        // of the base deleted through its shard leaves that shard negative.
+        let loaded: Vec<_> = (100..140).map(|n| product(n, true)).collect();
+        store.bulk_insert_products(ns, &loaded).unwrap();
+        let created: Vec<_> = (200..230).map(|n| product(n, true)).collect();
+        for p in &created {
+            store.insert_product(ns, p).unwrap();
+        }
+        let gone: Vec<_> = loaded[..25]
+            .iter()
+            .chain(&created[..5])
+            .map(|p| p.id)
+            .collect();
+        store
+            .delete_products(ns, &gone, OffsetDateTime::now_utc())
+            .unwrap();
+        assert_eq!(store.product_count(ns).unwrap(), 40);
+        let shards = store
+            .counters
+            .scan_prefix(keys::namespace(ns))
+            .keys()
+            .filter(|k| k.as_ref().is_ok_and(|k| k.len() == 19))
+            .count();
+        assert!(shards > 10, "creates spread over the shards ({shards})");
+        store
+            .check_integrity::<LockoutState>()
+            .expect("the count agrees with the products");
+        let shard = keys::count_shard(ns, created[6].id.as_bytes());
+        store
+            .counters
+            .set(shard, codec::raw(&7i64.to_be_bytes()))
+            .unwrap();
+        let err = store.check_integrity::<LockoutState>().unwrap_err();
+        assert!(err.to_string().contains("products"), "{err}");
     }
 
     #[test]
