@@ -23,8 +23,11 @@ pub enum BackupError {
     Format(&'static str),
     #[error("{0}")]
     NoSpace(String),
-    /// The store is in PostgreSQL, whose own tools take its backups (pg_dump, base backups).
-    #[error("the store is kept in PostgreSQL: back it up with PostgreSQL's own tools (pg_dump)")]
+    /// An online backup of a store kept in PostgreSQL: its own tools copy a running database.
+    #[error(
+        "the store is kept in PostgreSQL: back it up with pg_dump while it runs, or with \
+         `pixee-pim backup` once the server is stopped"
+    )]
     NotSled,
 }
 

@@ -186,6 +186,85 @@ async fn migrate_moves_a_sled_store_into_an_empty_database_and_check_agrees_on_b
 }
 
 #[actix_web::test]
+async fn the_admin_commands_backup_and_restore_work_on_the_database_and_never_print_its_url() {
+    let url = fresh_database().replace("postgres@", "postgres:not-a-secret-7@");
+    let dir = tempfile::tempdir().expect("dir");
+    let tenant = pixee(
+        dir.path(),
+        &["--database-url", &url, "tenant", "create", "--name", "acme"],
+    );
+    assert!(tenant.status.success(), "{}", text(&tenant.stderr));
+    let key = pixee(
+        dir.path(),
+        &[
+            "--database-url",
+            &url,
+            "key",
+            "create",
+            "--tenant",
+            "acme",
+            "--name",
+            "cli",
+            "--scopes",
+            "products:read",
+        ],
+    );
+    assert!(key.status.success(), "{}", text(&key.stderr));
+    let raw = text(&key.stdout).trim().to_string();
+    assert!(raw.starts_with("pm_live_"), "{raw}");
+    // A failure names the database, never its URL (which may carry a password).
+    let dup = pixee(
+        dir.path(),
+        &["--database-url", &url, "tenant", "create", "--name", "acme"],
+    );
+    assert!(!dup.status.success());
+    // The offline backup walks the trees as on sled; it restores into another empty database.
+    let file = dir.path().join("pixee.backup");
+    let backup = pixee(
+        dir.path(),
+        &[
+            "--database-url",
+            &url,
+            "backup",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(backup.status.success(), "{}", text(&backup.stderr));
+    let copy = fresh_database();
+    let other = tempfile::tempdir().expect("dir");
+    let restore = pixee(
+        other.path(),
+        &[
+            "--database-url",
+            &copy,
+            "restore",
+            "--from",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(restore.status.success(), "{}", text(&restore.stderr));
+    for out in [&tenant, &key, &dup, &backup, &restore] {
+        assert!(
+            !text(&out.stderr).contains("not-a-secret-7"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+
+    // The server on the restored database knows the tenant and accepts the key there.
+    let app = spawn_app_with(on(&copy)).await;
+    let tenant_id = text(&tenant.stdout).trim().to_string();
+    let res = app
+        .with_key(Method::GET, "/api/v1/auth/me", &raw)
+        .header("X-Tenant-ID", &tenant_id)
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[actix_web::test]
 async fn one_database_serves_one_process_and_migrate_needs_a_database_url() {
     let url = fresh_database();
     let app = spawn_app_with(on(&url)).await;
