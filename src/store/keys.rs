@@ -147,3 +147,17 @@ pub fn updated_key(ns: &[u8], updated_nanos: i128, id: &[u8]) -> [u8; 49] {
     out[33..].copy_from_slice(id);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    /// Prefix scans on PostgreSQL end here (`kv::Tree::scan_prefix`), as reverse walks do.
+    #[test]
+    fn a_prefix_ends_at_the_next_key_that_does_not_start_with_it() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xFF, 0xFF]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xFF, 0xFF]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}

@@ -115,7 +115,7 @@ impl Tree {
             Tree::Sled(t) => Iter::Sled(t.scan_prefix(prefix)),
             Tree::Pg(t) => {
                 let prefix = prefix.as_ref();
-                let end = match prefix_end(prefix) {
+                let end = match super::keys::prefix_end(prefix) {
                     Some(end) => Bound::Excluded(end),
                     None => Bound::Unbounded,
                 };
@@ -234,18 +234,6 @@ impl Batch {
     pub fn remove<K: AsRef<[u8]>>(&mut self, key: K) {
         self.writes.push((IVec::from(key.as_ref()), None));
     }
-}
-
-/// The first key after every key that starts with `prefix` (`None`: no such key).
-pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
 }
 
 fn owned<K: AsRef<[u8]>>(bound: Bound<&K>) -> Bound<Vec<u8>> {
@@ -409,16 +397,3 @@ tuple_transactional!(A 0, B 1);
 tuple_transactional!(A 0, B 1, C 2);
 tuple_transactional!(A 0, B 1, C 2, D 3);
 tuple_transactional!(A 0, B 1, C 2, D 3, F 4);
-
-#[cfg(test)]
-mod tests {
-    use super::prefix_end;
-
-    #[test]
-    fn a_prefix_ends_at_the_next_key_that_does_not_start_with_it() {
-        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
-        assert_eq!(prefix_end(&[1, 0xFF, 0xFF]), Some(vec![2]));
-        assert_eq!(prefix_end(&[0xFF, 0xFF]), None);
-        assert_eq!(prefix_end(b""), None);
-    }
-}

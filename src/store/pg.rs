@@ -496,34 +496,56 @@ impl PgIter {
     }
 }
 
-impl Iterator for PgIter {
-    type Item = sled::Result<(IVec, IVec)>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl PgIter {
+    /// The next record from the front, or from the back when `back`: from the end's page, else
+    /// a new page read between what both ends have returned.
+    fn step(&mut self, back: bool) -> Option<sled::Result<(IVec, IVec)>> {
         loop {
-            if let Some((k, v)) = self.front.pop_front() {
-                if !below(&k, &self.hi) {
-                    self.front.clear();
-                    self.front_done = true;
+            let (buffer, done) = if back {
+                (&mut self.back, self.back_done)
+            } else {
+                (&mut self.front, self.front_done)
+            };
+            if let Some((k, v)) = buffer.pop_front() {
+                // The other end has already returned this key (the ends met).
+                let met = if back {
+                    !above(&k, &self.lo)
+                } else {
+                    !below(&k, &self.hi)
+                };
+                if met {
+                    buffer.clear();
+                    *(if back {
+                        &mut self.back_done
+                    } else {
+                        &mut self.front_done
+                    }) = true;
                     return None;
                 }
-                self.lo = Bound::Excluded(k.to_vec());
+                let seen = Bound::Excluded(k.to_vec());
+                *(if back { &mut self.hi } else { &mut self.lo }) = seen;
                 return Some(Ok((k, v)));
             }
-            if self.front_done {
+            if done {
                 return None;
             }
             let limit = self.next_page();
-            match self.tree.page(&self.lo, &self.hi, false, limit) {
+            let page = self.tree.page(&self.lo, &self.hi, back, limit);
+            let (buffer, done) = if back {
+                (&mut self.back, &mut self.back_done)
+            } else {
+                (&mut self.front, &mut self.front_done)
+            };
+            match page {
                 Ok(rows) => {
-                    self.front_done = rows.len() < limit;
+                    *done = rows.len() < limit;
                     if rows.is_empty() {
                         return None;
                     }
-                    self.front.extend(rows);
+                    buffer.extend(rows);
                 }
                 Err(e) => {
-                    self.front_done = true;
+                    *done = true;
                     return Some(Err(e));
                 }
             }
@@ -531,36 +553,17 @@ impl Iterator for PgIter {
     }
 }
 
+impl Iterator for PgIter {
+    type Item = sled::Result<(IVec, IVec)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.step(false)
+    }
+}
+
 impl DoubleEndedIterator for PgIter {
     fn next_back(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some((k, v)) = self.back.pop_front() {
-                if !above(&k, &self.lo) {
-                    self.back.clear();
-                    self.back_done = true;
-                    return None;
-                }
-                self.hi = Bound::Excluded(k.to_vec());
-                return Some(Ok((k, v)));
-            }
-            if self.back_done {
-                return None;
-            }
-            let limit = self.next_page();
-            match self.tree.page(&self.lo, &self.hi, true, limit) {
-                Ok(rows) => {
-                    self.back_done = rows.len() < limit;
-                    if rows.is_empty() {
-                        return None;
-                    }
-                    self.back.extend(rows);
-                }
-                Err(e) => {
-                    self.back_done = true;
-                    return Some(Err(e));
-                }
-            }
-        }
+        self.step(true)
     }
 }
 

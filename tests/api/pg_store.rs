@@ -51,6 +51,19 @@ fn tree_counts(stdout: &str) -> Vec<String> {
         .collect()
 }
 
+/// The `total` of the first page of products the key sees.
+async fn total(app: &TestApp, key: &str) -> Value {
+    let list: Value = app
+        .with_key(Method::GET, "/api/v1/products?per_page=100", key)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    list["total"].clone()
+}
+
 fn ean(i: u32) -> String {
     let body = format!("400{i:09}");
     let sum: u32 = body
@@ -163,15 +176,7 @@ async fn migrate_moves_a_sled_store_into_an_empty_database_and_check_agrees_on_b
         StatusCode::UNAUTHORIZED,
         "a key revoked before the move stays revoked"
     );
-    let list: Value = pg
-        .with_key(Method::GET, "/api/v1/products?per_page=100", &key.raw)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(list["total"], 24, "{list}");
+    assert_eq!(total(&pg, &key.raw).await, 24);
     let deleted = pg
         .with_key(
             Method::GET,
@@ -347,16 +352,9 @@ async fn a_database_that_goes_away_gives_503s_and_the_server_recovers_by_itself(
         StatusCode::OK,
         "the write confirmed before is there"
     );
-    let list: Value = app
-        .with_key(Method::GET, "/api/v1/products", &key.raw)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
     assert_eq!(
-        list["total"], 2,
-        "the write refused while down never landed: {list}"
+        total(&app, &key.raw).await,
+        2,
+        "the write refused while down never landed"
     );
 }

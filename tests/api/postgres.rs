@@ -102,26 +102,7 @@ impl Cluster {
                 "UTF8",
             ],
         );
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=1000 -c log_min_error_statement=panic \
-             -c shared_buffers=64MB -c log_min_messages=warning",
-            c.port,
-            path(&c.dir)
-        );
-        let log = c.dir.join("log");
-        c.run(
-            "pg_ctl",
-            &[
-                "-D",
-                path(&data),
-                "-l",
-                path(&log),
-                "-o",
-                &options,
-                "-w",
-                "start",
-            ],
-        );
+        c.pg_ctl("start");
         // Stop the cluster and remove it when this process ends, however it ends. The watchdog
         // runs as this process's user, which may signal it (the cluster's user may not).
         let stop = format!(
@@ -187,13 +168,18 @@ impl Cluster {
     /// pg_ctl on this cluster (e.g. `restart`, `stop`), waiting for it.
     pub fn pg_ctl(&self, action: &str) {
         let data = self.dir.join("data");
-        let log = self.dir.join("log");
+        if action != "start" {
+            self.run("pg_ctl", &["-D", path(&data), "-m", "fast", "-w", action]);
+            return;
+        }
+        // Loopback and a private socket directory only; room for every test app's pool.
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=1000 -c log_min_error_statement=panic \
-             -c shared_buffers=64MB -c log_min_messages=warning",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=1000 \
+             -c log_min_error_statement=panic -c shared_buffers=64MB -c log_min_messages=warning",
             self.port,
             path(&self.dir)
         );
+        let log = self.dir.join("log");
         self.run(
             "pg_ctl",
             &[
@@ -203,10 +189,8 @@ impl Cluster {
                 path(&log),
                 "-o",
                 &options,
-                "-m",
-                "fast",
                 "-w",
-                action,
+                "start",
             ],
         );
     }
