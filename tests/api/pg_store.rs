@@ -320,6 +320,13 @@ async fn a_database_that_goes_away_gives_503s_and_the_server_recovers_by_itself(
     let path = format!("/api/v1/products/{}", before["id"].as_str().expect("id"));
 
     cluster.pg_ctl("stop");
+    // Readiness says so too, for a load balancer to take the node out.
+    let ready = app
+        .req(Method::GET, "/readyz")
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     let res = app.create_product(&key.raw, &ean(2), "While down").await;
     assert!(res.headers().contains_key("retry-after"));
     assert_problem(res, 503, "SERVICE_UNAVAILABLE").await;
@@ -342,6 +349,12 @@ async fn a_database_that_goes_away_gives_503s_and_the_server_recovers_by_itself(
         actix_web::rt::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(after.status(), StatusCode::CREATED);
+    let ready = app
+        .req(Method::GET, "/readyz")
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), StatusCode::OK);
     let res = app
         .with_key(Method::GET, &path, &key.raw)
         .send()
