@@ -264,7 +264,7 @@ impl Settings {
             url,
             connections: a
                 .database_connections
-                .unwrap_or(workers as u32 + 4)
+                .unwrap_or((workers as u32 + 4).min(64))
                 .clamp(2, 1000),
         });
         Settings {

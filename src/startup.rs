@@ -82,6 +82,26 @@ pub struct DataDir {
     pub store: Store,
 }
 
+/// A file in the data dir saying its records are in PostgreSQL, written when a store there is
+/// opened with `--database-url`: a command run there without the URL (say, from a shell that
+/// lacks the service's environment) is refused instead of creating an empty sled store beside
+/// the real one.
+pub const ENGINE_MARKER: &str = "engine";
+
+/// Opens the store in the PostgreSQL database at `url` for the data dir `dir` (whose lock the
+/// caller holds), marking the data dir as PostgreSQL's.
+pub fn open_postgres_store(dir: &Path, url: &str, connections: u32) -> Result<Store, StartError> {
+    let store = Store::open_postgres(url, connections)
+        .map_err(|e| other(format!("cannot open the store in PostgreSQL: {e}")))?;
+    std::fs::write(dir.join(ENGINE_MARKER), "postgresql\n").map_err(|e| {
+        other(format!(
+            "cannot write {}: {e}",
+            dir.join(ENGINE_MARKER).display()
+        ))
+    })?;
+    Ok(store)
+}
+
 /// Where the admin commands find the store: the data dir, and the PostgreSQL database when
 /// the records are kept there (`--database-url`).
 #[derive(Clone)]
@@ -109,11 +129,11 @@ impl DataDir {
         }
     }
 
-    /// The data dir, locked, with the store in the PostgreSQL database at `url`.
+    /// The data dir, locked, with the store in the PostgreSQL database at `url`. The data dir
+    /// is marked as PostgreSQL's (see [`ENGINE_MARKER`]).
     pub fn open_postgres(dir: &Path, url: &str, connections: u32) -> Result<DataDir, StartError> {
         let lock = DataDir::lock(dir)?;
-        let store = Store::open_postgres(url, connections)
-            .map_err(|e| other(format!("cannot open the store in PostgreSQL: {e}")))?;
+        let store = open_postgres_store(dir, url, connections)?;
         DataDir::checked(lock, store, "PostgreSQL")
     }
 
@@ -125,6 +145,15 @@ impl DataDir {
     /// [`DataDir::open`] with sled's log flushed and cleaned every `flush_ms` milliseconds.
     pub fn open_tuned(dir: &Path, cache_mb: u64, flush_ms: u64) -> Result<DataDir, StartError> {
         let lock = DataDir::lock(dir)?;
+        let marker = dir.join(ENGINE_MARKER);
+        if std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == "postgresql") {
+            return Err(other(format!(
+                "the records of data dir {} are in PostgreSQL: pass --database-url (or set \
+                 PIXEE_DATABASE_URL); to keep them in sled here again, remove {}",
+                dir.display(),
+                marker.display()
+            )));
+        }
         let store = Store::open_tuned(dir, cache_mb.saturating_mul(1024 * 1024), flush_ms)
             .map_err(|e| other(format!("cannot open the store in {}: {e}", dir.display())))?;
         DataDir::checked(lock, store, &dir.display().to_string())

@@ -179,15 +179,24 @@ pub(super) fn run_migrate(from: &Path, to: &Place) -> Result<(), StartError> {
     };
     let source = DataDir::open(from, 64)?;
     let before = check_store(&source, &source_place)?;
-    let target = DataDir::open_place(to, 16)?;
-    if !target.store.is_empty().map_err(fail)? {
+    // The usual case copies into the data dir the server will keep using (the service's own):
+    // its lock is already held here.
+    let same_dir = std::fs::canonicalize(from).ok() == std::fs::canonicalize(&to.data_dir).ok();
+    let (target, _target_dir) = if same_dir {
+        let url = to.database_url.as_deref().unwrap_or_default();
+        (crate::startup::open_postgres_store(from, url, 4)?, None)
+    } else {
+        let dir = DataDir::open_place(to, 16)?;
+        (dir.store.clone(), Some(dir))
+    };
+    if !target.is_empty().map_err(fail)? {
         return Err(fail(
             "the PostgreSQL database already holds records: migrate copies into an empty one only",
         ));
     }
     let started = std::time::Instant::now();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let copied = backup::copy_store(&source.store, &target.store, |n| {
+    let copied = backup::copy_store(&source.store, &target, |n| {
         if tty && n > 0 && n.is_multiple_of(100_000) {
             eprintln!("pixee-pim: {n} records copied");
         }
@@ -197,7 +206,9 @@ pub(super) fn run_migrate(from: &Path, to: &Place) -> Result<(), StartError> {
             "the copy failed (empty the database before trying again): {e}"
         ))
     })?;
-    let after = check_store(&target, to)?;
+    let after = target
+        .check_integrity::<LockoutState>()
+        .map_err(|e| fail(format!("the copy in PostgreSQL is damaged: {e}")))?;
     if after.trees != before.trees {
         return Err(fail(format!(
             "the copy differs from the source: {:?} against {:?}",

@@ -447,17 +447,18 @@ impl Store {
             return Err(StoreError::NotFound);
         };
         let doomed: HashSet<Uuid> = subtree.iter().map(|c| c.id).collect();
-        let channels: Vec<Vec<u8>> = subtree
-            .iter()
-            .flat_map(|c| {
-                self.category_mappings
-                    .scan_prefix(keys::ns_id(ns, c.id.as_bytes()))
-                    .keys()
-                    .filter_map(Result::ok)
-                    .map(|k| k.to_vec())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        // Every mapping of the subtree, or the error: a list cut short would leave mappings of
+        // deleted categories behind.
+        let mut channels: Vec<Vec<u8>> = Vec::new();
+        for c in subtree {
+            for k in self
+                .category_mappings
+                .scan_prefix(keys::ns_id(ns, c.id.as_bytes()))
+                .keys()
+            {
+                channels.push(k?.to_vec());
+            }
+        }
         self.product_tx(|t| {
             t.claim_version(ns, Some(version))?;
             let Some(old) = t.load_category(ns, root.id)? else {

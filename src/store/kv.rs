@@ -295,17 +295,6 @@ impl TxTree {
         }
     }
 
-    pub fn insert<K: AsRef<[u8]>, V: Into<IVec>>(
-        &self,
-        key: K,
-        value: V,
-    ) -> TxResult<Option<IVec>> {
-        match self {
-            TxTree::Sled(t) => t.insert(key.as_ref(), value),
-            TxTree::Pg(t) => t.insert(key.as_ref(), value.into()),
-        }
-    }
-
     pub fn remove<K: AsRef<[u8]>>(&self, key: K) -> TxResult<Option<IVec>> {
         match self {
             TxTree::Sled(t) => t.remove(key.as_ref()),
@@ -313,8 +302,8 @@ impl TxTree {
         }
     }
 
-    /// [`TxTree::insert`] for a caller that does not need the old value: on PostgreSQL it
-    /// costs no round trip (the write goes with the commit).
+    /// Writes `value` under `key`; on PostgreSQL it costs no round trip (the write goes with
+    /// the commit).
     pub fn set<K: AsRef<[u8]>, V: Into<IVec>>(&self, key: K, value: V) -> TxResult<()> {
         match self {
             TxTree::Sled(t) => t.insert(key.as_ref(), value).map(|_| ()),

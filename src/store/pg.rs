@@ -10,9 +10,16 @@
 //! the commit. A row changed since the snapshot (SQLSTATE 40001), a deadlock (40P01) or a
 //! duplicate key runs the closure again from the start, which is sled's own rule: its closures
 //! already run again on a conflict. So every row a transaction read or wrote is unchanged by
-//! others from its snapshot to its commit, and a key it found absent cannot be written by
-//! another transaction that commits first (the upsert then conflicts): every read-check-write
-//! of the store (an EAN, a refresh token, a lockout counter, a reference count) is exact.
+//! others from its snapshot to its commit, and a key it found absent and then writes cannot be
+//! written first by another transaction (its upsert conflicts): every read-check-write of the
+//! store (an EAN, a refresh token, a lockout counter, a reference count) is exact. What this
+//! level allows and `SERIALIZABLE` would not is write skew on absent keys: two transactions,
+//! each finding absent a key only the other writes. The store's transactions were read for it
+//! (webhooks, categories, sessions and refresh tokens, lockout, keys, jobs, tombstones,
+//! supplier and category counts): where one relies on an absence without writing that key,
+//! it either writes nothing (an unknown supplier, category, webhook or token is refused) or
+//! both sides write a record they share (a category tree's version, a namespace's tombstone
+//! cursor, a reference count), so the two conflict there.
 //! `SERIALIZABLE` gave the same answers, but its predicate locks on index pages made
 //! concurrent creates in one namespace fail each other nine times in ten
 //! (docs/PERFORMANCE.md, "PostgreSQL"). A committed transaction is durable (PostgreSQL's
@@ -63,8 +70,9 @@ fn unavailable(e: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(d) => d.code().is_some_and(|c| {
-            // 08: connection exception; 57P0x: the server shutting down or starting up.
-            c.starts_with("08") || c.starts_with("57P")
+            // 08: connection exception; 57P0x: the server shutting down or starting up; 57014:
+            // a statement ended by `statement_timeout`.
+            c.starts_with("08") || c.starts_with("57P") || c == "57014"
         }),
         _ => false,
     }
@@ -83,19 +91,14 @@ fn conflict(e: &sqlx::Error) -> bool {
 struct Inner {
     runtime: Option<tokio::runtime::Runtime>,
     pool: PgPool,
-    /// The connection that holds [`NODE_LOCK`] (taken back to the runtime on drop).
-    lock: Mutex<Option<sqlx::PgConnection>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(rt) = self.runtime.take() {
+            // The node lock's connection belongs to its watch, which ends with the runtime.
             let pool = self.pool.clone();
-            let lock = self.lock.lock().ok().and_then(|mut l| l.take());
             let close = async move {
-                if let Some(conn) = lock {
-                    let _ = conn.close().await;
-                }
                 pool.close().await;
             };
             if tokio::runtime::Handle::try_current().is_err() {
@@ -121,8 +124,9 @@ pub struct PgDb {
 }
 
 impl PgDb {
-    /// Connects, applies the migrations, and takes the node lock: a second process on the same
-    /// database is refused (`Err` names why).
+    /// Takes the node lock, applies the migrations and opens the pool: a second process on the
+    /// same database is refused before it changes anything (`Err` names why). The lock is
+    /// watched from then on (see [`watch_lock`]).
     pub fn connect(url: &str, connections: u32) -> Result<PgDb, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -132,36 +136,29 @@ impl PgDb {
             .map_err(|e| format!("could not start the PostgreSQL runtime: {e}"))?;
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| format!("--database-url: {e}"))?
-            .application_name("pixee-pim");
+            .application_name("pixee-pim")
+            // A statement that runs this long, or a transaction left idle this long, is ended
+            // by the database: no worker waits without bound, and no row stays locked.
+            .options([
+                ("statement_timeout", "30s"),
+                ("idle_in_transaction_session_timeout", "60s"),
+            ]);
         let connections = connections.max(2);
+        let lock_options = options.clone();
+        let watch_options = options.clone();
         let setup = async move {
+            let lock = take_node_lock(&lock_options).await?;
             let pool = PgPoolOptions::new()
                 .max_connections(connections)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .idle_timeout(Duration::from_secs(60))
-                .connect_with(options.clone())
+                .connect_with(options)
                 .await
                 .map_err(|e| format!("could not connect to PostgreSQL: {e}"))?;
             MIGRATOR
                 .run(&pool)
                 .await
                 .map_err(|e| format!("could not apply the schema migrations: {e}"))?;
-            let mut lock = sqlx::PgConnection::connect_with(&options)
-                .await
-                .map_err(|e| format!("could not connect to PostgreSQL: {e}"))?;
-            let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(NODE_LOCK)
-                .fetch_one(&mut lock)
-                .await
-                .map_err(|e| format!("could not take the node lock: {e}"))?;
-            if !held {
-                pool.close().await;
-                return Err(
-                    "another pixee-pim process is using this database (one process per \
-                            database: see docs/ARCHITECTURE.md)"
-                        .to_string(),
-                );
-            }
             Ok((pool, lock))
         };
         let (pool, lock) = match block(&runtime, setup).and_then(|r| r) {
@@ -172,11 +169,11 @@ impl PgDb {
                 return Err(e);
             }
         };
+        runtime.spawn(watch_lock(lock, watch_options));
         Ok(PgDb {
             inner: Arc::new(Inner {
                 runtime: Some(runtime),
                 pool,
-                lock: Mutex::new(Some(lock)),
             }),
         })
     }
@@ -219,6 +216,63 @@ impl PgDb {
                 .await
         })?;
         Ok(u64::try_from(bytes).unwrap_or(0))
+    }
+}
+
+/// A connection holding [`NODE_LOCK`], or why there is none.
+async fn take_node_lock(options: &PgConnectOptions) -> Result<sqlx::PgConnection, String> {
+    let mut lock = sqlx::PgConnection::connect_with(options)
+        .await
+        .map_err(|e| format!("could not connect to PostgreSQL: {e}"))?;
+    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(NODE_LOCK)
+        .fetch_one(&mut lock)
+        .await
+        .map_err(|e| format!("could not take the node lock: {e}"))?;
+    if !held {
+        let _ = lock.close().await;
+        return Err(
+            "another pixee-pim process is using this database (one process per \
+                    database: see docs/ARCHITECTURE.md)"
+                .to_string(),
+        );
+    }
+    Ok(lock)
+}
+
+/// Keeps the node lock, on the connection that took it: once a second it checks that the
+/// session is alive, and when it is not (a database restart ends it, and with it the lock) it
+/// connects again and takes the lock again. If another process took the lock meanwhile, this
+/// one's caches may be stale (a key revoked there could still pass here), so it stops at once;
+/// its service manager may start it again, and that start is refused while the other runs.
+async fn watch_lock(mut lock: sqlx::PgConnection, options: PgConnectOptions) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    let mut alive = true;
+    loop {
+        interval.tick().await;
+        if alive {
+            alive = sqlx::query("SELECT 1").execute(&mut lock).await.is_ok();
+            if alive {
+                continue;
+            }
+            tracing::warn!("the connection holding the node lock was lost; taking the lock again");
+        }
+        match take_node_lock(&options).await {
+            Ok(conn) => {
+                tracing::info!("node lock taken again");
+                lock = conn;
+                alive = true;
+            }
+            Err(e) if e.starts_with("another pixee-pim process") => {
+                tracing::error!(
+                    "another pixee-pim process took this database while the node lock was lost; \
+                     stopping so that no cached credential outlives a change made there"
+                );
+                std::process::exit(3);
+            }
+            // The database is still away: try again at the next tick.
+            Err(_) => {}
+        }
     }
 }
 
@@ -318,32 +372,16 @@ impl PgTree {
         })
     }
 
+    /// Applies the writes in one transaction, two statements (a later write to a key wins).
     pub fn apply_batch(&self, writes: Vec<(IVec, Option<IVec>)>) -> sled::Result<()> {
-        let (pool, tree) = (self.db.pool(), self.name.to_string());
+        let writes: Buffered = writes
+            .into_iter()
+            .map(|(k, v)| ((self.name.clone(), k.to_vec()), v.map(|v| v.to_vec())))
+            .collect();
+        let pool = self.db.pool();
         self.db.run(async move {
             let mut tx = pool.begin().await?;
-            for (k, v) in writes {
-                match v {
-                    Some(v) => {
-                        sqlx::query(
-                            "INSERT INTO kv (tree, k, v) VALUES ($1, $2, $3) \
-                             ON CONFLICT (tree, k) DO UPDATE SET v = EXCLUDED.v",
-                        )
-                        .bind(&tree)
-                        .bind(k.to_vec())
-                        .bind(v.to_vec())
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    None => {
-                        sqlx::query("DELETE FROM kv WHERE tree = $1 AND k = $2")
-                            .bind(&tree)
-                            .bind(k.to_vec())
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                }
-            }
+            write_all(&mut tx, writes).await?;
             tx.commit().await
         })
     }
@@ -363,8 +401,8 @@ impl PgTree {
                 }));
             }
             match &new {
-                Some(v) => t[0].insert(key, v.clone())?,
-                None => t[0].remove(key)?,
+                Some(v) => t[0].set(key, v.clone())?,
+                None => t[0].unset(key)?,
             };
             Ok(Ok(()))
         });
@@ -381,8 +419,8 @@ impl PgTree {
             let current = t[0].get(key)?;
             let next = (f.borrow_mut())(current.as_deref());
             match next {
-                Some(v) => t[0].insert(key, v)?,
-                None => t[0].remove(key)?,
+                Some(v) => t[0].set(key, v)?,
+                None => t[0].unset(key)?,
             };
             Ok(current)
         });
@@ -648,49 +686,54 @@ impl TxState {
         if writes.is_empty() {
             return Ok(());
         }
-        let (mut up_trees, mut up_keys, mut up_values) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut del_trees, mut del_keys) = (Vec::new(), Vec::new());
-        for ((tree, key), value) in writes {
-            match value {
-                Some(v) => {
-                    up_trees.push(tree.to_string());
-                    up_keys.push(key);
-                    up_values.push(v);
-                }
-                None => {
-                    del_trees.push(tree.to_string());
-                    del_keys.push(key);
-                }
-            }
-        }
         self.run(move |mut tx| async move {
-            let mut result = Ok(());
-            if !del_keys.is_empty() {
-                result = sqlx::query(
-                    "DELETE FROM kv USING UNNEST($1::text[], $2::bytea[]) AS d(tree, k) \
-                     WHERE kv.tree = d.tree AND kv.k = d.k",
-                )
-                .bind(del_trees)
-                .bind(del_keys)
-                .execute(&mut *tx)
-                .await
-                .map(|_| ());
-            }
-            if result.is_ok() && !up_keys.is_empty() {
-                result = sqlx::query(
-                    "INSERT INTO kv (tree, k, v) SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::bytea[]) \
-                     ON CONFLICT (tree, k) DO UPDATE SET v = EXCLUDED.v",
-                )
-                .bind(up_trees)
-                .bind(up_keys)
-                .bind(up_values)
-                .execute(&mut *tx)
-                .await
-                .map(|_| ());
-            }
+            let result = write_all(&mut tx, writes).await;
             (tx, result)
         })
     }
+}
+
+/// Writes `writes` on `conn` (inside its transaction): one removal of every key removed, then
+/// one upsert of every new value, each a single statement over arrays.
+async fn write_all(conn: &mut sqlx::PgConnection, writes: Buffered) -> Result<(), sqlx::Error> {
+    let (mut up_trees, mut up_keys, mut up_values) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut del_trees, mut del_keys) = (Vec::new(), Vec::new());
+    for ((tree, key), value) in writes {
+        match value {
+            Some(v) => {
+                up_trees.push(tree.to_string());
+                up_keys.push(key);
+                up_values.push(v);
+            }
+            None => {
+                del_trees.push(tree.to_string());
+                del_keys.push(key);
+            }
+        }
+    }
+    if !del_keys.is_empty() {
+        sqlx::query(
+            "DELETE FROM kv USING UNNEST($1::text[], $2::bytea[]) AS d(tree, k) \
+             WHERE kv.tree = d.tree AND kv.k = d.k",
+        )
+        .bind(del_trees)
+        .bind(del_keys)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !up_keys.is_empty() {
+        sqlx::query(
+            "INSERT INTO kv (tree, k, v) \
+             SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::bytea[]) \
+             ON CONFLICT (tree, k) DO UPDATE SET v = EXCLUDED.v",
+        )
+        .bind(up_trees)
+        .bind(up_keys)
+        .bind(up_values)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 impl Drop for TxState {
@@ -732,18 +775,6 @@ impl PgTxTree {
         Ok(v.map(IVec::from))
     }
 
-    /// Writes `value` under `key` at the commit; returns what the key held (read only when
-    /// this transaction has not written the key already).
-    pub fn insert(
-        &self,
-        key: &[u8],
-        value: IVec,
-    ) -> Result<Option<IVec>, UnabortableTransactionError> {
-        let old = self.get(key)?;
-        self.state.buffer(&self.name, key, Some(value.to_vec()))?;
-        Ok(old)
-    }
-
     /// Writes `value` under `key` at the commit, without reading what it held.
     pub fn set(&self, key: &[u8], value: IVec) -> Result<(), UnabortableTransactionError> {
         self.state.buffer(&self.name, key, Some(value.to_vec()))
@@ -776,6 +807,14 @@ where
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
+        if attempt > MAX_ATTEMPTS {
+            return Err(TransactionError::Storage(sled::Error::Io(
+                std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    format!("postgresql: a transaction conflicted {MAX_ATTEMPTS} times in a row"),
+                ),
+            )));
+        }
         let pool = db.pool();
         let tx = db
             .run(async move {
@@ -831,6 +870,10 @@ where
         pause(attempt);
     }
 }
+
+/// How many times a transaction runs before the store gives up and answers "unavailable"
+/// (sled retries without end; a database that conflicts this often is in trouble).
+const MAX_ATTEMPTS: u32 = 200;
 
 fn pause(attempt: u32) {
     let ceiling = 50u64 * u64::from(attempt.min(40));

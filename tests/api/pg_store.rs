@@ -116,21 +116,16 @@ async fn migrate_moves_a_sled_store_into_an_empty_database_and_check_agrees_on_b
     app.stop().await;
 
     let url = fresh_database();
-    let target = tempfile::tempdir().expect("dir");
     let sled_check = pixee(source.path(), &["check"]);
     assert!(sled_check.status.success(), "{}", text(&sled_check.stderr));
+    // Into the data dir it copies from, as a service does (its data dir stays the same).
+    let from = source.path().to_str().unwrap();
     let out = pixee(
-        target.path(),
-        &[
-            "migrate",
-            "--from-data-dir",
-            source.path().to_str().unwrap(),
-            "--database-url",
-            &url,
-        ],
+        source.path(),
+        &["migrate", "--from-data-dir", from, "--database-url", &url],
     );
     assert!(out.status.success(), "migrate: {}", text(&out.stderr));
-    let pg_check = pixee(target.path(), &["check", "--database-url", &url]);
+    let pg_check = pixee(source.path(), &["check", "--database-url", &url]);
     assert!(pg_check.status.success(), "{}", text(&pg_check.stderr));
     let (sled_trees, pg_trees) = (
         tree_counts(&text(&sled_check.stdout)),
@@ -145,13 +140,26 @@ async fn migrate_moves_a_sled_store_into_an_empty_database_and_check_agrees_on_b
         "the copy's check matches the source's"
     );
 
-    // A second migrate into the same database is refused and changes nothing.
+    // The data dir now says its records are in PostgreSQL: a command without the URL is
+    // refused instead of opening the sled store left behind.
+    let stale = pixee(source.path(), &["check"]);
+    assert!(!stale.status.success());
+    assert!(
+        text(&stale.stderr).contains("--database-url"),
+        "{}",
+        text(&stale.stderr)
+    );
+
+    // A migrate into a database that holds records is refused and changes nothing.
+    let other = tempfile::tempdir().expect("dir");
+    let made = pixee(other.path(), &["tenant", "create", "--name", "other"]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
     let again = pixee(
-        target.path(),
+        other.path(),
         &[
             "migrate",
             "--from-data-dir",
-            source.path().to_str().unwrap(),
+            other.path().to_str().unwrap(),
             "--database-url",
             &url,
         ],
