@@ -186,6 +186,29 @@ fn benches(c: &mut Criterion) {
         b.iter(|| catalog.list(f.ns, black_box(&search)).expect("list"))
     });
     g.finish();
+
+    // A product create's store transaction (its indexes, the count, the feed index), without
+    // the flush that makes it durable: the part the store boundary could slow down.
+    let mut g = c.benchmark_group("store");
+    let mut n = 9_000_000_000u64;
+    let now = time::OffsetDateTime::now_utc();
+    g.bench_function("insert_product", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                let mut p = pixee_pim::catalog::products::blank(
+                    pixee_pim::domain::ProductId::generate(),
+                    now,
+                );
+                p.ean = pixee_pim::domain::Ean::from_body(n).as_str().to_owned();
+                p.name = format!("Bench {n}");
+                p
+            },
+            |p| f.store.insert_product(f.ns, &p).expect("insert"),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.finish();
 }
 
 criterion_group!(hot_paths, benches);
