@@ -60,7 +60,7 @@ pub struct ServeArgs {
     /// a flag shows in the process list
     #[arg(skip)]
     pub database_url: Option<String>,
-    /// Connections to PostgreSQL (default: the request workers plus four)
+    /// Connections to PostgreSQL (default: the request workers plus four, at most 64)
     #[arg(long, env = "PIXEE_DATABASE_CONNECTIONS")]
     pub database_connections: Option<u32>,
     /// Largest JSON request body in bytes
