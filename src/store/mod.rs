@@ -301,14 +301,6 @@ impl Store {
         Store::on(kv::Db::Pg(db))
     }
 
-    /// Which engine holds the records.
-    pub fn engine(&self) -> &'static str {
-        match self.db {
-            kv::Db::Sled(_) => "sled",
-            kv::Db::Pg(_) => "postgresql",
-        }
-    }
-
     fn on(db: kv::Db) -> StoreResult<Store> {
         let tree = |name: &str| db.open_tree(name);
         let store = Store {

@@ -197,7 +197,7 @@ impl PgDb {
         self.run_raw(fut)?.map_err(failure)
     }
 
-    /// [`PgDb::run`], leaving sqlx's error as it is.
+    /// [`PgDb::run`], leaving sqlx's error as it is (a commit tells conflicts from failures).
     fn run_raw<T: Send + 'static>(
         &self,
         fut: impl Future<Output = Result<T, sqlx::Error>> + Send + 'static,
@@ -304,9 +304,14 @@ const REMOVE: &str = "DELETE FROM kv WHERE tree = $1 AND k = $2 RETURNING v";
 
 impl PgTree {
     pub fn get(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
+        self.value_of(GET, key)
+    }
+
+    /// Runs `sql` (parameters: the tree, then `key`) and returns the value it answers, if any.
+    fn value_of(&self, sql: &'static str, key: &[u8]) -> sled::Result<Option<IVec>> {
         let (pool, tree, key) = (self.db.pool(), self.name.to_string(), key.to_vec());
         let v: Option<Vec<u8>> = self.db.run(async move {
-            sqlx::query_scalar(GET)
+            sqlx::query_scalar(sql)
                 .bind(tree)
                 .bind(key)
                 .fetch_optional(&pool)
@@ -333,15 +338,7 @@ impl PgTree {
     }
 
     pub fn remove(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
-        let (pool, tree, key) = (self.db.pool(), self.name.to_string(), key.to_vec());
-        let v: Option<Vec<u8>> = self.db.run(async move {
-            sqlx::query_scalar(REMOVE)
-                .bind(tree)
-                .bind(key)
-                .fetch_optional(&pool)
-                .await
-        })?;
-        Ok(v.map(IVec::from))
+        self.value_of(REMOVE, key)
     }
 
     pub fn len(&self) -> usize {

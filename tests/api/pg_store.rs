@@ -65,13 +65,9 @@ async fn total(app: &TestApp, key: &str) -> Value {
 }
 
 fn ean(i: u32) -> String {
-    let body = format!("400{i:09}");
-    let sum: u32 = body
-        .bytes()
-        .enumerate()
-        .map(|(n, b)| u32::from(b - b'0') * if n % 2 == 0 { 1 } else { 3 })
-        .sum();
-    format!("{body}{}", (10 - sum % 10) % 10)
+    pixee_pim::domain::Ean::from_body(400_000_000_000 + u64::from(i))
+        .as_str()
+        .to_owned()
 }
 
 #[actix_web::test]
