@@ -195,3 +195,87 @@ def seed(keys, products, scopes="products:read", prefix="pixee-bench-"):
     cli(data, "seed", "--tenant", "default", "--keys", str(keys), "--products", str(products))
     key = cli(data, "key", "create", "--tenant", "default", "--name", "bench", "--scopes", scopes)
     return data, key
+
+
+# PostgreSQL (scripts/bench-postgres, scripts/bench-cluster).
+
+CREATE_LUA = r"""
+local next_id = 0
+function setup(thread)
+  thread:set("tid", next_id)
+  next_id = next_id + 1
+end
+function init(args)
+  run = args[1]
+  n = 0
+  wrk.headers["Content-Type"] = "application/json"
+end
+function request()
+  n = n + 1
+  local body = string.format("%s%d%08d", run, tid, n)
+  local sum = 0
+  for i = 1, 12 do
+    local d = tonumber(body:sub(i, i))
+    if i % 2 == 0 then sum = sum + 3 * d else sum = sum + d end
+  end
+  local ean = body .. tostring((10 - sum % 10) % 10)
+  -- No header table: wrk's own headers (the -H key among them) go with the request.
+  return wrk.format("POST", nil, nil, '{"ean":"' .. ean .. '","name":"Bench ' .. ean .. '"}')
+end
+"""
+
+
+def pg_bin():
+    versions = sorted(d for d in os.listdir("/usr/lib/postgresql")
+                      if os.path.exists(f"/usr/lib/postgresql/{d}/bin/initdb"))
+    if not versions:
+        raise SystemExit("install Debian's postgresql first (scripts/test does)")
+    return f"/usr/lib/postgresql/{versions[-1]}/bin"
+
+
+class PgCluster:
+    """initdb + pg_ctl in a temporary directory, loopback only; stop() removes it."""
+
+    def __init__(self):
+        self.bin = pg_bin()
+        self.dir = tempfile.mkdtemp(prefix="pixee-bench-pg-")
+        self.port = free_port()
+        self.as_postgres = os.geteuid() == 0
+        if self.as_postgres:
+            sh("chown", "-R", "postgres:postgres", self.dir)
+        self.run("initdb", "-D", f"{self.dir}/data", "-A", "trust", "-U", "postgres", "-E", "UTF8")
+        self.run("pg_ctl", "-D", f"{self.dir}/data", "-l", f"{self.dir}/log", "-w", "-o",
+                 f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=200 "
+                 "-c shared_buffers=128MB", "start")
+
+    def run(self, tool, *args):
+        cmd = [f"{self.bin}/{tool}", *args]
+        if self.as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, cwd=self.dir)
+
+    def database(self, name):
+        sh(f"{self.bin}/psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+           "-c", f"CREATE DATABASE {name}")
+        return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self):
+        try:
+            self.run("pg_ctl", "-D", f"{self.dir}/data", "-m", "fast", "-w", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wrk_rps(url, header, script=None, args=(), duration="5s"):
+    cmd = ["wrk", "-t", "2", "-c", "64", "-d", duration, "-H", header]
+    if script:
+        cmd += ["-s", script]
+    cmd.append(url)
+    if args:
+        cmd += ["--", *args]
+    out = sh(*cmd).stdout
+    rps = float(out.split("Requests/sec:")[1].split()[0])
+    bad = 0
+    if "Non-2xx or 3xx responses:" in out:
+        bad = int(out.split("Non-2xx or 3xx responses:")[1].split()[0])
+    return rps, bad

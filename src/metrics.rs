@@ -221,6 +221,9 @@ pub struct Snapshot {
     pub store_bytes: u64,
     pub search_index_bytes: u64,
     pub caches: Vec<(&'static str, CacheCounts)>,
+    /// Whether this process's caches are trusted (always on sled; on a cluster node, while
+    /// its lease holds and its listener works: `store/cluster.rs`).
+    pub caches_trusted: bool,
 }
 
 pub struct Metrics {
@@ -237,6 +240,7 @@ pub struct Metrics {
     jobs: Family<StateLabel, Gauge>,
     store_bytes: Gauge,
     search_bytes: Gauge,
+    caches_trusted: Gauge,
     cache_lookups: Family<CacheResult, Counter<u64, AtomicU64>>,
     cache_ratio: Family<CacheLabel, Gauge<f64, AtomicU64>>,
     rendering: std::sync::Mutex<()>,
@@ -338,6 +342,13 @@ impl Metrics {
             Unit::Bytes,
             search_bytes.clone(),
         );
+        let caches_trusted = Gauge::default();
+        registry.register(
+            "caches_trusted",
+            "1 while the auth caches may be served (on a cluster node: its lease holds and \
+             its listener works), else 0: every lookup reads the store",
+            caches_trusted.clone(),
+        );
         let cache_lookups = Family::<CacheResult, Counter<u64, AtomicU64>>::default();
         registry.register(
             "cache_lookups",
@@ -380,6 +391,7 @@ impl Metrics {
             jobs,
             store_bytes,
             search_bytes,
+            caches_trusted,
             cache_lookups,
             cache_ratio,
             rendering: std::sync::Mutex::new(()),
@@ -454,6 +466,7 @@ impl Metrics {
         }
         self.store_bytes.set(clamp(now.store_bytes));
         self.search_bytes.set(clamp(now.search_index_bytes));
+        self.caches_trusted.set(i64::from(now.caches_trusted));
         for &(cache, c) in &now.caches {
             for (result, n) in [("hit", c.hits), ("miss", c.misses)] {
                 let counter = self
@@ -498,6 +511,7 @@ pub fn snapshot(
         store_bytes,
         search_index_bytes,
         caches,
+        caches_trusted: catalog.caches_trusted(),
     })
 }
 

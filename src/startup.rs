@@ -90,8 +90,13 @@ pub const ENGINE_MARKER: &str = "engine";
 
 /// Opens the store in the PostgreSQL database at `url` for the data dir `dir` (whose lock the
 /// caller holds), marking the data dir as PostgreSQL's.
-pub fn open_postgres_store(dir: &Path, url: &str, connections: u32) -> Result<Store, StartError> {
-    let store = Store::open_postgres(url, connections)
+pub fn open_postgres_store(
+    dir: &Path,
+    url: &str,
+    connections: u32,
+    role: crate::store::Role,
+) -> Result<Store, StartError> {
+    let store = Store::open_postgres(url, connections, role)
         .map_err(|e| other(format!("cannot open the store in PostgreSQL: {e}")))?;
     std::fs::write(dir.join(ENGINE_MARKER), "postgresql\n").map_err(|e| {
         other(format!(
@@ -125,15 +130,20 @@ impl DataDir {
     pub fn open_place(place: &Place, cache_mb: u64) -> Result<DataDir, StartError> {
         match &place.database_url {
             None => DataDir::open(&place.data_dir, cache_mb),
-            Some(url) => DataDir::open_postgres(&place.data_dir, url, 4),
+            Some(url) => DataDir::open_postgres(&place.data_dir, url, 4, crate::store::Role::Alone),
         }
     }
 
     /// The data dir, locked, with the store in the PostgreSQL database at `url`. The data dir
     /// is marked as PostgreSQL's (see [`ENGINE_MARKER`]).
-    pub fn open_postgres(dir: &Path, url: &str, connections: u32) -> Result<DataDir, StartError> {
+    pub fn open_postgres(
+        dir: &Path,
+        url: &str,
+        connections: u32,
+        role: crate::store::Role,
+    ) -> Result<DataDir, StartError> {
         let lock = DataDir::lock(dir)?;
-        let store = open_postgres_store(dir, url, connections)?;
+        let store = open_postgres_store(dir, url, connections, role)?;
         DataDir::checked(lock, store, "PostgreSQL")
     }
 
@@ -169,7 +179,12 @@ impl DataDir {
                 settings.store_flush_ms,
             );
         };
-        DataDir::open_postgres(&settings.data_dir, &database.url, database.connections)
+        DataDir::open_postgres(
+            &settings.data_dir,
+            &database.url,
+            database.connections,
+            crate::store::Role::Node,
+        )
     }
 
     /// Start-up stays fast whatever the store's size: only the small core trees are checked
@@ -353,6 +368,18 @@ impl Application {
             )
             .map_err(other)?,
         );
+        // On a cluster, other nodes' writes reach this node's caches, search index and
+        // webhook engine from here on (`store/cluster.rs`).
+        {
+            let (catalog, webhooks, clock) = (catalog.clone(), webhooks.clone(), clock.clone());
+            data_dir.store.join_cluster(
+                move || clock.now(),
+                move |changes| {
+                    catalog.apply_remote(changes);
+                    webhooks.apply_remote(changes);
+                },
+            );
+        }
         // The services (and the job runner, which may resume jobs) start before the first-start
         // bootstrap: a failure there must not lose a generated admin password.
         let bootstrap = auth
@@ -482,6 +509,7 @@ impl Application {
             tracing::warn!(error = %e, "the search indexer did not stop cleanly");
         }
         self.auth.usage.persist_all();
+        self.auth.store.leave_cluster();
         if let Err(e) = self.auth.store.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }

@@ -358,9 +358,14 @@ impl Auth {
         if self.store.meta_get("bootstrapped")?.is_some() {
             return Ok(None);
         }
+        // Several nodes of a cluster may start for the first time together: each step that
+        // loses the race to another node takes what that node created instead.
         let tenant = match self.store.tenant_by_name("default")? {
             Some(t) => t,
-            None => self.create_tenant("default")?,
+            None => match self.create_tenant("default") {
+                Ok(t) => t,
+                Err(e) => self.store.tenant_by_name("default")?.ok_or(e)?,
+            },
         };
         let email = Email::parse(admin_email)?;
         let mut generated = None;
@@ -377,8 +382,17 @@ impl Auth {
                 tenant: tenant.id,
                 role: Role::Admin,
             };
-            self.create_user(email.as_str(), password, vec![membership], true)
-                .await?;
+            if let Err(e) = self
+                .create_user(email.as_str(), password, vec![membership], true)
+                .await
+            {
+                if self.store.user_by_email(email.as_str())?.is_none() {
+                    return Err(e);
+                }
+                // Another node created the admin first and prints its password: this start
+                // is not the first.
+                return Ok(None);
+            }
         }
         self.store.meta_set("bootstrapped", b"1")?;
         self.store.flush().await?;

@@ -81,9 +81,13 @@ impl JwtKeys {
             decoding: DecodingKey::from_secret(secret).map_err(internal)?,
             validation,
             // An expired token is never served again: its entry goes at the next prune.
-            verified: Arc::new(RecordCache::keeping(100_000, |t: &VerifiedToken| {
-                t.claims.exp + LEEWAY_SECONDS > OffsetDateTime::now_utc().unix_timestamp()
-            })),
+            verified: Arc::new(RecordCache::keeping(
+                100_000,
+                Arc::new(crate::store::cache::Trust::always()),
+                |t: &VerifiedToken| {
+                    t.claims.exp + LEEWAY_SECONDS > OffsetDateTime::now_utc().unix_timestamp()
+                },
+            )),
             token_ids: foldhash::quality::RandomState::default(),
             ttl_seconds,
         })

@@ -376,7 +376,7 @@ impl Catalog {
     ) -> Result<FeedPage, Error> {
         let horizon = self
             .store()
-            .feed_horizon(|| self.clock().now())
+            .feed_horizon(|| self.clock().now())?
             .unix_timestamp_nanos();
         let deletions_known_since = self
             .tombstone_retention()

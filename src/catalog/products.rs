@@ -472,15 +472,43 @@ impl Catalog {
         Ok(product)
     }
 
-    /// Makes the write durable, then tells the search index which products it changed: the
-    /// indexer only ever reads what a flush already covered (a newer write of the same product
-    /// that a crash loses is within the catch-up's reach at the next start).
     /// Tells the search index about products committed and flushed (a job's batch, off the
     /// async workers).
     pub(super) fn search_changed(&self, ns: Namespace, changed: Vec<ProductId>) {
         self.search.changed(ns, changed);
     }
 
+    /// Another node of the cluster committed `changes` (`store/cluster.rs`): the products it
+    /// wrote go to the search index, which a search here then waits for like for a write made
+    /// here. After a gap, every product changed since it began is indexed again.
+    pub fn apply_remote(&self, changes: &crate::store::cluster::Changes) {
+        if changes.everything {
+            let since = changes.since.unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+                - crate::search::CATCH_UP_MARGIN;
+            match self.store.products_changed_since(since) {
+                Ok(changed) => {
+                    for (ns, id) in changed {
+                        self.search.changed(ns, [id]);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not catch the search index up"),
+            }
+            return;
+        }
+        for key in changes.keys("products") {
+            let (Some(ns), Some(id)) = (
+                crate::store::keys::namespace_of(key),
+                key.get(17..).and_then(ProductId::from_slice),
+            ) else {
+                continue;
+            };
+            self.search.changed(ns, [id]);
+        }
+    }
+
+    /// Makes the write durable, then tells the search index which products it changed: the
+    /// indexer only ever reads what a flush already covered (a newer write of the same product
+    /// that a crash loses is within the catch-up's reach at the next start).
     pub(super) async fn made_durable(
         &self,
         ns: Namespace,
@@ -568,6 +596,11 @@ impl Catalog {
     /// Hits and misses of the store's record caches, by cache.
     pub fn cache_counts(&self) -> [(&'static str, crate::metrics::CacheCounts); 4] {
         self.store.cache_counts()
+    }
+
+    /// Whether the store's record caches may be served now (see [`Store::caches_trusted`]).
+    pub fn caches_trusted(&self) -> bool {
+        self.store.caches_trusted()
     }
 
     /// Whether the search index follows the store's writes (its indexer runs and commits).

@@ -184,7 +184,10 @@ pub(super) fn run_migrate(from: &Path, to: &Place) -> Result<(), StartError> {
     let same_dir = std::fs::canonicalize(from).ok() == std::fs::canonicalize(&to.data_dir).ok();
     let (target, _target_dir) = if same_dir {
         let url = to.database_url.as_deref().unwrap_or_default();
-        (crate::startup::open_postgres_store(from, url, 4)?, None)
+        (
+            crate::startup::open_postgres_store(from, url, 4, crate::store::Role::Alone)?,
+            None,
+        )
     } else {
         let dir = DataDir::open_place(to, 16)?;
         (dir.store.clone(), Some(dir))

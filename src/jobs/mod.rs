@@ -33,6 +33,10 @@ use std::sync::{Arc, Mutex, mpsc};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
+/// The directory of ownership marks: on a cluster node, a job runs (and resumes) only on the
+/// node whose data dir holds its files, which is the node that accepted it.
+const OWNED: &str = "owned";
+
 /// Rows per import batch (one store transaction).
 pub const BATCH: usize = 250;
 /// Committed import batches are made durable (and sent to the search index) together, at
@@ -145,7 +149,7 @@ impl Jobs {
         clock: SharedClock,
         config: JobsConfig,
     ) -> Result<Jobs, String> {
-        for sub in ["uploads", "exports", "tmp"] {
+        for sub in ["uploads", "exports", "tmp", OWNED] {
             mkdir(&config.dir.join(sub))?;
         }
         let (tx, rx) = mpsc::channel::<Task>();
@@ -215,8 +219,35 @@ impl Jobs {
         }
     }
 
+    /// Marks `id` as this node's: its files are here (see [`OWNED`]).
+    fn own(&self, id: Uuid) -> Result<(), Error> {
+        std::fs::write(self.owned_path(id), b"").map_err(Error::internal)
+    }
+
+    fn owned_path(&self, id: Uuid) -> PathBuf {
+        self.inner.dir.join(OWNED).join(id.simple().to_string())
+    }
+
+    /// Whether this process may run `id`: always with a store of its own; on a cluster node,
+    /// only a job it accepted (another node holds the files of the others).
+    fn runs_here(&self, id: Uuid) -> bool {
+        !self.inner.store.is_cluster_node() || self.owned_path(id).exists()
+    }
+
+    /// The refusal of a request about a job whose files are on another node of the cluster.
+    fn elsewhere() -> Error {
+        Error::new(
+            ErrorKind::Conflict,
+            "this job was accepted by another node of the cluster, which holds its file: send \
+             the requests about imports and exports to one node (docs/CLUSTER.md)",
+        )
+    }
+
     fn resume(&self) -> Result<(), StoreError> {
         for (ns, job) in self.inner.store.all_jobs()? {
+            if !self.runs_here(job.id) {
+                continue;
+            }
             let task = match (job.kind, job.status) {
                 (JobKind::Import, JobStatus::Pending | JobStatus::Analyzing) => {
                     Task::Analyze(ns, job.id)
@@ -366,8 +397,13 @@ impl Jobs {
             },
             export: ExportSpec::default(),
         };
+        if let Err(e) = self.own(id) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         if let Err(e) = self.inner.store.put_job(ns, &job) {
             let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(self.owned_path(id));
             return Err(e.into());
         }
         self.inner.store.flush_blocking().map_err(store_error)?;
@@ -458,6 +494,9 @@ impl Jobs {
     /// Starts a ready import.
     pub fn process(&self, ns: Namespace, id: Uuid) -> Result<JobRecord, Error> {
         self.get(ns, JobKind::Import, id)?;
+        if !self.runs_here(id) {
+            return Err(Self::elsewhere());
+        }
         let now = self.now();
         let job = self
             .inner
@@ -657,6 +696,7 @@ impl Jobs {
                 .unwrap_or_default(),
             export_extension(&job)
         );
+        self.own(job.id)?;
         self.inner.store.put_job(ns, &job)?;
         self.inner.store.flush_blocking().map_err(store_error)?;
         self.enqueue(Task::Export(ns, job.id));
@@ -688,6 +728,9 @@ impl Jobs {
                     format!("the export is {}: there is no file", other.as_str()),
                 ));
             }
+        }
+        if !self.runs_here(id) {
+            return Err(Self::elsewhere());
         }
         let path = self.export_path(&job);
         let size = std::fs::metadata(&path)
@@ -732,7 +775,7 @@ impl Jobs {
             }
         }
         // Files of jobs that ended (or of uploads that never became jobs).
-        for sub in ["uploads", "exports"] {
+        for sub in ["uploads", "exports", OWNED] {
             let Ok(entries) = std::fs::read_dir(self.inner.dir.join(sub)) else {
                 continue;
             };

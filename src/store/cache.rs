@@ -46,7 +46,59 @@ struct Counts {
     misses: AtomicU64,
 }
 
+/// Until when a process may serve its caches. A sled store always may; a node of a cluster
+/// may only while its lease holds and its listener works (`cluster.rs`): otherwise every
+/// lookup reads the store and nothing read is kept.
+#[derive(Debug)]
+pub struct Trust {
+    /// Nanoseconds since [`base`]; 0: not trusted; `u64::MAX`: always.
+    until: AtomicU64,
+}
+
+/// The instant trust deadlines are counted from.
+fn base() -> std::time::Instant {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(std::time::Instant::now)
+}
+
+fn since_base(at: std::time::Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(base()).as_nanos()).unwrap_or(u64::MAX - 1)
+}
+
+impl Trust {
+    pub fn always() -> Trust {
+        Trust {
+            until: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    pub fn never() -> Trust {
+        base();
+        Trust {
+            until: AtomicU64::new(0),
+        }
+    }
+
+    pub fn holds(&self) -> bool {
+        match self.until.load(Ordering::Acquire) {
+            0 => false,
+            u64::MAX => true,
+            until => since_base(std::time::Instant::now()) < until,
+        }
+    }
+
+    pub fn end(&self) {
+        self.until.store(0, Ordering::Release);
+    }
+
+    pub fn extend(&self, until: std::time::Instant) {
+        self.until
+            .store(since_base(until).max(1), Ordering::Release);
+    }
+}
+
 pub struct RecordCache<K: Send, V: Send + Sync> {
+    trust: Arc<Trust>,
     epochs: Box<[AtomicU64]>,
     local: ThreadLocal<RefCell<Local<K, V>>>,
     counts: ThreadLocal<Counts>,
@@ -60,15 +112,16 @@ impl<K: Hash + Eq + Copy + Send, V: Send + Sync> RecordCache<K, V> {
     /// `capacity` is shared out among the worker threads (one per core unless configured):
     /// each thread's map holds at most its share, so the copies together stay near
     /// `capacity` records.
-    pub fn new(capacity: usize) -> Self {
-        Self::keeping(capacity, |_| true)
+    pub fn new(capacity: usize, trust: Arc<Trust>) -> Self {
+        Self::keeping(capacity, trust, |_| true)
     }
 
     /// [`new`](Self::new), also dropping entries `useful` says are spent (an expired token)
     /// when the thread's map prunes.
-    pub fn keeping(capacity: usize, useful: fn(&V) -> bool) -> Self {
+    pub fn keeping(capacity: usize, trust: Arc<Trust>, useful: fn(&V) -> bool) -> Self {
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
         RecordCache {
+            trust,
             epochs: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             local: ThreadLocal::new(),
             counts: ThreadLocal::new(),
@@ -88,6 +141,15 @@ impl<K: Hash + Eq + Copy + Send, V: Send + Sync> RecordCache<K, V> {
         key: K,
         load: impl FnOnce() -> Result<Option<V>, E>,
     ) -> Result<Option<Arc<V>>, E> {
+        if !self.trust.holds() {
+            // Checked before the epoch is read: an entry kept before trust ended is forgotten
+            // (every epoch moves) before trust begins again.
+            self.counts
+                .get_or_default()
+                .misses
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(load()?.map(Arc::new));
+        }
         // Acquire pairs with the invalidation's release: seeing its epoch means seeing its write.
         let epoch = self.epoch(&key).load(Ordering::Acquire);
         let local = self.local.get_or(|| {
@@ -160,6 +222,13 @@ impl<K: Hash + Eq + Copy + Send, V: Send + Sync> RecordCache<K, V> {
     pub fn invalidate(&self, key: &K) {
         self.epoch(key).fetch_add(1, Ordering::AcqRel);
     }
+
+    /// Makes every thread's copy of every record stale.
+    pub fn invalidate_all(&self) {
+        for e in self.epochs.iter() {
+            e.fetch_add(1, Ordering::AcqRel);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -167,8 +236,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn nothing_is_served_or_kept_while_trust_is_gone() {
+        let trust = Arc::new(Trust::always());
+        let cache: RecordCache<u32, u32> = RecordCache::new(64, trust.clone());
+        cache.get_or_load(1, || Ok::<_, ()>(Some(10))).unwrap();
+        trust.end();
+        let read = cache.get_or_load(1, || Ok::<_, ()>(Some(11))).unwrap();
+        assert_eq!(
+            read.as_deref(),
+            Some(&11),
+            "an untrusted cache reads through"
+        );
+        cache.get_or_load(2, || Ok::<_, ()>(Some(20))).unwrap();
+        trust.extend(std::time::Instant::now() + std::time::Duration::from_secs(60));
+        assert_eq!(
+            cache
+                .get_or_load(2, || Ok::<_, ()>(Some(21)))
+                .unwrap()
+                .as_deref(),
+            Some(&21),
+            "what was read while untrusted was never kept"
+        );
+        assert_eq!(
+            cache
+                .get_or_load(1, || Ok::<_, ()>(Some(12)))
+                .unwrap()
+                .as_deref(),
+            Some(&10),
+            "what was kept before trust ended stays until forgotten"
+        );
+        cache.invalidate_all();
+        assert_eq!(
+            cache
+                .get_or_load(1, || Ok::<_, ()>(Some(12)))
+                .unwrap()
+                .as_deref(),
+            Some(&12),
+            "and is read again once forgotten"
+        );
+        trust.extend(std::time::Instant::now());
+        assert!(!trust.holds(), "a deadline passed ends the trust");
+    }
+
+    #[test]
     fn a_fill_that_raced_an_invalidation_is_not_kept() {
-        let cache: RecordCache<u32, &str> = RecordCache::new(64);
+        let cache: RecordCache<u32, &str> = RecordCache::new(64, Arc::new(Trust::always()));
         let got = cache
             .get_or_load(1, || {
                 // A write commits and invalidates while this (old) value is being read.
@@ -194,7 +306,8 @@ mod tests {
         // Every key but one in eight is written again after its use (like ended sessions and
         // rotated keys), and one in sixteen of the others is spent (like expired tokens): the
         // map stays near the 23 438 live ones, far below the cap of 500 000 per thread.
-        let cache: RecordCache<u32, u32> = RecordCache::keeping(1_000_000, |v| v % 16 != 9);
+        let cache: RecordCache<u32, u32> =
+            RecordCache::keeping(1_000_000, Arc::new(Trust::always()), |v| v % 16 != 9);
         let mut seen_max = 0;
         for i in 0..200_000u32 {
             cache.get_or_load(i, || Ok::<_, ()>(Some(i))).unwrap();
@@ -224,7 +337,7 @@ mod tests {
 
     #[test]
     fn invalidation_drops_a_cached_record() {
-        let cache: RecordCache<u32, u32> = RecordCache::new(64);
+        let cache: RecordCache<u32, u32> = RecordCache::new(64, Arc::new(Trust::always()));
         cache.get_or_load(7, || Ok::<_, ()>(Some(1))).unwrap();
         assert_eq!(
             *cache
@@ -246,7 +359,8 @@ mod tests {
 
     #[test]
     fn an_invalidation_on_one_thread_reaches_every_other_threads_copy() {
-        let cache: Arc<RecordCache<u32, u32>> = Arc::new(RecordCache::new(64));
+        let cache: Arc<RecordCache<u32, u32>> =
+            Arc::new(RecordCache::new(64, Arc::new(Trust::always())));
         let (to_reader, reader_rx) = std::sync::mpsc::channel::<()>();
         let (to_main, main_rx) = std::sync::mpsc::channel::<u32>();
         let reader = {

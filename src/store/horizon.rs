@@ -61,6 +61,13 @@ impl Horizon {
         }
     }
 
+    /// No stamp is taken before `nanos` from now on (a node joining a cluster whose feeds have
+    /// already answered up to there).
+    pub fn raise(&self, nanos: i128) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.given = state.given.max(nanos);
+    }
+
     /// Every change stamped before the returned time is committed. Never earlier than a
     /// horizon returned before.
     pub fn horizon(&self, now: impl FnOnce() -> OffsetDateTime) -> OffsetDateTime {

@@ -41,6 +41,22 @@ impl Db {
         }
     }
 
+    /// This process as a node of a PostgreSQL cluster, if it is one.
+    pub fn node(&self) -> Option<&std::sync::Arc<super::cluster::Node>> {
+        match self {
+            Db::Sled(_) => None,
+            Db::Pg(db) => db.node(),
+        }
+    }
+
+    /// The lowest change-feed floor of the other nodes (see `PgDb::cluster_floor`).
+    pub fn cluster_floor(&self) -> sled::Result<Option<i64>> {
+        match self {
+            Db::Sled(_) => Ok(None),
+            Db::Pg(db) => db.cluster_floor(),
+        }
+    }
+
     /// Makes every write so far durable (a PostgreSQL commit already is).
     pub fn flush(&self) -> sled::Result<()> {
         match self {

@@ -13,6 +13,7 @@ mod bulk;
 pub(crate) mod cache;
 mod categories;
 mod check;
+pub mod cluster;
 mod codec;
 mod group_commit;
 mod horizon;
@@ -20,6 +21,8 @@ mod jobs;
 pub mod keys;
 pub(crate) mod kv;
 mod pg;
+
+pub use pg::Role;
 mod products;
 mod sessions;
 mod suppliers;
@@ -198,15 +201,41 @@ pub(crate) struct Caches {
 }
 
 impl Caches {
-    fn new() -> Self {
+    fn new(trust: std::sync::Arc<cache::Trust>) -> Self {
         Caches {
-            keys: cache::RecordCache::new(100_000),
-            users: cache::RecordCache::new(50_000),
-            sessions: cache::RecordCache::new(100_000),
-            tenants: cache::RecordCache::new(10_000),
+            keys: cache::RecordCache::new(100_000, trust.clone()),
+            users: cache::RecordCache::new(50_000, trust.clone()),
+            sessions: cache::RecordCache::new(100_000, trust.clone()),
+            tenants: cache::RecordCache::new(10_000, trust),
         }
     }
+
+    fn forget_all(&self) {
+        self.keys.invalidate_all();
+        self.users.invalidate_all();
+        self.sessions.invalidate_all();
+        self.tenants.invalidate_all();
+    }
 }
+
+/// The trees whose writes other nodes of a cluster hear of (`cluster.rs`): what the caches,
+/// the webhook switch and engine, the search index and the kept list answers are built from.
+pub const WATCHED: &[&str] = &[
+    "tenants",
+    "users",
+    "sessions",
+    "api_keys",
+    "api_key_by_digest",
+    "webhooks",
+    "webhook_events",
+    "products",
+    "categories",
+    "suppliers",
+    "tombstone_chunks",
+];
+
+/// The watched trees whose writes can change a product list's answer.
+const CATALOG_TREES: &[&str] = &["products", "categories", "suppliers", "tombstone_chunks"];
 
 #[derive(Clone)]
 pub struct Store {
@@ -294,15 +323,24 @@ impl Store {
     }
 
     /// Opens the store kept in the PostgreSQL database at `url` (SPEC §12), applying the schema
-    /// migrations first, with up to `connections` connections. Refused while another process
-    /// serves the same database.
-    pub fn open_postgres(url: &str, connections: u32) -> StoreResult<Store> {
-        let db = pg::PgDb::connect(url, connections).map_err(StoreError::Backend)?;
+    /// migrations first, with up to `connections` connections, as a node of the cluster or as
+    /// a command that needs the database to itself (each refused while the other runs).
+    pub fn open_postgres(url: &str, connections: u32, role: Role) -> StoreResult<Store> {
+        let db = pg::PgDb::connect(url, connections, role, WATCHED).map_err(StoreError::Backend)?;
         Store::on(kv::Db::Pg(db))
     }
 
     fn on(db: kv::Db) -> StoreResult<Store> {
         let tree = |name: &str| db.open_tree(name);
+        let node = db.node().cloned();
+        let trust = node.as_ref().map_or_else(
+            || std::sync::Arc::new(cache::Trust::always()),
+            |n| n.trust.clone(),
+        );
+        let horizon: std::sync::Arc<horizon::Horizon> = Default::default();
+        if let Some(node) = &node {
+            horizon.raise(i128::from(node.start_floor()));
+        }
         let store = Store {
             meta: tree("meta")?,
             tenants: tree("tenants")?,
@@ -344,10 +382,10 @@ impl Store {
             webhook_due: tree("webhook_due")?,
             events_on: Default::default(),
             key_lookups: Default::default(),
-            caches: std::sync::Arc::new(Caches::new()),
+            caches: std::sync::Arc::new(Caches::new(trust)),
             group_commit: group_commit::GroupCommit::new(),
             catalog_epoch: Default::default(),
-            horizon: Default::default(),
+            horizon,
             db,
         };
         store.migrate_session_index()?;
@@ -366,9 +404,104 @@ impl Store {
     }
 
     /// Every product change stamped before this time is committed: what a change feed may
-    /// answer without a later commit appearing behind it.
-    pub fn feed_horizon(&self, now: impl FnOnce() -> OffsetDateTime) -> OffsetDateTime {
-        self.horizon.horizon(now)
+    /// answer without a later commit appearing behind it. On a cluster, also every other
+    /// node's (`cluster.rs`).
+    pub fn feed_horizon(
+        &self,
+        now: impl FnOnce() -> OffsetDateTime,
+    ) -> StoreResult<OffsetDateTime> {
+        let local = self.horizon.horizon(now);
+        let Some(floor) = self.db.cluster_floor()? else {
+            return Ok(local);
+        };
+        Ok(OffsetDateTime::from_unix_timestamp_nanos(i128::from(floor))
+            .map_or(local, |f| f.min(local)))
+    }
+
+    /// Joins this server to the cluster, when its store is a node's: other nodes' changes are
+    /// applied to the caches here and passed to `also` (the search index, the webhook
+    /// engine), and the node publishes its change-feed floor by `now`. Until this is called a
+    /// node trusts no cache; [`Store::leave_cluster`] undoes it.
+    pub fn join_cluster(
+        &self,
+        now: impl Fn() -> OffsetDateTime + Send + Sync + 'static,
+        also: impl Fn(&cluster::Changes) + Send + Sync + 'static,
+    ) {
+        let Some(node) = self.db.node() else { return };
+        let horizon = self.horizon.clone();
+        node.on_floor(move || {
+            i64::try_from(horizon.horizon(&now).unix_timestamp_nanos()).unwrap_or(i64::MAX)
+        });
+        let store = self.clone();
+        node.on_changes(move |changes| {
+            store.apply_changes(changes);
+            also(changes);
+        });
+    }
+
+    /// Whether this process runs the background work that one process at a time must run
+    /// (webhook deliveries): always on sled; on a cluster, the node holding the runner lock.
+    pub fn runs_background(&self) -> bool {
+        self.db.node().is_none_or(|n| n.is_runner())
+    }
+
+    /// Whether this process is a node of a cluster (its store is PostgreSQL, shared).
+    pub fn is_cluster_node(&self) -> bool {
+        self.db.node().is_some()
+    }
+
+    /// Whether the auth caches may be served: always on sled; on a cluster node while its lease
+    /// holds and its listener works.
+    pub fn caches_trusted(&self) -> bool {
+        self.db.node().is_none_or(|n| n.trusted())
+    }
+
+    /// Stops applying other nodes' changes here (the server is stopping); the caches are read
+    /// through from then on.
+    pub fn leave_cluster(&self) {
+        if let Some(node) = self.db.node() {
+            node.leave();
+        }
+    }
+
+    /// Applies another node's committed changes to what this process keeps.
+    fn apply_changes(&self, changes: &cluster::Changes) {
+        if changes.everything {
+            self.caches.forget_all();
+            self.catalog_changed();
+        } else {
+            for key in changes.keys("users") {
+                if let Some(id) = crate::domain::UserId::from_slice(key) {
+                    self.caches.users.invalidate(&id);
+                }
+            }
+            for key in changes.keys("sessions") {
+                if let Some(id) = crate::domain::SessionId::from_slice(key) {
+                    self.caches.sessions.invalidate(&id);
+                }
+            }
+            for key in changes.keys("tenants") {
+                if let Some(id) = TenantId::from_slice(key) {
+                    self.caches.tenants.invalidate(&id);
+                }
+            }
+            // The key cache is by digest, the key records by id: a key write (rare: create,
+            // revoke, rotate, edit) forgets every cached key.
+            if changes.touches("api_keys") || changes.touches("api_key_by_digest") {
+                self.caches.keys.invalidate_all();
+            }
+            if CATALOG_TREES.iter().any(|t| changes.touches(t)) {
+                self.catalog_changed();
+            }
+        }
+        if changes.touches("webhooks")
+            && let Err(e) = self.refresh_wanted_events()
+        {
+            tracing::warn!(error = %e, "could not reload the webhooks another node changed");
+        }
+        if changes.touches("webhook_events") {
+            self.events_written();
+        }
     }
 
     /// See the field: read it before computing a list answer, compare it before reusing one.

@@ -28,13 +28,14 @@
 //! The store's callers are synchronous (sled is), so this engine owns a small tokio runtime for
 //! sqlx and each call waits for its future there: the caller's thread blocks for the round trip,
 //! as it blocks for sled's IO. Every sqlx object lives and dies on that runtime.
+use super::cluster::{self, Changes, Node};
 use super::kv::{IVec, TxTree};
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, UnabortableTransactionError,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgPool, Postgres, Row};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::ops::Bound;
 use std::str::FromStr;
@@ -43,9 +44,23 @@ use std::time::Duration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// The advisory lock a node holds while it serves the database (its caches are coherent only
-/// while no other process writes it: see docs/ARCHITECTURE.md).
+/// The advisory lock of the processes using the database: every `serve` node holds it shared,
+/// and a command that needs the database to itself (restore, migrate, an offline backup, the
+/// admin commands) holds it alone, so neither starts while the other runs.
 const NODE_LOCK: i64 = 0x5049_5845_4550_494d; // "PIXEEPIM"
+
+/// The advisory lock of the node that runs the cluster's background work (webhook deliveries):
+/// one node at a time, another taking over within a second or two when it goes.
+const RUNNER_LOCK: i64 = 0x5049_5845_4552_554e; // "PIXEERUN"
+
+/// How a process uses the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A `serve` node: any number share the database (`cluster.rs`).
+    Node,
+    /// A command that must be the only process on the database.
+    Alone,
+}
 
 /// How long a call waits for a connection before the store answers "unavailable".
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -91,6 +106,12 @@ fn conflict(e: &sqlx::Error) -> bool {
 struct Inner {
     runtime: Option<tokio::runtime::Runtime>,
     pool: PgPool,
+    /// This process as a node of the cluster (a `serve` process only), with its own few
+    /// connections: its listener, its lease and its acknowledgements never wait behind
+    /// requests.
+    node: Option<(Arc<Node>, PgPool)>,
+    /// The trees whose writes are announced to the other nodes.
+    watched: HashSet<String>,
 }
 
 impl Drop for Inner {
@@ -98,7 +119,16 @@ impl Drop for Inner {
         if let Some(rt) = self.runtime.take() {
             // The node lock's connection belongs to its watch, which ends with the runtime.
             let pool = self.pool.clone();
+            let node = self.node.clone();
             let close = async move {
+                if let Some((node, node_pool)) = node {
+                    // Leaving: the others stop waiting for this node at once.
+                    let _ = sqlx::query("DELETE FROM nodes WHERE id = $1")
+                        .bind(node.id)
+                        .execute(&node_pool)
+                        .await;
+                    node_pool.close().await;
+                }
                 pool.close().await;
             };
             if tokio::runtime::Handle::try_current().is_err() {
@@ -124,10 +154,17 @@ pub struct PgDb {
 }
 
 impl PgDb {
-    /// Takes the node lock, applies the migrations and opens the pool: a second process on the
-    /// same database is refused before it changes anything (`Err` names why). The lock is
-    /// watched from then on (see [`watch_lock`]).
-    pub fn connect(url: &str, connections: u32) -> Result<PgDb, String> {
+    /// Takes the node lock (shared for a node, alone for a command), applies the migrations and
+    /// opens the pool: a command is refused while nodes serve the database and the other way
+    /// round, before anything changes (`Err` names why). The lock is watched from then on (see
+    /// [`watch_lock`]). A node registers its lease before this returns, and announces the
+    /// writes of the `watched` trees.
+    pub fn connect(
+        url: &str,
+        connections: u32,
+        role: Role,
+        watched: &[&str],
+    ) -> Result<PgDb, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("pixee-pg")
@@ -146,8 +183,9 @@ impl PgDb {
         let connections = connections.max(2);
         let lock_options = options.clone();
         let watch_options = options.clone();
+        let node_options = options.clone();
         let setup = async move {
-            let lock = take_node_lock(&lock_options).await?;
+            let lock = take_node_lock(&lock_options, role).await?;
             let pool = PgPoolOptions::new()
                 .max_connections(connections)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -159,9 +197,26 @@ impl PgDb {
                 .run(&pool)
                 .await
                 .map_err(|e| format!("could not apply the schema migrations: {e}"))?;
-            Ok((pool, lock))
+            let node = match role {
+                Role::Alone => None,
+                Role::Node => {
+                    let node_pool = PgPoolOptions::new()
+                        // The listener's, and one for the lease and the acknowledgements.
+                        .max_connections(2)
+                        .acquire_timeout(ACQUIRE_TIMEOUT)
+                        .connect_with(node_options)
+                        .await
+                        .map_err(|e| format!("could not connect to PostgreSQL: {e}"))?;
+                    let node = Node::new();
+                    cluster::register(&node, &node_pool)
+                        .await
+                        .map_err(|e| format!("could not register this node: {e}"))?;
+                    Some((node, node_pool))
+                }
+            };
+            Ok((pool, lock, node))
         };
-        let (pool, lock) = match block(&runtime, setup).and_then(|r| r) {
+        let (pool, lock, node) = match block(&runtime, setup).and_then(|r| r) {
             Ok(opened) => opened,
             Err(e) => {
                 // Dropping a runtime may block, which an async caller (the CLI) must not.
@@ -169,12 +224,110 @@ impl PgDb {
                 return Err(e);
             }
         };
-        runtime.spawn(watch_lock(lock, watch_options));
+        runtime.spawn(watch_lock(
+            lock,
+            watch_options,
+            role,
+            node.as_ref().map(|(n, _)| n.clone()),
+        ));
+        if let Some((node, node_pool)) = &node {
+            node.start(&runtime, node_pool.clone());
+        }
         Ok(PgDb {
             inner: Arc::new(Inner {
                 runtime: Some(runtime),
                 pool,
+                node,
+                watched: watched.iter().map(|t| t.to_string()).collect(),
             }),
+        })
+    }
+
+    /// Commits `writes` as one transaction (announced to the other nodes when watched).
+    fn commit_writes(&self, writes: Buffered) -> sled::Result<()> {
+        let mut notice = self.announce(&writes);
+        let wire = notice.as_ref().map(Notice::wire);
+        let pool = self.pool();
+        let others = self.run(async move {
+            let mut tx = pool.begin().await?;
+            let others = write_and_announce(&mut tx, writes, wire).await?;
+            tx.commit().await?;
+            Ok(others)
+        })?;
+        if let Some(notice) = notice.as_mut() {
+            notice.others = others;
+            self.await_acks(notice);
+        }
+        Ok(())
+    }
+
+    /// Whether writes to `tree` are announced to other nodes.
+    fn watches(&self, tree: &str) -> bool {
+        self.inner.node.is_some() && self.inner.watched.contains(tree)
+    }
+
+    /// This process as a node of the cluster, if it is one.
+    pub fn node(&self) -> Option<&Arc<Node>> {
+        self.inner.node.as_ref().map(|(n, _)| n)
+    }
+
+    /// The writes of `writes` another node must hear of, as a new notice of this node.
+    fn announce(&self, writes: &Buffered) -> Option<Notice> {
+        let node = self.node()?;
+        let written: Vec<(String, Vec<u8>)> = writes
+            .keys()
+            .filter(|(tree, _)| self.inner.watched.contains(&**tree))
+            .map(|(tree, key)| (tree.to_string(), key.clone()))
+            .collect();
+        if written.is_empty() {
+            return None;
+        }
+        let changes = Changes {
+            everything: false,
+            since: None,
+            writes: written,
+        };
+        Some(Notice {
+            seq: node.begin_notice(),
+            node: node.clone(),
+            body: changes.encode(),
+            others: Vec::new(),
+        })
+    }
+
+    /// A notice telling every other node to forget everything.
+    fn notice_everything(&self) -> Option<Notice> {
+        let node = self.node()?;
+        Some(Notice {
+            seq: node.begin_notice(),
+            node: node.clone(),
+            body: Changes::everything().encode(),
+            others: Vec::new(),
+        })
+    }
+
+    /// After `notice` committed: waits for the other nodes that were live when it was sent
+    /// (see `cluster.rs`).
+    fn await_acks(&self, notice: &Notice) {
+        notice.node.wait_for_acks(notice.seq, notice.others.clone());
+    }
+
+    /// The lowest change-feed floor among the other nodes, after removing the rows of nodes
+    /// whose lease ran out (which waits for their stamped writes still committing; those not
+    /// yet past their fence then fail it). `None`: no other node, or not a node.
+    pub fn cluster_floor(&self) -> sled::Result<Option<i64>> {
+        let Some((node, _)) = &self.inner.node else {
+            return Ok(None);
+        };
+        let (pool, me) = (self.pool(), node.id);
+        self.run(async move {
+            sqlx::query("DELETE FROM nodes WHERE expires_at < clock_timestamp()")
+                .execute(&pool)
+                .await?;
+            sqlx::query_scalar("SELECT min(floor) FROM nodes WHERE id <> $1")
+                .bind(me)
+                .fetch_one(&pool)
+                .await
         })
     }
 
@@ -219,54 +372,100 @@ impl PgDb {
     }
 }
 
-/// A connection holding [`NODE_LOCK`], or why there is none.
-async fn take_node_lock(options: &PgConnectOptions) -> Result<sqlx::PgConnection, String> {
+/// A connection holding [`NODE_LOCK`] as `role` needs it, or why there is none.
+async fn take_node_lock(
+    options: &PgConnectOptions,
+    role: Role,
+) -> Result<sqlx::PgConnection, String> {
     let mut lock = sqlx::PgConnection::connect_with(options)
         .await
         .map_err(|e| format!("could not connect to PostgreSQL: {e}"))?;
-    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+    let sql = match role {
+        Role::Node => "SELECT pg_try_advisory_lock_shared($1)",
+        Role::Alone => "SELECT pg_try_advisory_lock($1)",
+    };
+    let held: bool = sqlx::query_scalar(sql)
         .bind(NODE_LOCK)
         .fetch_one(&mut lock)
         .await
         .map_err(|e| format!("could not take the node lock: {e}"))?;
     if !held {
         let _ = lock.close().await;
-        return Err(
-            "another pixee-pim process is using this database (one process per \
-                    database: see docs/ARCHITECTURE.md)"
-                .to_string(),
-        );
+        return Err(match role {
+            Role::Node => format!(
+                "{REFUSED}: a command that needs the database to itself (restore, migrate, \
+                 an offline backup, an admin command) is running"
+            ),
+            Role::Alone => format!(
+                "{REFUSED}: pixee-pim servers are using it; stop them first (this command \
+                 needs the database to itself)"
+            ),
+        });
     }
     Ok(lock)
 }
 
+/// How a refusal of [`take_node_lock`] begins.
+const REFUSED: &str = "another pixee-pim process is using this database";
+
 /// Keeps the node lock, on the connection that took it: once a second it checks that the
 /// session is alive, and when it is not (a database restart ends it, and with it the lock) it
-/// connects again and takes the lock again. If another process took the lock meanwhile, this
-/// one's caches may be stale (a key revoked there could still pass here), so it stops at once;
-/// its service manager may start it again, and that start is refused while the other runs.
-async fn watch_lock(mut lock: sqlx::PgConnection, options: PgConnectOptions) {
+/// connects again and takes the lock again. If a process that excludes this one took the lock
+/// meanwhile (a restore under a node, or nodes under a restore), this one stops at once rather
+/// than go on beside it; its service manager may start it again, and that start is refused
+/// while the other runs.
+///
+/// A node also tries, on the same session, to take [`RUNNER_LOCK`] while no other node holds
+/// it: the holder runs the cluster's background work, and stops being the runner the moment
+/// its session is found gone (another node takes over at its next try).
+async fn watch_lock(
+    mut lock: sqlx::PgConnection,
+    options: PgConnectOptions,
+    role: Role,
+    node: Option<Arc<Node>>,
+) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     let mut alive = true;
     loop {
         interval.tick().await;
         if alive {
-            alive = sqlx::query("SELECT 1").execute(&mut lock).await.is_ok();
+            alive = match &node {
+                Some(node) if !node.is_runner() => {
+                    match sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+                        .bind(RUNNER_LOCK)
+                        .fetch_one(&mut lock)
+                        .await
+                    {
+                        Ok(took) => {
+                            if took {
+                                tracing::info!("this node runs the cluster's background work");
+                                node.set_runner(true);
+                            }
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                }
+                _ => sqlx::query("SELECT 1").execute(&mut lock).await.is_ok(),
+            };
             if alive {
                 continue;
             }
+            if let Some(node) = &node {
+                node.set_runner(false);
+            }
             tracing::warn!("the connection holding the node lock was lost; taking the lock again");
         }
-        match take_node_lock(&options).await {
+        match take_node_lock(&options, role).await {
             Ok(conn) => {
                 tracing::info!("node lock taken again");
                 lock = conn;
                 alive = true;
             }
-            Err(e) if e.starts_with("another pixee-pim process") => {
+            Err(e) if e.starts_with(REFUSED) => {
                 tracing::error!(
                     "another pixee-pim process took this database while the node lock was lost; \
-                     stopping so that no cached credential outlives a change made there"
+                     stopping so that the two never run side by side"
                 );
                 std::process::exit(3);
             }
@@ -321,6 +520,11 @@ impl PgTree {
     }
 
     pub fn set(&self, key: &[u8], value: &[u8]) -> sled::Result<()> {
+        if self.db.watches(&self.name) {
+            let mut writes = Buffered::new();
+            writes.insert((self.name.clone(), key.to_vec()), Some(value.to_vec()));
+            return self.db.commit_writes(writes);
+        }
         let (pool, tree) = (self.db.pool(), self.name.to_string());
         let (key, value) = (key.to_vec(), value.to_vec());
         self.db.run(async move {
@@ -338,6 +542,9 @@ impl PgTree {
     }
 
     pub fn remove(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
+        if self.db.watches(&self.name) {
+            return flatten(transaction(&[self], |t| Ok(t[0].remove(key)?)));
+        }
         self.value_of(REMOVE, key)
     }
 
@@ -360,13 +567,28 @@ impl PgTree {
 
     pub fn clear(&self) -> sled::Result<()> {
         let (pool, tree) = (self.db.pool(), self.name.to_string());
+        // Every other node forgets all it holds: no notice lists a whole tree.
+        let notice = self
+            .db
+            .watches(&self.name)
+            .then(|| self.db.notice_everything())
+            .flatten();
+        let wire = notice.as_ref().map(Notice::wire);
         self.db.run(async move {
+            let mut tx = pool.begin().await?;
             sqlx::query("DELETE FROM kv WHERE tree = $1")
                 .bind(tree)
-                .execute(&pool)
-                .await
-                .map(|_| ())
-        })
+                .execute(&mut *tx)
+                .await?;
+            if let Some(wire) = &wire {
+                send_notice(&mut tx, wire).await?;
+            }
+            tx.commit().await
+        })?;
+        if let Some(notice) = &notice {
+            self.db.await_acks(notice);
+        }
+        Ok(())
     }
 
     /// Applies the writes in one transaction, two statements (a later write to a key wins).
@@ -375,12 +597,7 @@ impl PgTree {
             .into_iter()
             .map(|(k, v)| ((self.name.clone(), k.to_vec()), v.map(|v| v.to_vec())))
             .collect();
-        let pool = self.db.pool();
-        self.db.run(async move {
-            let mut tx = pool.begin().await?;
-            write_all(&mut tx, writes).await?;
-            tx.commit().await
-        })
+        self.db.commit_writes(writes)
     }
 
     pub fn compare_and_swap(
@@ -604,6 +821,89 @@ impl DoubleEndedIterator for PgIter {
 
 type PgTx = sqlx::Transaction<'static, Postgres>;
 
+/// A notice of this node, sent in the transaction that made its changes.
+struct Notice {
+    seq: u64,
+    node: Arc<Node>,
+    body: Vec<u8>,
+    /// The other nodes whose lease was live when it was sent, with the time each had left.
+    others: Vec<(uuid::Uuid, Duration)>,
+}
+
+impl Drop for Notice {
+    /// Unless [`PgDb::await_acks`] took it, the notice was never committed.
+    fn drop(&mut self) {
+        self.node.drop_notice(self.seq);
+    }
+}
+
+/// Sends `notice` inside the transaction on `conn` and answers the other nodes whose lease is
+/// live. One statement: the notice (delivered at the commit, dropped by a rollback) and the
+/// live leases, locked `FOR KEY SHARE` until the commit. Holding them is the transaction's
+/// fence: a node whose own lease has run out writes nothing watched (its stamps might be
+/// passed by a feed elsewhere, and it may not hear the others); removing a dead node's lease
+/// waits for its writes still committing; and a node joining waits for the transactions that
+/// did not see it before it trusts its caches (`cluster::register`). A body too long for a
+/// payload is written to `notices` first.
+async fn send_notice(
+    conn: &mut sqlx::PgConnection,
+    notice: &NoticeWire,
+) -> Result<Vec<(uuid::Uuid, Duration)>, sqlx::Error> {
+    let row = if cluster::inline(&notice.body) {
+        None
+    } else {
+        let id: i64 = sqlx::query_scalar("INSERT INTO notices (body) VALUES ($1) RETURNING id")
+            .bind(&notice.body)
+            .fetch_one(&mut *conn)
+            .await?;
+        Some(id)
+    };
+    let rows = sqlx::query(
+        "WITH sent AS MATERIALIZED (SELECT pg_notify($1, $2)) \
+         SELECT nodes.id, EXTRACT(EPOCH FROM nodes.expires_at - clock_timestamp())::float8 \
+         FROM nodes, sent WHERE nodes.expires_at > clock_timestamp() FOR KEY SHARE OF nodes",
+    )
+    .bind(cluster::CHANNEL)
+    .bind(cluster::payload(notice.node, notice.seq, &notice.body, row))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut others = Vec::with_capacity(rows.len());
+    let mut mine = false;
+    for r in rows {
+        let id: uuid::Uuid = r.try_get(0)?;
+        let left: f64 = r.try_get(1)?;
+        if id == notice.node {
+            mine = true;
+        } else {
+            others.push((id, Duration::from_secs_f64(left.clamp(0.0, 60.0))));
+        }
+    }
+    if !mine {
+        return Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            "this node's lease has run out",
+        )));
+    }
+    Ok(others)
+}
+
+/// What [`send_notice`] sends, owned by the engine's runtime.
+struct NoticeWire {
+    node: uuid::Uuid,
+    seq: u64,
+    body: Vec<u8>,
+}
+
+impl Notice {
+    fn wire(&self) -> NoticeWire {
+        NoticeWire {
+            node: self.node.id,
+            seq: self.seq,
+            body: self.body.clone(),
+        }
+    }
+}
+
 /// A transaction's writes not yet sent, by tree and key (`None`: removed).
 type Buffered = std::collections::BTreeMap<(Arc<str>, Vec<u8>), Option<Vec<u8>>>;
 
@@ -614,6 +914,8 @@ struct TxState {
     db: PgDb,
     tx: Mutex<Option<PgTx>>,
     writes: Mutex<Buffered>,
+    /// The notice sent with the writes, waited on after the commit.
+    notice: Mutex<Option<Notice>>,
 }
 
 impl TxState {
@@ -683,10 +985,32 @@ impl TxState {
         if writes.is_empty() {
             return Ok(());
         }
-        self.run(move |mut tx| async move {
-            let result = write_all(&mut tx, writes).await;
+        let mut notice = self.db.announce(&writes);
+        let wire = notice.as_ref().map(Notice::wire);
+        let others = self.run(move |mut tx| async move {
+            let result = write_and_announce(&mut tx, writes, wire).await;
             (tx, result)
-        })
+        })?;
+        if let Some(n) = notice.as_mut() {
+            n.others = others;
+        }
+        if let Ok(mut slot) = self.notice.lock() {
+            *slot = notice;
+        }
+        Ok(())
+    }
+}
+
+/// [`write_all`], then the notice of what it wrote, if any.
+async fn write_and_announce(
+    conn: &mut sqlx::PgConnection,
+    writes: Buffered,
+    notice: Option<NoticeWire>,
+) -> Result<Vec<(uuid::Uuid, Duration)>, sqlx::Error> {
+    write_all(conn, writes).await?;
+    match notice {
+        Some(notice) => send_notice(conn, &notice).await,
+        None => Ok(Vec::new()),
     }
 }
 
@@ -823,6 +1147,7 @@ where
             db: db.clone(),
             tx: Mutex::new(Some(tx)),
             writes: Mutex::new(Default::default()),
+            notice: Mutex::new(None),
         });
         let views: Vec<TxTree> = trees
             .iter()
@@ -849,7 +1174,13 @@ where
                     .run_raw(async move { tx.commit().await })
                     .map_err(TransactionError::Storage)?;
                 match committed {
-                    Ok(()) => return Ok(value),
+                    Ok(()) => {
+                        let notice = state.notice.lock().ok().and_then(|mut n| n.take());
+                        if let Some(notice) = notice {
+                            db.await_acks(&notice);
+                        }
+                        return Ok(value);
+                    }
                     Err(e) if conflict(&e) => {}
                     Err(e) => return Err(TransactionError::Storage(failure(e))),
                 }

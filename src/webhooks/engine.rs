@@ -66,6 +66,20 @@ pub(super) async fn run(
         if shared.stopping() {
             break;
         }
+        if !shared.store.runs_background() {
+            // Another node of the cluster delivers; this one sends only what a client asks
+            // for now (a test or a redelivery), and takes over when that node goes.
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                Some(now) = now_rx.recv() => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        attempt(&shared, now.ns, now.hook, now.delivery, Some(now.reply)).await;
+                    });
+                }
+            }
+            continue;
+        }
         if let Err(e) = fan_out(&shared) {
             tracing::error!(error = %e, "webhook events could not be fanned out");
         }

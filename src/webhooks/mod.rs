@@ -296,6 +296,16 @@ impl Webhooks {
     }
 
     /// Whether the engine thread is running.
+    /// Another node of the cluster changed webhooks (`store/cluster.rs`): the engine's list
+    /// and the store's switch are read again, as after a change made here.
+    pub fn apply_remote(&self, changes: &crate::store::cluster::Changes) {
+        if changes.touches("webhooks")
+            && let Err(e) = self.shared.reload()
+        {
+            tracing::warn!(error = %e.detail, "could not reload the webhooks another node changed");
+        }
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.thread
             .lock()

@@ -8,6 +8,7 @@ mod binary;
 mod browser;
 mod categories;
 mod clients;
+mod cluster;
 mod contract;
 mod crash;
 mod errors;

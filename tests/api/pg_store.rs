@@ -1,6 +1,6 @@
 //! What only the PostgreSQL store does (SPEC §12), whatever `PIXEE_TEST_STORE` says: `migrate`
-//! from sled and `check` on PostgreSQL through the compiled binary, the one-process rule, and
-//! a database that goes away and comes back under a running server.
+//! from sled and `check` on PostgreSQL through the compiled binary, commands that need the
+//! database alone, and a database that goes away and comes back under a running server.
 use crate::helpers::*;
 use crate::postgres::{Cluster, fresh_database};
 use pixee_pim::config::ServeArgs;
@@ -274,14 +274,14 @@ async fn the_admin_commands_backup_and_restore_work_on_the_database_and_never_pr
 }
 
 #[actix_web::test]
-async fn one_database_serves_one_process_and_migrate_needs_a_database_url() {
+async fn a_command_needing_the_database_alone_waits_for_the_nodes_and_migrate_needs_a_url() {
     let url = fresh_database();
     let app = spawn_app_with(on(&url)).await;
     let other = tempfile::tempdir().expect("dir");
     let out = pixee(other.path(), &["check", "--database-url", &url]);
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("another pixee-pim process"),
+        text(&out.stderr).contains("pixee-pim servers are using it"),
         "{}",
         text(&out.stderr)
     );

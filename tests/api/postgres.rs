@@ -32,15 +32,7 @@ pub fn cluster() -> &'static Cluster {
 
 /// A new, empty database in the run's cluster; its URL.
 pub fn fresh_database() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let c = cluster();
-    let name = format!(
-        "t{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    );
-    c.psql("postgres", &format!("CREATE DATABASE {name}"));
-    c.url(&name)
+    cluster().fresh_database()
 }
 
 fn bin_dir() -> PathBuf {
@@ -129,6 +121,7 @@ impl Cluster {
 
     /// A new, empty database in this cluster; its URL.
     pub fn fresh_database(&self) -> String {
+        // One sequence for every cluster of this process: names never collide.
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "t{}_{}",
@@ -174,7 +167,7 @@ impl Cluster {
         }
         // Loopback and a private socket directory only; room for every test app's pool.
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=1000 \
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=2000 \
              -c log_min_error_statement=panic -c shared_buffers=64MB -c log_min_messages=warning",
             self.port,
             path(&self.dir)

@@ -1,0 +1,624 @@
+//! Several `serve` nodes on one PostgreSQL database (SPEC §12): what keeps each node's caches
+//! and in-memory views exact while the others write.
+//!
+//! - **Leases.** Each node holds a row in `nodes` whose `expires_at` it moves [`LEASE`] ahead
+//!   every [`RENEW_EVERY`], and trusts its caches only until its own, earlier reckoning of that
+//!   time (the moment it sent the renewal, plus the lease, less [`MARGIN`]). A node renews
+//!   only while its listener works end to end: each period it sends itself a heartbeat
+//!   through the database, and the next renewal waits until that heartbeat came back.
+//! - **Notices in the writing transaction.** A transaction that writes a tree some node keeps
+//!   a view of ([`super::WATCHED`]) issues `pg_notify` before its `COMMIT`, naming the keys it
+//!   wrote: PostgreSQL delivers it at the commit, and a crash cannot separate the two. A notice
+//!   too long for a payload is written to `notices` in the same transaction and named.
+//! - **The write waits.** After its commit the writer reads which other nodes hold a live
+//!   lease and waits until each has acknowledged the notice (it applied it to its caches,
+//!   search index and list answers first), or until that node's lease has run out, by which
+//!   time that node no longer trusts its caches. Only then does the write answer its client:
+//!   a request sent to any node after that answer sees the write.
+//! - **Reading through.** A node whose listener is down, or whose lease it could not renew,
+//!   serves every request from the database. When its listener is back it first forgets all
+//!   it holds (the notices it missed are gone), then trusts again.
+use super::cache::Trust;
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Row};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// The channel every notice, acknowledgement and heartbeat goes through.
+pub const CHANNEL: &str = "pixee_changes";
+/// How long a lease lasts after each renewal.
+pub const LEASE: Duration = Duration::from_secs(3);
+/// How often a node renews its lease (and sends itself a heartbeat).
+pub const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// How much earlier than the database a node stops trusting its own lease.
+const MARGIN: Duration = Duration::from_millis(500);
+/// A notice body longer than this goes through the `notices` table (PostgreSQL's payload limit
+/// is 8 000 bytes, and the body travels as hex).
+const INLINE_BYTES: usize = 3_800;
+
+/// What a committed transaction changed, as a receiving node learns it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    /// Everything may have changed: the node missed notices (its listener was down, or its
+    /// lease ran out) and forgets all it holds.
+    pub everything: bool,
+    /// The watched trees written, with the keys written in each.
+    pub writes: Vec<(String, Vec<u8>)>,
+    /// With `everything`: changes before this time were all heard (`None`: unknown).
+    pub since: Option<time::OffsetDateTime>,
+}
+
+impl Changes {
+    pub fn everything() -> Changes {
+        Changes {
+            everything: true,
+            writes: Vec::new(),
+            since: None,
+        }
+    }
+
+    /// Whether `tree` was written (or everything changed).
+    pub fn touches(&self, tree: &str) -> bool {
+        self.everything || self.writes.iter().any(|(t, _)| t == tree)
+    }
+
+    /// The keys written in `tree`.
+    pub fn keys<'a>(&'a self, tree: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.writes
+            .iter()
+            .filter(move |(t, _)| t == tree)
+            .map(|(_, k)| k.as_slice())
+    }
+
+    /// The notice body: per write, the tree's name (one length byte) and the key (two).
+    pub fn encode(&self) -> Vec<u8> {
+        if self.everything {
+            return vec![0xff];
+        }
+        let mut out = Vec::new();
+        for (tree, key) in &self.writes {
+            let (Ok(tl), Ok(kl)) = (u8::try_from(tree.len()), u16::try_from(key.len())) else {
+                // No tree name or key of the store is this long; announce everything instead.
+                return vec![0xff];
+            };
+            out.push(tl);
+            out.extend_from_slice(tree.as_bytes());
+            out.extend_from_slice(&kl.to_be_bytes());
+            out.extend_from_slice(key);
+        }
+        out
+    }
+
+    pub fn decode(body: &[u8]) -> Option<Changes> {
+        if body == [0xff] {
+            return Some(Changes::everything());
+        }
+        let mut writes = Vec::new();
+        let mut rest = body;
+        while let Some((&tl, r)) = rest.split_first() {
+            let tl = usize::from(tl);
+            let tree = std::str::from_utf8(r.get(..tl)?).ok()?.to_string();
+            let r = &r[tl..];
+            let kl = usize::from(u16::from_be_bytes([*r.first()?, *r.get(1)?]));
+            let key = r.get(2..2 + kl)?.to_vec();
+            rest = &r[2 + kl..];
+            writes.push((tree, key));
+        }
+        Some(Changes {
+            everything: false,
+            writes,
+            since: None,
+        })
+    }
+}
+
+/// The `pg_notify` payload of `node`'s notice `seq`: its body inline when short, otherwise the
+/// `notices` row written beside it (`row` gives its id once written).
+pub fn payload(node: Uuid, seq: u64, body: &[u8], row: Option<i64>) -> String {
+    match row {
+        Some(id) => format!("r {node} {seq} {id}"),
+        None => format!("n {node} {seq} {}", crate::domain::hex(body)),
+    }
+}
+
+/// Whether a notice body fits in its payload.
+pub fn inline(body: &[u8]) -> bool {
+    body.len() <= INLINE_BYTES
+}
+
+type Handler = Arc<dyn Fn(&Changes) + Send + Sync>;
+type FloorFn = Box<dyn Fn() -> i64 + Send + Sync>;
+
+/// This process as a node of the cluster: its identity, its lease's trust, the notices it sent
+/// and the acknowledgements they got.
+pub struct Node {
+    pub id: Uuid,
+    seq: AtomicU64,
+    /// Until when this node's caches may be used (see [`Trust`]).
+    pub trust: Arc<Trust>,
+    /// Acknowledgements received, by the sequence number of this node's notice.
+    acks: Mutex<HashMap<u64, HashSet<Uuid>>>,
+    acked: Condvar,
+    /// Applies another node's changes to this process's caches and views (set while a server
+    /// serves).
+    handler: Mutex<Option<Handler>>,
+    /// The server has stopped serving: the caches are never trusted again.
+    left: AtomicBool,
+    /// This node's change-feed horizon, published in its lease row.
+    floor: OnceLock<FloorFn>,
+    /// Moves each time the listener is lost (notices may have been missed since).
+    gaps: AtomicU64,
+    /// Since when notices may have been missed, for the gaps not yet forgotten.
+    gap_since: Mutex<Option<time::OffsetDateTime>>,
+    /// The last gap this node has forgotten its caches for.
+    flushed: AtomicU64,
+    listening: AtomicBool,
+    /// The last heartbeat sent, and the last one that came back.
+    sent: AtomicU64,
+    heard: AtomicU64,
+    /// The highest floor any node had published when this one registered.
+    start_floor: AtomicI64,
+    /// This node holds the runner lock (see `pg.rs`).
+    runner: AtomicBool,
+    /// Runs the lease's next round at once (a handler was just set: trust need not wait).
+    wake: tokio::sync::Notify,
+}
+
+impl Node {
+    pub fn new() -> Arc<Node> {
+        Arc::new(Node {
+            id: Uuid::new_v4(),
+            seq: AtomicU64::new(0),
+            trust: Arc::new(Trust::never()),
+            acks: Mutex::new(HashMap::new()),
+            acked: Condvar::new(),
+            handler: Mutex::new(None),
+            left: AtomicBool::new(false),
+            floor: OnceLock::new(),
+            // A node starts with a gap: it trusts nothing until it has listened and forgotten.
+            gaps: AtomicU64::new(1),
+            gap_since: Mutex::new(Some(time::OffsetDateTime::now_utc())),
+            flushed: AtomicU64::new(0),
+            listening: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            heard: AtomicU64::new(0),
+            start_floor: AtomicI64::new(0),
+            wake: tokio::sync::Notify::new(),
+            runner: AtomicBool::new(false),
+        })
+    }
+
+    /// Sets what applies other nodes' changes here; until then this node trusts nothing.
+    pub fn on_changes(&self, handler: impl Fn(&Changes) + Send + Sync + 'static) {
+        if let Ok(mut slot) = self.handler.lock() {
+            *slot = Some(Arc::new(handler));
+        }
+        self.wake.notify_one();
+    }
+
+    fn handler(&self) -> Option<Handler> {
+        self.handler.lock().ok().and_then(|h| h.clone())
+    }
+
+    /// The server stops: nothing here is trusted or kept current any more (the lease stays
+    /// until the store closes, so that writes still in flight pass their fence).
+    pub fn leave(&self) {
+        self.left.store(true, Ordering::SeqCst);
+        self.trust.end();
+        if let Ok(mut slot) = self.handler.lock() {
+            *slot = None;
+        }
+    }
+
+    /// Sets what this node publishes as its change-feed floor.
+    pub fn on_floor(&self, floor: impl Fn() -> i64 + Send + Sync + 'static) {
+        let _ = self.floor.set(Box::new(floor));
+    }
+
+    /// Whether this node runs the cluster's background work now.
+    pub fn is_runner(&self) -> bool {
+        self.runner.load(Ordering::SeqCst)
+    }
+
+    pub fn set_runner(&self, runner: bool) {
+        self.runner.store(runner, Ordering::SeqCst);
+    }
+
+    /// The highest change-feed floor published when this node registered: its own stamps must
+    /// not fall behind it (a horizon another node gave out may already have passed it).
+    pub fn start_floor(&self) -> i64 {
+        self.start_floor.load(Ordering::SeqCst)
+    }
+
+    /// Notices may have been missed: trust nothing until the caches are forgotten. (The gap
+    /// is counted before the trust ends, so a renewal that checks the count after extending
+    /// the trust cannot undo this.)
+    fn lost(&self) {
+        if let Ok(mut since) = self.gap_since.lock() {
+            // A connection can die unnoticed, but no longer than the lease it stops renewing.
+            let silent = time::Duration::try_from(LEASE + RENEW_EVERY).unwrap_or_default();
+            since.get_or_insert(time::OffsetDateTime::now_utc() - silent);
+        }
+        self.gaps.fetch_add(1, Ordering::SeqCst);
+        self.trust.end();
+    }
+
+    /// Whether this node's caches may be used now.
+    pub fn trusted(&self) -> bool {
+        self.trust.holds()
+    }
+
+    /// A new notice of this node: its number, with an empty set of acknowledgements.
+    pub fn begin_notice(&self) -> u64 {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Ok(mut acks) = self.acks.lock() {
+            acks.insert(seq, HashSet::new());
+        }
+        seq
+    }
+
+    /// The notice was not committed after all.
+    pub fn drop_notice(&self, seq: u64) {
+        if let Ok(mut acks) = self.acks.lock() {
+            acks.remove(&seq);
+        }
+    }
+
+    /// Waits, after notice `seq` committed, until every other node whose lease was live when
+    /// it was sent has acknowledged it, or its lease has run out. `live` is that set, with the
+    /// time each lease had left then.
+    pub fn wait_for_acks(&self, seq: u64, live: Vec<(Uuid, Duration)>) {
+        let start = Instant::now();
+        let deadlines: Vec<(Uuid, Instant)> = live
+            .into_iter()
+            .map(|(id, left)| (id, start + left + Duration::from_millis(50)))
+            .collect();
+        let Ok(mut acks) = self.acks.lock() else {
+            return;
+        };
+        loop {
+            let now = Instant::now();
+            let got = acks.get(&seq);
+            let waiting = deadlines
+                .iter()
+                .filter(|(id, until)| *until > now && !got.is_some_and(|g| g.contains(id)))
+                .map(|(_, until)| *until)
+                .min();
+            let Some(until) = waiting else { break };
+            match self.acked.wait_timeout(acks, until - now) {
+                Ok((guard, _)) => acks = guard,
+                Err(_) => return,
+            }
+        }
+        acks.remove(&seq);
+    }
+
+    fn record_ack(&self, seq: u64, from: Uuid) {
+        if let Ok(mut acks) = self.acks.lock()
+            && let Some(set) = acks.get_mut(&seq)
+        {
+            set.insert(from);
+            self.acked.notify_all();
+        }
+    }
+
+    /// Starts the listener and the lease on `pool` (the node's own few connections, apart from
+    /// the requests', so that an acknowledgement never waits behind them).
+    pub fn start(self: &Arc<Node>, rt: &tokio::runtime::Runtime, pool: PgPool) {
+        rt.spawn(listen(self.clone(), pool.clone()));
+        rt.spawn(keep_lease(self.clone(), pool));
+    }
+}
+
+/// Receives notices, acknowledgements and heartbeats; marks a gap whenever the connection is
+/// lost.
+async fn listen(node: Arc<Node>, pool: PgPool) {
+    loop {
+        match PgListener::connect_with(&pool).await {
+            Ok(mut listener) => {
+                listener.eager_reconnect(false);
+                if listener.listen(CHANNEL).await.is_ok() {
+                    node.listening.store(true, Ordering::SeqCst);
+                    while let Ok(Some(n)) = listener.try_recv().await {
+                        receive(&node, &pool, n.payload()).await;
+                    }
+                    tracing::warn!("lost the cluster listener; reading through until it is back");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot listen for cluster notices yet"),
+        }
+        node.listening.store(false, Ordering::SeqCst);
+        node.lost();
+        if pool.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn receive(node: &Arc<Node>, pool: &PgPool, payload: &str) {
+    let mut parts = payload.splitn(4, ' ');
+    let (Some(kind), Some(from), Some(n), rest) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return;
+    };
+    let (Ok(from), Ok(n)) = (Uuid::parse_str(from), n.parse::<u64>()) else {
+        return;
+    };
+    match kind {
+        "h" if from == node.id => {
+            node.heard.fetch_max(n, Ordering::SeqCst);
+        }
+        "a" if from == node.id => {
+            if let Some(acker) = rest.and_then(|r| Uuid::parse_str(r).ok()) {
+                node.record_ack(n, acker);
+            }
+        }
+        "n" | "r" if from != node.id => {
+            let changes = match (kind, rest) {
+                ("n", Some(hex)) => unhex(hex).and_then(|b| Changes::decode(&b)),
+                ("r", Some(id)) => match id.parse::<i64>() {
+                    Ok(id) => fetch_notice(pool, id).await,
+                    Err(_) => None,
+                },
+                _ => None,
+            };
+            // A notice this node cannot read: it forgets everything rather than guess.
+            let changes = changes.unwrap_or_else(Changes::everything);
+            let handler = node.handler();
+            let done = tokio::task::spawn_blocking(move || {
+                if let Some(handler) = handler {
+                    handler(&changes);
+                }
+            })
+            .await;
+            if done.is_err() {
+                node.lost();
+            }
+            let ack = format!("a {from} {n} {}", node.id);
+            if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(ack)
+                .execute(pool)
+                .await
+            {
+                // The writer waits this node's lease out instead; this node may not count on
+                // having been heard, so it reads through until it has forgotten everything.
+                tracing::warn!(error = %e, "could not acknowledge a cluster notice");
+                node.lost();
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn fetch_notice(pool: &PgPool, id: i64) -> Option<Changes> {
+    let row = sqlx::query("SELECT body FROM notices WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .ok()??;
+    let body: Vec<u8> = row.try_get(0).ok()?;
+    Changes::decode(&body)
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Renews the lease while the listener works, publishing the node's feed floor; forgets the
+/// caches after a gap before trusting them again; sweeps what dead nodes left.
+async fn keep_lease(node: Arc<Node>, pool: PgPool) {
+    let mut tick = tokio::time::interval(RENEW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = node.wake.notified() => {}
+        }
+        ticks += 1;
+        if pool.is_closed() {
+            return;
+        }
+        let heard = node.heard.load(Ordering::SeqCst) >= node.sent.load(Ordering::SeqCst);
+        tracing::debug!(
+            heard,
+            listening = node.listening.load(Ordering::SeqCst),
+            trusted = node.trust.holds(),
+            gaps = node.gaps.load(Ordering::SeqCst),
+            flushed = node.flushed.load(Ordering::SeqCst),
+            "cluster lease tick"
+        );
+        if heard && node.listening.load(Ordering::SeqCst) {
+            renew(&node, &pool).await;
+        }
+        let n = node.sent.fetch_add(1, Ordering::SeqCst) + 1;
+        let _ = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(format!("h {} {n}", node.id))
+            .execute(&pool)
+            .await;
+        if ticks.is_multiple_of(30) {
+            let _ = sqlx::query(
+                "DELETE FROM notices WHERE at < clock_timestamp() - interval '5 minutes'",
+            )
+            .execute(&pool)
+            .await;
+        }
+    }
+}
+
+async fn renew(node: &Arc<Node>, pool: &PgPool) {
+    if !node.trust.holds()
+        && node.flushed.load(Ordering::SeqCst) == node.gaps.load(Ordering::SeqCst)
+    {
+        // The lease lapsed by this node's reckoning: writers may have stopped waiting for it.
+        node.lost();
+    }
+    let gap = node.gaps.load(Ordering::SeqCst);
+    let must_flush = node.flushed.load(Ordering::SeqCst) != gap;
+    let handler = node.handler().filter(|_| !node.left.load(Ordering::SeqCst));
+    // Forgets what the gap may have made stale; without a handler (the server is not serving
+    // yet, or any more) the lease is renewed all the same, but nothing is trusted.
+    if let (true, Some(handler)) = (must_flush, handler) {
+        let since = node.gap_since.lock().ok().and_then(|mut s| s.take());
+        let changes = Changes {
+            since,
+            ..Changes::everything()
+        };
+        match tokio::task::spawn_blocking(move || handler(&changes)).await {
+            Ok(()) => node.flushed.store(gap, Ordering::SeqCst),
+            Err(_) => {
+                if let Ok(mut s) = node.gap_since.lock() {
+                    *s = since.or(*s);
+                }
+            }
+        }
+    }
+    let floor = node.floor.get().map_or_else(|| node.start_floor(), |f| f());
+    let sent_at = Instant::now();
+    // Answers whether the lease was still live when renewed (NULL: there was none).
+    let renewed: Result<Option<bool>, _> = sqlx::query_scalar(
+        "WITH old AS (SELECT expires_at > clock_timestamp() AS live FROM nodes WHERE id = $1) \
+         INSERT INTO nodes (id, expires_at, floor) \
+         VALUES ($1, clock_timestamp() + make_interval(secs => $2), $3) \
+         ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, \
+         floor = GREATEST(nodes.floor, EXCLUDED.floor) \
+         RETURNING (SELECT live FROM old)",
+    )
+    .bind(node.id)
+    .bind(LEASE.as_secs_f64())
+    .bind(floor)
+    .fetch_one(pool)
+    .await;
+    match renewed {
+        // The lease had run out in the database (or was removed): writers passed this node
+        // by. Once those still committing are done, it forgets everything before trusting
+        // again.
+        Ok(live) if live != Some(true) => {
+            if let Err(e) = barrier(pool).await {
+                tracing::warn!(error = %e, "could not wait for the writes that passed this node");
+            }
+            node.lost();
+        }
+        Ok(_)
+            if node.flushed.load(Ordering::SeqCst) == gap && !node.left.load(Ordering::SeqCst) =>
+        {
+            node.trust.extend(sent_at + LEASE - MARGIN);
+            // Trusted only if no gap happened since the caches were forgotten.
+            if node.gaps.load(Ordering::SeqCst) != gap || node.left.load(Ordering::SeqCst) {
+                node.trust.end();
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not renew this node's lease"),
+    }
+}
+
+/// Registers `node`'s first lease, with the highest floor any node has published: the node keeps
+/// its stamps at or above it (see [`Node::start_floor`]) until it publishes its own.
+///
+/// Taking the table's lock first waits for every transaction that read the live leases before
+/// (and so will not wait for this node); those that come after see it.
+pub async fn register(node: &Node, pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("LOCK TABLE nodes IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    let highest: Option<i64> = sqlx::query_scalar("SELECT max(floor) FROM nodes")
+        .fetch_one(&mut *tx)
+        .await?;
+    let highest = highest.unwrap_or(0);
+    node.start_floor.store(highest, Ordering::SeqCst);
+    sqlx::query(
+        "INSERT INTO nodes (id, expires_at, floor) \
+         VALUES ($1, clock_timestamp() + make_interval(secs => $2), $3)",
+    )
+    .bind(node.id)
+    .bind(LEASE.as_secs_f64())
+    .bind(highest)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Waits for every transaction that read the live leases before this node's lease was live
+/// again (they do not wait for it): after this, whatever this node reads is newer than their
+/// commits, or their notices reach it.
+async fn barrier(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("LOCK TABLE nodes IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notice_body_reads_back_as_written() {
+        let changes = Changes {
+            everything: false,
+            since: None,
+            writes: vec![
+                ("api_keys".into(), vec![1, 2, 3]),
+                ("sessions".into(), vec![]),
+                ("products".into(), vec![9; 300]),
+            ],
+        };
+        assert_eq!(Changes::decode(&changes.encode()), Some(changes.clone()));
+        assert_eq!(
+            unhex(&crate::domain::hex(&changes.encode())),
+            Some(changes.encode())
+        );
+        assert_eq!(Changes::decode(&[5, b'a']), None, "a cut body is refused");
+        assert_eq!(
+            Changes::decode(&Changes::everything().encode()),
+            Some(Changes::everything())
+        );
+    }
+
+    #[test]
+    fn a_writer_waits_for_each_live_node_or_its_lease() {
+        let node = Node::new();
+        let seq = node.begin_notice();
+        let other = Uuid::new_v4();
+        let late = Uuid::new_v4();
+        let acking = node.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            acking.record_ack(seq, other);
+        });
+        let start = Instant::now();
+        node.wait_for_acks(
+            seq,
+            vec![
+                (other, Duration::from_secs(10)),
+                (late, Duration::from_millis(200)),
+            ],
+        );
+        let waited = start.elapsed();
+        t.join().unwrap();
+        assert!(
+            waited >= Duration::from_millis(200),
+            "the silent node's lease is waited out"
+        );
+        assert!(
+            waited < Duration::from_secs(5),
+            "the acknowledged node ends its wait"
+        );
+    }
+}
