@@ -540,3 +540,42 @@ async fn a_session_ended_on_one_node_is_refused_on_the_other_at_the_next_request
         "a logged-out session passed on the other node"
     );
 }
+
+#[actix_web::test]
+async fn a_webhook_made_on_one_node_hears_every_nodes_writes_once() {
+    let url = fresh();
+    let n = nodes(&url, 2, &["--webhooks-allow-private"], Some(PASSWORD)).await;
+    let receiver = crate::webhooks::Receiver::start().await;
+    let admin = token(n[0].base()).await;
+    let made = insecure_client()
+        .post(format!("{}/api/v1/webhooks", n[0].base()))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "cluster", "url": receiver.url, "events": ["product.created"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), StatusCode::CREATED);
+    let (_, key) = create_key(n[0].base(), &admin, &["products:write"]).await;
+    let mut eans = Vec::new();
+    for i in 0..6u64 {
+        // Half of them through the node that did not create the webhook.
+        let res = create_product(n[(i % 2) as usize].base(), &key, &ean(700 + i)).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        eans.push(ean(700 + i));
+    }
+    receiver.wait_for(6).await;
+    // Time for a second sender, if there were one, to send its copies too.
+    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    let seen = receiver.seen();
+    let mut delivered: Vec<String> = seen
+        .iter()
+        .map(|r| {
+            r.json()["data"]["ean"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    delivered.sort();
+    assert_eq!(delivered, eans, "each write once, from one sender");
+}
