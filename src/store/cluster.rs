@@ -507,7 +507,7 @@ async fn renew(node: &Arc<Node>, pool: &PgPool) {
         // by. Once those still committing are done, it forgets everything before trusting
         // again.
         Ok(live) if live != Some(true) => {
-            if let Err(e) = barrier(pool).await {
+            if let Err(e) = wait_for_older_transactions(pool).await {
                 tracing::warn!(error = %e, "could not wait for the writes that passed this node");
             }
             node.lost();
@@ -529,13 +529,10 @@ async fn renew(node: &Arc<Node>, pool: &PgPool) {
 /// Registers `node`'s first lease, with the highest floor any node has published: the node keeps
 /// its stamps at or above it (see [`Node::start_floor`]) until it publishes its own.
 ///
-/// Taking the table's lock first waits for every transaction that read the live leases before
-/// (and so will not wait for this node); those that come after see it.
+/// Then it waits for every transaction begun before: their snapshots do not hold this lease, so
+/// they neither tell nor wait for this node; those begun after do.
 pub async fn register(node: &Node, pool: &PgPool) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("LOCK TABLE nodes IN EXCLUSIVE MODE")
-        .execute(&mut *tx)
-        .await?;
     let highest: Option<i64> = sqlx::query_scalar("SELECT max(floor) FROM nodes")
         .fetch_one(&mut *tx)
         .await?;
@@ -550,18 +547,36 @@ pub async fn register(node: &Node, pool: &PgPool) -> Result<(), sqlx::Error> {
     .bind(highest)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await
+    tx.commit().await?;
+    wait_for_older_transactions(pool).await
 }
 
-/// Waits for every transaction that read the live leases before this node's lease was live
-/// again (they do not wait for it): after this, whatever this node reads is newer than their
-/// commits, or their notices reach it.
-async fn barrier(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("LOCK TABLE nodes IN EXCLUSIVE MODE")
-        .execute(&mut *tx)
+/// How long [`wait_for_older_transactions`] waits at most: a transaction left idle longer is
+/// ended by the database (`idle_in_transaction_session_timeout`).
+const OLDEST_TRANSACTION: Duration = Duration::from_secs(65);
+
+/// Waits until every transaction on this database begun before now (by another session) has
+/// ended. After a lease became live (again), what this node reads is then newer than the
+/// commits of the transactions that did not see the lease, or their notices reach it; after a
+/// dead node's lease was removed, its writes still committing are done.
+pub async fn wait_for_older_transactions(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let now: f64 = sqlx::query_scalar("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8")
+        .fetch_one(pool)
         .await?;
-    tx.commit().await
+    let started = Instant::now();
+    loop {
+        let older: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND xact_start < to_timestamp($1)",
+        )
+        .bind(now)
+        .fetch_one(pool)
+        .await?;
+        if older == 0 || started.elapsed() > OLDEST_TRANSACTION {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 #[cfg(test)]

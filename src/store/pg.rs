@@ -313,8 +313,9 @@ impl PgDb {
     }
 
     /// The lowest change-feed floor among the other nodes, after removing the rows of nodes
-    /// whose lease ran out (which waits for their stamped writes still committing; those not
-    /// yet past their fence then fail it). `None`: no other node, or not a node.
+    /// whose lease ran out and waiting for every transaction begun before (a dead node's
+    /// stamped write still committing; those begun later fail their fence). `None`: no other
+    /// node, or not a node.
     pub fn cluster_floor(&self) -> sled::Result<Option<i64>> {
         let Some((node, _)) = &self.inner.node else {
             return Ok(None);
@@ -324,6 +325,9 @@ impl PgDb {
             sqlx::query("DELETE FROM nodes WHERE expires_at < clock_timestamp()")
                 .execute(&pool)
                 .await?;
+            // A node whose lease ran out (removed now, or by another reader) may still be
+            // committing a stamped write that passed its fence before.
+            cluster::wait_for_older_transactions(&pool).await?;
             sqlx::query_scalar("SELECT min(floor) FROM nodes WHERE id <> $1")
                 .bind(me)
                 .fetch_one(&pool)
@@ -568,30 +572,30 @@ impl PgTree {
     pub fn clear(&self) -> sled::Result<()> {
         let (pool, tree) = (self.db.pool(), self.name.to_string());
         // Every other node forgets all it holds: no notice lists a whole tree.
-        let notice = self
+        let mut notice = self
             .db
             .watches(&self.name)
             .then(|| self.db.notice_everything())
             .flatten();
         let wire = notice.as_ref().map(Notice::wire);
-        self.db.run(async move {
+        let others = self.db.run(async move {
             let mut tx = pool.begin().await?;
             sqlx::query("DELETE FROM kv WHERE tree = $1")
                 .bind(tree)
                 .execute(&mut *tx)
                 .await?;
-            if let Some(wire) = &wire {
-                send_notice(&mut tx, wire).await?;
-            }
-            tx.commit().await
+            let others = write_and_announce(&mut tx, Buffered::new(), wire).await?;
+            tx.commit().await?;
+            Ok(others)
         })?;
-        if let Some(notice) = &notice {
+        if let Some(notice) = notice.as_mut() {
+            notice.others = others;
             self.db.await_acks(notice);
         }
         Ok(())
     }
 
-    /// Applies the writes in one transaction, two statements (a later write to a key wins).
+    /// Applies the writes in one transaction, one statement (a later write to a key wins).
     pub fn apply_batch(&self, writes: Vec<(IVec, Option<IVec>)>) -> sled::Result<()> {
         let writes: Buffered = writes
             .into_iter()
@@ -837,57 +841,7 @@ impl Drop for Notice {
     }
 }
 
-/// Sends `notice` inside the transaction on `conn` and answers the other nodes whose lease is
-/// live. One statement: the notice (delivered at the commit, dropped by a rollback) and the
-/// live leases, locked `FOR KEY SHARE` until the commit. Holding them is the transaction's
-/// fence: a node whose own lease has run out writes nothing watched (its stamps might be
-/// passed by a feed elsewhere, and it may not hear the others); removing a dead node's lease
-/// waits for its writes still committing; and a node joining waits for the transactions that
-/// did not see it before it trusts its caches (`cluster::register`). A body too long for a
-/// payload is written to `notices` first.
-async fn send_notice(
-    conn: &mut sqlx::PgConnection,
-    notice: &NoticeWire,
-) -> Result<Vec<(uuid::Uuid, Duration)>, sqlx::Error> {
-    let row = if cluster::inline(&notice.body) {
-        None
-    } else {
-        let id: i64 = sqlx::query_scalar("INSERT INTO notices (body) VALUES ($1) RETURNING id")
-            .bind(&notice.body)
-            .fetch_one(&mut *conn)
-            .await?;
-        Some(id)
-    };
-    let rows = sqlx::query(
-        "WITH sent AS MATERIALIZED (SELECT pg_notify($1, $2)) \
-         SELECT nodes.id, EXTRACT(EPOCH FROM nodes.expires_at - clock_timestamp())::float8 \
-         FROM nodes, sent WHERE nodes.expires_at > clock_timestamp() FOR KEY SHARE OF nodes",
-    )
-    .bind(cluster::CHANNEL)
-    .bind(cluster::payload(notice.node, notice.seq, &notice.body, row))
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut others = Vec::with_capacity(rows.len());
-    let mut mine = false;
-    for r in rows {
-        let id: uuid::Uuid = r.try_get(0)?;
-        let left: f64 = r.try_get(1)?;
-        if id == notice.node {
-            mine = true;
-        } else {
-            others.push((id, Duration::from_secs_f64(left.clamp(0.0, 60.0))));
-        }
-    }
-    if !mine {
-        return Err(sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::NotConnected,
-            "this node's lease has run out",
-        )));
-    }
-    Ok(others)
-}
-
-/// What [`send_notice`] sends, owned by the engine's runtime.
+/// What [`write_and_announce`] sends, owned by the engine's runtime.
 struct NoticeWire {
     node: uuid::Uuid,
     seq: u64,
@@ -1001,22 +955,30 @@ impl TxState {
     }
 }
 
-/// [`write_all`], then the notice of what it wrote, if any.
+/// The removals (`$1`, `$2`) and upserts (`$3` to `$5`) of a transaction's writes, as the
+/// data-modifying parts of one statement: the keys are distinct (a write replaces an earlier
+/// one of its key), so their order does not matter.
+const WRITES: &str = "WITH del AS (DELETE FROM kv USING UNNEST($1::text[], $2::bytea[]) AS d(tree, k) \
+     WHERE kv.tree = d.tree AND kv.k = d.k), \
+     up AS (INSERT INTO kv (tree, k, v) SELECT * FROM UNNEST($3::text[], $4::bytea[], $5::bytea[]) \
+     ON CONFLICT (tree, k) DO UPDATE SET v = EXCLUDED.v)";
+
+/// Writes `writes` on `conn` inside its transaction, with the notice of what they changed if
+/// there is one, all in one statement; answers the other nodes whose lease is live.
+///
+/// With a notice, the statement also reads the live leases (as of the transaction's snapshot)
+/// and issues the notice (delivered at the commit, dropped by a rollback) when another node
+/// holds one. The node's own live lease is the transaction's fence: a node whose lease has
+/// run out writes nothing watched (its stamps might be passed by a feed elsewhere, and it may
+/// not hear the others). A node that did not hold a lease when the snapshot was taken is
+/// neither told nor waited for: before it trusts its caches it waits for every transaction
+/// begun before its lease was live ([`cluster::wait_for_older_transactions`]). A body too
+/// long for a payload is written to `notices` first.
 async fn write_and_announce(
     conn: &mut sqlx::PgConnection,
     writes: Buffered,
     notice: Option<NoticeWire>,
 ) -> Result<Vec<(uuid::Uuid, Duration)>, sqlx::Error> {
-    write_all(conn, writes).await?;
-    match notice {
-        Some(notice) => send_notice(conn, &notice).await,
-        None => Ok(Vec::new()),
-    }
-}
-
-/// Writes `writes` on `conn` (inside its transaction): one removal of every key removed, then
-/// one upsert of every new value, each a single statement over arrays.
-async fn write_all(conn: &mut sqlx::PgConnection, writes: Buffered) -> Result<(), sqlx::Error> {
     let (mut up_trees, mut up_keys, mut up_values) = (Vec::new(), Vec::new(), Vec::new());
     let (mut del_trees, mut del_keys) = (Vec::new(), Vec::new());
     for ((tree, key), value) in writes {
@@ -1032,29 +994,64 @@ async fn write_all(conn: &mut sqlx::PgConnection, writes: Buffered) -> Result<()
             }
         }
     }
-    if !del_keys.is_empty() {
-        sqlx::query(
-            "DELETE FROM kv USING UNNEST($1::text[], $2::bytea[]) AS d(tree, k) \
-             WHERE kv.tree = d.tree AND kv.k = d.k",
-        )
-        .bind(del_trees)
-        .bind(del_keys)
-        .execute(&mut *conn)
-        .await?;
+    let Some(notice) = notice else {
+        if up_keys.is_empty() && del_keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        sqlx::query(AssertSqlSafe(format!("{WRITES} SELECT 1")))
+            .bind(del_trees)
+            .bind(del_keys)
+            .bind(up_trees)
+            .bind(up_keys)
+            .bind(up_values)
+            .execute(&mut *conn)
+            .await?;
+        return Ok(Vec::new());
+    };
+    let row = if cluster::inline(&notice.body) {
+        None
+    } else {
+        let id: i64 = sqlx::query_scalar("INSERT INTO notices (body) VALUES ($1) RETURNING id")
+            .bind(&notice.body)
+            .fetch_one(&mut *conn)
+            .await?;
+        Some(id)
+    };
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "{WRITES}, live AS MATERIALIZED (SELECT id, \
+         EXTRACT(EPOCH FROM expires_at - clock_timestamp())::float8 AS left_s \
+         FROM nodes WHERE expires_at > clock_timestamp()), \
+         sent AS MATERIALIZED (SELECT pg_notify($6, $7) FROM live WHERE id <> $8 LIMIT 1) \
+         SELECT id, left_s, (SELECT count(*) FROM sent) FROM live"
+    )))
+    .bind(del_trees)
+    .bind(del_keys)
+    .bind(up_trees)
+    .bind(up_keys)
+    .bind(up_values)
+    .bind(cluster::CHANNEL)
+    .bind(cluster::payload(notice.node, notice.seq, &notice.body, row))
+    .bind(notice.node)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut others = Vec::with_capacity(rows.len());
+    let mut mine = false;
+    for r in rows {
+        let id: uuid::Uuid = r.try_get(0)?;
+        let left: f64 = r.try_get(1)?;
+        if id == notice.node {
+            mine = true;
+        } else {
+            others.push((id, Duration::from_secs_f64(left.clamp(0.0, 60.0))));
+        }
     }
-    if !up_keys.is_empty() {
-        sqlx::query(
-            "INSERT INTO kv (tree, k, v) \
-             SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::bytea[]) \
-             ON CONFLICT (tree, k) DO UPDATE SET v = EXCLUDED.v",
-        )
-        .bind(up_trees)
-        .bind(up_keys)
-        .bind(up_values)
-        .execute(&mut *conn)
-        .await?;
+    if !mine {
+        return Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            "this node's lease has run out",
+        )));
     }
-    Ok(())
+    Ok(others)
 }
 
 impl Drop for TxState {

@@ -579,3 +579,38 @@ async fn a_webhook_made_on_one_node_hears_every_nodes_writes_once() {
     delivered.sort();
     assert_eq!(delivered, eans, "each write once, from one sender");
 }
+
+#[actix_web::test]
+async fn the_since_feed_of_one_node_brings_another_nodes_write_within_seconds() {
+    let url = fresh();
+    let n = nodes(&url, 2, &[], Some(PASSWORD)).await;
+    let admin = token(n[0].base()).await;
+    let (_, key) = create_key(n[0].base(), &admin, &["products:write", "windev:read"]).await;
+    let res = create_product(n[0].base(), &key, &ean(800)).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let started = Instant::now();
+    loop {
+        let feed: Value = insecure_client()
+            .get(format!("{}/api/v1/windev/products/since/0", n[1].base()))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let eans: Vec<&str> = feed["data"]
+            .as_array()
+            .map(|d| d.iter().filter_map(|e| e["ean"].as_str()).collect())
+            .unwrap_or_default();
+        if eans.contains(&ean(800).as_str()) {
+            break;
+        }
+        // The feed answers up to the lowest floor the nodes published (once a second).
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the other node's feed never brought the write: {feed}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
