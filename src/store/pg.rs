@@ -6,7 +6,7 @@
 //! code path; the schema is applied by sqlx's embedded migrations under their advisory lock.
 //!
 //! Transactions run at `REPEATABLE READ` (one snapshot) and lock every row they read
-//! (`FOR UPDATE`) until they end; their writes go as one upsert and one removal just before
+//! (`FOR UPDATE`) until they end; their writes go as one statement (removals and upserts) just before
 //! the commit. A row changed since the snapshot (SQLSTATE 40001), a deadlock (40P01) or a
 //! duplicate key runs the closure again from the start, which is sled's own rule: its closures
 //! already run again on a conflict. So every row a transaction read or wrote is unchanged by
