@@ -203,8 +203,8 @@ impl Node {
         self.handler.lock().ok().and_then(|h| h.clone())
     }
 
-    /// The server stops: nothing here is trusted or kept current any more (the lease stays
-    /// until the store closes, so that writes still in flight pass their fence).
+    /// The server has stopped: nothing here is trusted or kept current any more, and the lease
+    /// is not renewed (the caller removes it, so that no writer waits for this node).
     pub fn leave(&self) {
         self.left.store(true, Ordering::SeqCst);
         self.trust.end();
@@ -440,6 +440,9 @@ async fn keep_lease(node: Arc<Node>, pool: PgPool) {
             flushed = node.flushed.load(Ordering::SeqCst),
             "cluster lease tick"
         );
+        if node.left.load(Ordering::SeqCst) {
+            return;
+        }
         if heard && node.listening.load(Ordering::SeqCst) {
             renew(&node, &pool).await;
         }

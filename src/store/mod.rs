@@ -456,11 +456,12 @@ impl Store {
         self.db.node().is_none_or(|n| n.trusted())
     }
 
-    /// Stops applying other nodes' changes here (the server is stopping); the caches are read
+    /// Stops applying other nodes' changes here (the server has stopped serving) and removes
+    /// this node's lease, so that no other node's write waits for it; the caches are read
     /// through from then on.
     pub fn leave_cluster(&self) {
-        if let Some(node) = self.db.node() {
-            node.leave();
+        if let kv::Db::Pg(db) = &self.db {
+            db.leave();
         }
     }
 

@@ -266,6 +266,23 @@ impl PgDb {
         self.inner.node.is_some() && self.inner.watched.contains(tree)
     }
 
+    /// Leaves the cluster: see `Store::leave_cluster`.
+    pub fn leave(&self) {
+        let Some((node, node_pool)) = &self.inner.node else {
+            return;
+        };
+        node.leave();
+        let (pool, id) = (node_pool.clone(), node.id);
+        if let Err(e) = self.run(async move {
+            sqlx::query("DELETE FROM nodes WHERE id = $1")
+                .bind(id)
+                .execute(&pool)
+                .await
+        }) {
+            tracing::warn!(error = %e, "could not remove this node's lease; it runs out by itself");
+        }
+    }
+
     /// This process as a node of the cluster, if it is one.
     pub fn node(&self) -> Option<&Arc<Node>> {
         self.inner.node.as_ref().map(|(n, _)| n)
