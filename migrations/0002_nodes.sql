@@ -7,6 +7,9 @@ CREATE TABLE nodes (
     id uuid PRIMARY KEY,
     expires_at timestamptz NOT NULL,
     floor bigint NOT NULL,
+    -- Marked when the lease has run out: the node's writes begun after fail; the row is removed
+    -- once every transaction begun before has ended.
+    gone boolean NOT NULL DEFAULT false,
     started_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 

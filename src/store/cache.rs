@@ -80,7 +80,7 @@ impl Trust {
     }
 
     pub fn holds(&self) -> bool {
-        match self.until.load(Ordering::Acquire) {
+        match self.until.load(Ordering::SeqCst) {
             0 => false,
             u64::MAX => true,
             until => since_base(std::time::Instant::now()) < until,
@@ -88,7 +88,7 @@ impl Trust {
     }
 
     pub fn end(&self) {
-        self.until.store(0, Ordering::Release);
+        self.until.store(0, Ordering::SeqCst);
     }
 
     pub fn extend(&self, until: std::time::Instant) {

@@ -156,9 +156,18 @@ pub struct Node {
     /// The last gap this node has forgotten its caches for.
     flushed: AtomicU64,
     listening: AtomicBool,
-    /// The last heartbeat sent, and the last one that came back.
+    /// The last renewal's heartbeat sent, and the last one that came back.
     sent: AtomicU64,
     heard: AtomicU64,
+    /// The renewal whose heartbeat has not come back yet: its number, when it was sent, and
+    /// the gap count then. Its heartbeat comes back after every notice committed before the
+    /// renewal has been applied here, and only then is the trust extended.
+    pending: Mutex<Option<(u64, Instant, u64)>>,
+    /// The lease had run out in the database: this node waits for the transactions that did
+    /// not see it before it may trust again.
+    rejoining: AtomicBool,
+    /// Makes the listener connect again (its heartbeats stopped coming back).
+    reconnect: tokio::sync::Notify,
     /// The highest floor any node had published when this one registered.
     start_floor: AtomicI64,
     /// This node holds the runner lock (see `pg.rs`).
@@ -185,6 +194,9 @@ impl Node {
             listening: AtomicBool::new(false),
             sent: AtomicU64::new(0),
             heard: AtomicU64::new(0),
+            pending: Mutex::new(None),
+            rejoining: AtomicBool::new(false),
+            reconnect: tokio::sync::Notify::new(),
             start_floor: AtomicI64::new(0),
             wake: tokio::sync::Notify::new(),
             runner: AtomicBool::new(false),
@@ -305,11 +317,48 @@ impl Node {
         }
     }
 
-    /// Starts the listener and the lease on `pool` (the node's own few connections, apart from
-    /// the requests', so that an acknowledgement never waits behind them).
-    pub fn start(self: &Arc<Node>, rt: &tokio::runtime::Runtime, pool: PgPool) {
-        rt.spawn(listen(self.clone(), pool.clone()));
-        rt.spawn(keep_lease(self.clone(), pool));
+    /// The renewal numbered `n` came back through the listener: every notice committed before
+    /// it has been applied, so the trust may run to its lease (unless a gap, a rejoin or the
+    /// end came between).
+    fn renewal_heard(&self, n: u64) {
+        self.heard.fetch_max(n, Ordering::SeqCst);
+        let Some((_, sent_at, gap)) = self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.take_if(|(m, _, _)| *m <= n))
+        else {
+            return;
+        };
+        let clear = || {
+            self.gaps.load(Ordering::SeqCst) == gap
+                && self.flushed.load(Ordering::SeqCst) == gap
+                && !self.left.load(Ordering::SeqCst)
+                && !self.rejoining.load(Ordering::SeqCst)
+        };
+        if clear() {
+            self.trust.extend(sent_at + LEASE - MARGIN);
+            // Checked again after extending: a gap counted meanwhile ends the trust (`lost`
+            // counts first, then ends it).
+            if !clear() {
+                self.trust.end();
+            }
+        }
+    }
+
+    /// Starts the listener, waits (a few seconds at most) until it listens, registers the
+    /// lease, then keeps it, all on `pool` (the node's own few connections, apart from the
+    /// requests', so that an acknowledgement never waits behind them). Listening first: a
+    /// write that sees the lease can count on this node hearing its notice.
+    pub async fn start(self: &Arc<Node>, pool: PgPool) -> Result<(), sqlx::Error> {
+        tokio::spawn(listen(self.clone(), pool.clone()));
+        let started = Instant::now();
+        while !self.listening.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        register(self, &pool).await?;
+        tokio::spawn(keep_lease(self.clone(), pool));
+        Ok(())
     }
 }
 
@@ -321,9 +370,19 @@ async fn listen(node: Arc<Node>, pool: PgPool) {
             Ok(mut listener) => {
                 listener.eager_reconnect(false);
                 if listener.listen(CHANNEL).await.is_ok() {
+                    // Renewals resume: the heartbeats lost with the old connection are
+                    // not waited for.
+                    node.heard
+                        .store(node.sent.load(Ordering::SeqCst), Ordering::SeqCst);
                     node.listening.store(true, Ordering::SeqCst);
-                    while let Ok(Some(n)) = listener.try_recv().await {
-                        receive(&node, &pool, n.payload()).await;
+                    loop {
+                        tokio::select! {
+                            got = listener.try_recv() => match got {
+                                Ok(Some(n)) => receive(&node, &pool, n.payload()).await,
+                                Ok(None) | Err(_) => break,
+                            },
+                            () = node.reconnect.notified() => break,
+                        }
                     }
                     tracing::warn!("lost the cluster listener; reading through until it is back");
                 }
@@ -350,9 +409,7 @@ async fn receive(node: &Arc<Node>, pool: &PgPool, payload: &str) {
         return;
     };
     match kind {
-        "h" if from == node.id => {
-            node.heard.fetch_max(n, Ordering::SeqCst);
-        }
+        "h" if from == node.id => node.renewal_heard(n),
         "a" if from == node.id => {
             if let Some(acker) = rest.and_then(|r| Uuid::parse_str(r).ok()) {
                 node.record_ack(n, acker);
@@ -367,8 +424,13 @@ async fn receive(node: &Arc<Node>, pool: &PgPool, payload: &str) {
                 },
                 _ => None,
             };
-            // A notice this node cannot read: it forgets everything rather than guess.
-            let changes = changes.unwrap_or_else(Changes::everything);
+            // A notice this node cannot read: it forgets everything rather than guess (as after
+            // a gap, with the catch-up that bounds).
+            let Some(changes) = changes else {
+                node.lost();
+                acknowledge(node, pool, from, n).await;
+                return;
+            };
             let handler = node.handler();
             let done = tokio::task::spawn_blocking(move || {
                 if let Some(handler) = handler {
@@ -379,20 +441,25 @@ async fn receive(node: &Arc<Node>, pool: &PgPool, payload: &str) {
             if done.is_err() {
                 node.lost();
             }
-            let ack = format!("a {from} {n} {}", node.id);
-            if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(ack)
-                .execute(pool)
-                .await
-            {
-                // The writer waits this node's lease out instead; this node may not count on
-                // having been heard, so it reads through until it has forgotten everything.
-                tracing::warn!(error = %e, "could not acknowledge a cluster notice");
-                node.lost();
-            }
+            acknowledge(node, pool, from, n).await;
         }
         _ => {}
+    }
+}
+
+/// Tells `writer` that this node has applied its notice `n`.
+async fn acknowledge(node: &Node, pool: &PgPool, writer: Uuid, n: u64) {
+    let ack = format!("a {writer} {n} {}", node.id);
+    if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(ack)
+        .execute(pool)
+        .await
+    {
+        // The writer waits this node's lease out instead; this node may not count on having
+        // been heard, so it reads through until it has forgotten everything.
+        tracing::warn!(error = %e, "could not acknowledge a cluster notice");
+        node.lost();
     }
 }
 
@@ -416,55 +483,91 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Renews the lease while the listener works, publishing the node's feed floor; forgets the
-/// caches after a gap before trusting them again; sweeps what dead nodes left.
+/// Renews the lease while the listener works (the previous renewal's heartbeat came back),
+/// publishing the node's feed floor; forgets the caches after a gap before trusting them
+/// again; makes a silent listener connect again; sweeps what dead nodes left.
 async fn keep_lease(node: Arc<Node>, pool: PgPool) {
     let mut tick = tokio::time::interval(RENEW_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
+    let mut unheard: u32 = 0;
+    let sweeping = Arc::new(AtomicBool::new(false));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = node.wake.notified() => {}
         }
         ticks += 1;
-        if pool.is_closed() {
+        if pool.is_closed() || node.left.load(Ordering::SeqCst) {
             return;
         }
+        let listening = node.listening.load(Ordering::SeqCst);
         let heard = node.heard.load(Ordering::SeqCst) >= node.sent.load(Ordering::SeqCst);
         tracing::debug!(
             heard,
-            listening = node.listening.load(Ordering::SeqCst),
+            listening,
             trusted = node.trust.holds(),
             gaps = node.gaps.load(Ordering::SeqCst),
             flushed = node.flushed.load(Ordering::SeqCst),
             "cluster lease tick"
         );
-        if node.left.load(Ordering::SeqCst) {
-            return;
+        if heard {
+            unheard = 0;
+            if listening {
+                renew(&node, &pool).await;
+            }
+        } else {
+            unheard += 1;
+            if unheard >= 3 {
+                // A connection can die without an error (a half-open socket): start over.
+                node.reconnect.notify_one();
+                unheard = 0;
+            }
         }
-        if heard && node.listening.load(Ordering::SeqCst) {
-            renew(&node, &pool).await;
-        }
-        let n = node.sent.fetch_add(1, Ordering::SeqCst) + 1;
-        let _ = sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(format!("h {} {n}", node.id))
-            .execute(&pool)
-            .await;
-        if ticks.is_multiple_of(30) {
-            let _ = sqlx::query(
-                "DELETE FROM notices WHERE at < clock_timestamp() - interval '5 minutes'",
-            )
-            .execute(&pool)
-            .await;
+        if ticks.is_multiple_of(5) && !sweeping.swap(true, Ordering::SeqCst) {
+            let (pool, sweeping) = (pool.clone(), sweeping.clone());
+            tokio::spawn(async move {
+                if let Err(e) = sweep(&pool).await {
+                    tracing::debug!(error = %e, "could not sweep the leases of dead nodes");
+                }
+                sweeping.store(false, Ordering::SeqCst);
+            });
         }
     }
 }
 
+/// Removes what dead nodes left: their leases in two steps (marked gone, which fails their
+/// writes begun after; then, once every transaction begun before has ended, removed: a feed
+/// counts a lease's floor until then), and old long notices.
+async fn sweep(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let marked = sqlx::query(
+        "UPDATE nodes SET gone = true \
+         WHERE expires_at < clock_timestamp() - interval '1 second' AND NOT gone",
+    )
+    .execute(pool)
+    .await?;
+    let any_gone: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM nodes WHERE gone)")
+        .fetch_one(pool)
+        .await?;
+    if marked.rows_affected() > 0 || any_gone {
+        wait_for_older_transactions(pool).await?;
+        sqlx::query("DELETE FROM nodes WHERE gone")
+            .execute(pool)
+            .await?;
+    }
+    sqlx::query("DELETE FROM notices WHERE at < clock_timestamp() - interval '5 minutes'")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 async fn renew(node: &Arc<Node>, pool: &PgPool) {
+    if node.rejoining.load(Ordering::SeqCst) {
+        return;
+    }
     if !node.trust.holds()
         && node.flushed.load(Ordering::SeqCst) == node.gaps.load(Ordering::SeqCst)
+        && node.pending.lock().is_ok_and(|p| p.is_none())
     {
         // The lease lapsed by this node's reckoning: writers may have stopped waiting for it.
         node.lost();
@@ -490,68 +593,92 @@ async fn renew(node: &Arc<Node>, pool: &PgPool) {
         }
     }
     let floor = node.floor.get().map_or_else(|| node.start_floor(), |f| f());
+    let n = node.sent.fetch_add(1, Ordering::SeqCst) + 1;
     let sent_at = Instant::now();
-    // Answers whether the lease was still live when renewed (NULL: there was none).
+    // One statement: the renewal, whether the lease was still live (NULL: there was none),
+    // and the heartbeat that comes back after every notice committed before it.
     let renewed: Result<Option<bool>, _> = sqlx::query_scalar(
-        "WITH old AS (SELECT expires_at > clock_timestamp() AS live FROM nodes WHERE id = $1) \
-         INSERT INTO nodes (id, expires_at, floor) \
+        "WITH old AS (SELECT expires_at > clock_timestamp() AND NOT gone AS live \
+         FROM nodes WHERE id = $1), \
+         up AS (INSERT INTO nodes (id, expires_at, floor) \
          VALUES ($1, clock_timestamp() + make_interval(secs => $2), $3) \
          ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, \
-         floor = GREATEST(nodes.floor, EXCLUDED.floor) \
-         RETURNING (SELECT live FROM old)",
+         floor = GREATEST(nodes.floor, EXCLUDED.floor), gone = false RETURNING 1), \
+         beat AS MATERIALIZED (SELECT pg_notify($4, $5)) \
+         SELECT (SELECT live FROM old) FROM (SELECT count(*) FROM up) u, \
+         (SELECT count(*) FROM beat) b",
     )
     .bind(node.id)
     .bind(LEASE.as_secs_f64())
     .bind(floor)
+    .bind(CHANNEL)
+    .bind(format!("h {} {n}", node.id))
     .fetch_one(pool)
     .await;
     match renewed {
         // The lease had run out in the database (or was removed): writers passed this node
-        // by. Once those still committing are done, it forgets everything before trusting
-        // again.
+        // by. It waits for those (in the background, renewing meanwhile), then forgets
+        // everything before trusting again.
         Ok(live) if live != Some(true) => {
-            if let Err(e) = wait_for_older_transactions(pool).await {
-                tracing::warn!(error = %e, "could not wait for the writes that passed this node");
-            }
+            node.rejoining.store(true, Ordering::SeqCst);
             node.lost();
+            let (node, pool) = (node.clone(), pool.clone());
+            tokio::spawn(async move {
+                if let Err(e) = wait_for_older_transactions(&pool).await {
+                    tracing::warn!(error = %e, "could not wait for the writes that passed this node");
+                }
+                node.lost();
+                node.rejoining.store(false, Ordering::SeqCst);
+            });
         }
-        Ok(_)
-            if node.flushed.load(Ordering::SeqCst) == gap && !node.left.load(Ordering::SeqCst) =>
-        {
-            node.trust.extend(sent_at + LEASE - MARGIN);
-            // Trusted only if no gap happened since the caches were forgotten.
-            if node.gaps.load(Ordering::SeqCst) != gap || node.left.load(Ordering::SeqCst) {
-                node.trust.end();
+        Ok(_) => {
+            if let Ok(mut p) = node.pending.lock() {
+                *p = Some((n, sent_at, gap));
             }
         }
-        Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not renew this node's lease"),
     }
 }
 
-/// Registers `node`'s first lease, with the highest floor any node has published: the node keeps
-/// its stamps at or above it (see [`Node::start_floor`]) until it publishes its own.
-///
-/// Then it waits for every transaction begun before: their snapshots do not hold this lease, so
-/// they neither tell nor wait for this node; those begun after do.
+/// Registers `node`'s first lease, then takes the highest floor the other nodes have
+/// published as its own stamps' minimum (see [`Node::start_floor`]): a feed elsewhere that
+/// read the floors before this lease existed published its own first, so its answer is below
+/// that. Then it waits for every transaction begun before: their snapshots do not hold this
+/// lease, so they neither tell nor wait for this node; those begun after do.
 pub async fn register(node: &Node, pool: &PgPool) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let highest: Option<i64> = sqlx::query_scalar("SELECT max(floor) FROM nodes")
-        .fetch_one(&mut *tx)
-        .await?;
-    let highest = highest.unwrap_or(0);
-    node.start_floor.store(highest, Ordering::SeqCst);
     sqlx::query(
         "INSERT INTO nodes (id, expires_at, floor) \
-         VALUES ($1, clock_timestamp() + make_interval(secs => $2), $3)",
+         VALUES ($1, clock_timestamp() + make_interval(secs => $2), 0)",
     )
     .bind(node.id)
     .bind(LEASE.as_secs_f64())
-    .bind(highest)
-    .execute(&mut *tx)
+    .execute(pool)
     .await?;
-    tx.commit().await?;
+    let highest: Option<i64> = sqlx::query_scalar("SELECT max(floor) FROM nodes WHERE id <> $1")
+        .bind(node.id)
+        .fetch_one(pool)
+        .await?;
+    node.start_floor
+        .store(highest.unwrap_or(0), Ordering::SeqCst);
     wait_for_older_transactions(pool).await
+}
+
+/// The other nodes whose lease is live now, with the time each has left.
+pub async fn live_nodes(pool: &PgPool, me: Uuid) -> Result<Vec<(Uuid, Duration)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, EXTRACT(EPOCH FROM expires_at - clock_timestamp())::float8 FROM nodes \
+         WHERE id <> $1 AND expires_at > clock_timestamp() AND NOT gone",
+    )
+    .bind(me)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let id: Uuid = r.try_get(0)?;
+            let left: f64 = r.try_get(1)?;
+            Ok((id, Duration::from_secs_f64(left.clamp(0.0, 60.0))))
+        })
+        .collect()
 }
 
 /// How long [`wait_for_older_transactions`] waits at most: a transaction left idle longer is
@@ -570,6 +697,7 @@ pub async fn wait_for_older_transactions(pool: &PgPool) -> Result<(), sqlx::Erro
     loop {
         let older: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND backend_type = 'client backend' AND application_name = 'pixee-pim' \
              AND pid <> pg_backend_pid() AND xact_start < to_timestamp($1)",
         )
         .bind(now)

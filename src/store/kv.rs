@@ -50,10 +50,10 @@ impl Db {
     }
 
     /// The lowest change-feed floor of the other nodes (see `PgDb::cluster_floor`).
-    pub fn cluster_floor(&self) -> sled::Result<Option<i64>> {
+    pub fn cluster_floor(&self, local: i64) -> sled::Result<Option<i64>> {
         match self {
             Db::Sled(_) => Ok(None),
-            Db::Pg(db) => db.cluster_floor(),
+            Db::Pg(db) => db.cluster_floor(local),
         }
     }
 

@@ -411,7 +411,8 @@ impl Store {
         now: impl FnOnce() -> OffsetDateTime,
     ) -> StoreResult<OffsetDateTime> {
         let local = self.horizon.horizon(now);
-        let Some(floor) = self.db.cluster_floor()? else {
+        let published = i64::try_from(local.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+        let Some(floor) = self.db.cluster_floor(published)? else {
             return Ok(local);
         };
         Ok(OffsetDateTime::from_unix_timestamp_nanos(i128::from(floor))

@@ -208,7 +208,7 @@ impl PgDb {
                         .await
                         .map_err(|e| format!("could not connect to PostgreSQL: {e}"))?;
                     let node = Node::new();
-                    cluster::register(&node, &node_pool)
+                    node.start(node_pool.clone())
                         .await
                         .map_err(|e| format!("could not register this node: {e}"))?;
                     Some((node, node_pool))
@@ -230,9 +230,6 @@ impl PgDb {
             role,
             node.as_ref().map(|(n, _)| n.clone()),
         ));
-        if let Some((node, node_pool)) = &node {
-            node.start(&runtime, node_pool.clone());
-        }
         Ok(PgDb {
             inner: Arc::new(Inner {
                 runtime: Some(runtime),
@@ -248,14 +245,14 @@ impl PgDb {
         let mut notice = self.announce(&writes);
         let wire = notice.as_ref().map(Notice::wire);
         let pool = self.pool();
-        let others = self.run(async move {
+        let told = self.run(async move {
             let mut tx = pool.begin().await?;
-            let others = write_and_announce(&mut tx, writes, wire).await?;
+            let told = write_and_announce(&mut tx, writes, wire).await?;
             tx.commit().await?;
-            Ok(others)
+            Ok(told)
         })?;
         if let Some(notice) = notice.as_mut() {
-            notice.others = others;
+            notice.told = told;
             self.await_acks(notice);
         }
         Ok(())
@@ -308,7 +305,7 @@ impl PgDb {
             seq: node.begin_notice(),
             node: node.clone(),
             body: changes.encode(),
-            others: Vec::new(),
+            told: false,
         })
     }
 
@@ -319,32 +316,42 @@ impl PgDb {
             seq: node.begin_notice(),
             node: node.clone(),
             body: Changes::everything().encode(),
-            others: Vec::new(),
+            told: false,
         })
     }
 
-    /// After `notice` committed: waits for the other nodes that were live when it was sent
-    /// (see `cluster.rs`).
+    /// After `notice` committed: waits for the other nodes whose lease is live now (see
+    /// `cluster.rs`), read afresh (the transaction's snapshot may hold an older expiry). A node
+    /// whose lease is not in the snapshot was neither told nor is waited for: it waits for this
+    /// transaction before it trusts its caches. When the nodes cannot be read, every lease is
+    /// waited out.
     fn await_acks(&self, notice: &Notice) {
-        notice.node.wait_for_acks(notice.seq, notice.others.clone());
+        if !notice.told {
+            return;
+        }
+        let (pool, me) = (self.pool(), notice.node.id);
+        let live = self
+            .run(async move { cluster::live_nodes(&pool, me).await })
+            .unwrap_or_else(|_| vec![(uuid::Uuid::nil(), cluster::LEASE)]);
+        notice.node.wait_for_acks(notice.seq, live);
     }
 
-    /// The lowest change-feed floor among the other nodes, after removing the rows of nodes
-    /// whose lease ran out and waiting for every transaction begun before (a dead node's
-    /// stamped write still committing; those begun later fail their fence). `None`: no other
-    /// node, or not a node.
-    pub fn cluster_floor(&self) -> sled::Result<Option<i64>> {
+    /// The lowest change-feed floor among the other nodes' leases, live or not yet swept (a
+    /// dead node's is counted until every transaction begun before its lease was marked gone
+    /// has ended: `cluster::sweep`), after publishing `local` (this node's horizon, about to
+    /// be answered) as its own: a node joining later keeps its stamps above it. `None`: no
+    /// other node, or not a node.
+    pub fn cluster_floor(&self, local: i64) -> sled::Result<Option<i64>> {
         let Some((node, _)) = &self.inner.node else {
             return Ok(None);
         };
         let (pool, me) = (self.pool(), node.id);
         self.run(async move {
-            sqlx::query("DELETE FROM nodes WHERE expires_at < clock_timestamp()")
+            sqlx::query("UPDATE nodes SET floor = GREATEST(floor, $2) WHERE id = $1")
+                .bind(me)
+                .bind(local)
                 .execute(&pool)
                 .await?;
-            // A node whose lease ran out (removed now, or by another reader) may still be
-            // committing a stamped write that passed its fence before.
-            cluster::wait_for_older_transactions(&pool).await?;
             sqlx::query_scalar("SELECT min(floor) FROM nodes WHERE id <> $1")
                 .bind(me)
                 .fetch_one(&pool)
@@ -467,7 +474,14 @@ async fn watch_lock(
                         Err(_) => false,
                     }
                 }
-                _ => sqlx::query("SELECT 1").execute(&mut lock).await.is_ok(),
+                // A probe that does not answer within a second counts as a lost session: a
+                // runner cut off from the database stops delivering before another takes over.
+                _ => tokio::time::timeout(
+                    Duration::from_secs(1),
+                    sqlx::query("SELECT 1").execute(&mut lock),
+                )
+                .await
+                .is_ok_and(|r| r.is_ok()),
             };
             if alive {
                 continue;
@@ -595,18 +609,18 @@ impl PgTree {
             .then(|| self.db.notice_everything())
             .flatten();
         let wire = notice.as_ref().map(Notice::wire);
-        let others = self.db.run(async move {
+        let told = self.db.run(async move {
             let mut tx = pool.begin().await?;
             sqlx::query("DELETE FROM kv WHERE tree = $1")
                 .bind(tree)
                 .execute(&mut *tx)
                 .await?;
-            let others = write_and_announce(&mut tx, Buffered::new(), wire).await?;
+            let told = write_and_announce(&mut tx, Buffered::new(), wire).await?;
             tx.commit().await?;
-            Ok(others)
+            Ok(told)
         })?;
         if let Some(notice) = notice.as_mut() {
-            notice.others = others;
+            notice.told = told;
             self.db.await_acks(notice);
         }
         Ok(())
@@ -847,8 +861,8 @@ struct Notice {
     seq: u64,
     node: Arc<Node>,
     body: Vec<u8>,
-    /// The other nodes whose lease was live when it was sent, with the time each had left.
-    others: Vec<(uuid::Uuid, Duration)>,
+    /// Another node held a lease in the transaction's snapshot (so the notice was sent).
+    told: bool,
 }
 
 impl Drop for Notice {
@@ -958,12 +972,12 @@ impl TxState {
         }
         let mut notice = self.db.announce(&writes);
         let wire = notice.as_ref().map(Notice::wire);
-        let others = self.run(move |mut tx| async move {
+        let told = self.run(move |mut tx| async move {
             let result = write_and_announce(&mut tx, writes, wire).await;
             (tx, result)
         })?;
         if let Some(n) = notice.as_mut() {
-            n.others = others;
+            n.told = told;
         }
         if let Ok(mut slot) = self.notice.lock() {
             *slot = notice;
@@ -983,19 +997,19 @@ const WRITES: &str = "WITH del AS (DELETE FROM kv USING UNNEST($1::text[], $2::b
 /// Writes `writes` on `conn` inside its transaction, with the notice of what they changed if
 /// there is one, all in one statement; answers the other nodes whose lease is live.
 ///
-/// With a notice, the statement also reads the live leases (as of the transaction's snapshot)
-/// and issues the notice (delivered at the commit, dropped by a rollback) when another node
-/// holds one. The node's own live lease is the transaction's fence: a node whose lease has
-/// run out writes nothing watched (its stamps might be passed by a feed elsewhere, and it may
-/// not hear the others). A node that did not hold a lease when the snapshot was taken is
-/// neither told nor waited for: before it trusts its caches it waits for every transaction
+/// With a notice, the statement also reads the leases (as of the transaction's snapshot) and
+/// issues the notice (delivered at the commit, dropped by a rollback) when another node has
+/// one; it answers whether it did. The node's own lease, not marked gone, is the
+/// transaction's fence: a node whose lease a sweep marked gone writes nothing watched (a feed
+/// elsewhere may already have passed its stamps). A node whose lease is not in the snapshot
+/// is neither told nor waited for: before it trusts its caches it waits for every transaction
 /// begun before its lease was live ([`cluster::wait_for_older_transactions`]). A body too
 /// long for a payload is written to `notices` first.
 async fn write_and_announce(
     conn: &mut sqlx::PgConnection,
     writes: Buffered,
     notice: Option<NoticeWire>,
-) -> Result<Vec<(uuid::Uuid, Duration)>, sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let (mut up_trees, mut up_keys, mut up_values) = (Vec::new(), Vec::new(), Vec::new());
     let (mut del_trees, mut del_keys) = (Vec::new(), Vec::new());
     for ((tree, key), value) in writes {
@@ -1013,7 +1027,7 @@ async fn write_and_announce(
     }
     let Some(notice) = notice else {
         if up_keys.is_empty() && del_keys.is_empty() {
-            return Ok(Vec::new());
+            return Ok(false);
         }
         sqlx::query(AssertSqlSafe(format!("{WRITES} SELECT 1")))
             .bind(del_trees)
@@ -1023,7 +1037,7 @@ async fn write_and_announce(
             .bind(up_values)
             .execute(&mut *conn)
             .await?;
-        return Ok(Vec::new());
+        return Ok(false);
     };
     let row = if cluster::inline(&notice.body) {
         None
@@ -1034,12 +1048,13 @@ async fn write_and_announce(
             .await?;
         Some(id)
     };
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "{WRITES}, live AS MATERIALIZED (SELECT id, \
-         EXTRACT(EPOCH FROM expires_at - clock_timestamp())::float8 AS left_s \
-         FROM nodes WHERE expires_at > clock_timestamp()), \
-         sent AS MATERIALIZED (SELECT pg_notify($6, $7) FROM live WHERE id <> $8 LIMIT 1) \
-         SELECT id, left_s, (SELECT count(*) FROM sent) FROM live"
+    // The leases as of the snapshot; the notice when another node has one; whether this
+    // node's own lease stands (not marked gone by a sweep) as the fence.
+    let (mine, told): (bool, bool) = sqlx::query_as(AssertSqlSafe(format!(
+        "{WRITES}, leases AS MATERIALIZED (SELECT id, gone FROM nodes), \
+         sent AS MATERIALIZED (SELECT pg_notify($6, $7) FROM leases WHERE id <> $8 LIMIT 1) \
+         SELECT EXISTS (SELECT 1 FROM leases WHERE id = $8 AND NOT gone), \
+         (SELECT count(*) FROM sent) > 0"
     )))
     .bind(del_trees)
     .bind(del_keys)
@@ -1049,26 +1064,15 @@ async fn write_and_announce(
     .bind(cluster::CHANNEL)
     .bind(cluster::payload(notice.node, notice.seq, &notice.body, row))
     .bind(notice.node)
-    .fetch_all(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
-    let mut others = Vec::with_capacity(rows.len());
-    let mut mine = false;
-    for r in rows {
-        let id: uuid::Uuid = r.try_get(0)?;
-        let left: f64 = r.try_get(1)?;
-        if id == notice.node {
-            mine = true;
-        } else {
-            others.push((id, Duration::from_secs_f64(left.clamp(0.0, 60.0))));
-        }
-    }
     if !mine {
         return Err(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::NotConnected,
             "this node's lease has run out",
         )));
     }
-    Ok(others)
+    Ok(told)
 }
 
 impl Drop for TxState {
