@@ -130,7 +130,9 @@ pub fn inline(body: &[u8]) -> bool {
 }
 
 type Handler = Arc<dyn Fn(&Changes) + Send + Sync>;
-type FloorFn = Box<dyn Fn() -> i64 + Send + Sync>;
+/// This node's change-feed horizon and its clock's time now (Unix nanoseconds), after raising
+/// the horizon to the value given, if any (see [`Node::start_floor`]).
+type FloorFn = Box<dyn Fn(Option<i64>) -> (i64, i64) + Send + Sync>;
 
 /// This process as a node of the cluster: its identity, its lease's trust, the notices it sent
 /// and the acknowledgements they got.
@@ -226,7 +228,7 @@ impl Node {
     }
 
     /// Sets what this node publishes as its change-feed floor.
-    pub fn on_floor(&self, floor: impl Fn() -> i64 + Send + Sync + 'static) {
+    pub fn on_floor(&self, floor: impl Fn(Option<i64>) -> (i64, i64) + Send + Sync + 'static) {
         let _ = self.floor.set(Box::new(floor));
     }
 
@@ -592,21 +594,23 @@ async fn renew(node: &Arc<Node>, pool: &PgPool) {
             }
         }
     }
-    let floor = node.floor.get().map_or_else(|| node.start_floor(), |f| f());
+    let floor = node
+        .floor
+        .get()
+        .map_or_else(|| node.start_floor(), |f| f(None).0);
     let n = node.sent.fetch_add(1, Ordering::SeqCst) + 1;
     let sent_at = Instant::now();
-    // One statement: the renewal, whether the lease was still live (NULL: there was none),
-    // and the heartbeat that comes back after every notice committed before it.
-    let renewed: Result<Option<bool>, _> = sqlx::query_scalar(
+    // One statement: the renewal of a lease that stands (not swept), whether it was still
+    // live (NULL: there is none), and the heartbeat that comes back after every notice
+    // committed before it.
+    let renewed: Result<(Option<bool>, i64), _> = sqlx::query_as(
         "WITH old AS (SELECT expires_at > clock_timestamp() AND NOT gone AS live \
          FROM nodes WHERE id = $1), \
-         up AS (INSERT INTO nodes (id, expires_at, floor) \
-         VALUES ($1, clock_timestamp() + make_interval(secs => $2), $3) \
-         ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, \
-         floor = GREATEST(nodes.floor, EXCLUDED.floor), gone = false RETURNING 1), \
+         up AS (UPDATE nodes SET expires_at = clock_timestamp() + make_interval(secs => $2), \
+         floor = GREATEST(floor, $3) WHERE id = $1 AND NOT gone RETURNING 1), \
          beat AS MATERIALIZED (SELECT pg_notify($4, $5)) \
-         SELECT (SELECT live FROM old) FROM (SELECT count(*) FROM up) u, \
-         (SELECT count(*) FROM beat) b",
+         SELECT (SELECT live FROM old), (SELECT count(*) FROM up) \
+         FROM (SELECT count(*) FROM beat) b",
     )
     .bind(node.id)
     .bind(LEASE.as_secs_f64())
@@ -616,16 +620,16 @@ async fn renew(node: &Arc<Node>, pool: &PgPool) {
     .fetch_one(pool)
     .await;
     match renewed {
-        // The lease had run out in the database (or was removed): writers passed this node
-        // by. It waits for those (in the background, renewing meanwhile), then forgets
-        // everything before trusting again.
-        Ok(live) if live != Some(true) => {
+        // The lease had run out in the database, or was swept: writers passed this node by,
+        // and a feed elsewhere may have answered past its stamps. It rejoins in the
+        // background.
+        Ok((live, renewed)) if live != Some(true) || renewed == 0 => {
             node.rejoining.store(true, Ordering::SeqCst);
             node.lost();
             let (node, pool) = (node.clone(), pool.clone());
             tokio::spawn(async move {
-                if let Err(e) = wait_for_older_transactions(&pool).await {
-                    tracing::warn!(error = %e, "could not wait for the writes that passed this node");
+                if let Err(e) = rejoin(&node, &pool, renewed == 0).await {
+                    tracing::warn!(error = %e, "could not rejoin the cluster yet");
                 }
                 node.lost();
                 node.rejoining.store(false, Ordering::SeqCst);
@@ -638,6 +642,40 @@ async fn renew(node: &Arc<Node>, pool: &PgPool) {
         }
         Err(e) => tracing::warn!(error = %e, "could not renew this node's lease"),
     }
+}
+
+/// Makes a node whose lease ran out a member again. A lease that was swept (`swept`) is
+/// registered again only once every write this node stamped before has ended: those fail
+/// their fence meanwhile, so none commits a stamp a feed elsewhere may already have passed.
+/// Then, as at the first start, it waits for every transaction begun before, which did not
+/// see its lease.
+async fn rejoin(node: &Node, pool: &PgPool, swept: bool) -> Result<(), sqlx::Error> {
+    if swept {
+        if let Some(floor) = node.floor.get() {
+            let (_, now) = floor(None);
+            let started = Instant::now();
+            while floor(None).0 < now && started.elapsed() < OLDEST_TRANSACTION {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let highest: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO nodes (id, expires_at, floor) \
+             VALUES ($1, clock_timestamp() + make_interval(secs => $2), 0) \
+             ON CONFLICT (id) DO UPDATE SET gone = false, expires_at = EXCLUDED.expires_at \
+             RETURNING (SELECT max(floor) FROM nodes WHERE id <> $1)",
+        )
+        .bind(node.id)
+        .bind(LEASE.as_secs_f64())
+        .fetch_one(pool)
+        .await?;
+        node.start_floor
+            .fetch_max(highest.unwrap_or(0), Ordering::SeqCst);
+        // Other nodes' feeds may have answered past this node's clock meanwhile.
+        if let Some(floor) = node.floor.get() {
+            floor(Some(node.start_floor()));
+        }
+    }
+    wait_for_older_transactions(pool).await
 }
 
 /// Registers `node`'s first lease, then takes the highest floor the other nodes have

@@ -430,8 +430,14 @@ impl Store {
     ) {
         let Some(node) = self.db.node() else { return };
         let horizon = self.horizon.clone();
-        node.on_floor(move || {
-            i64::try_from(horizon.horizon(&now).unix_timestamp_nanos()).unwrap_or(i64::MAX)
+        node.on_floor(move |raise| {
+            if let Some(to) = raise {
+                horizon.raise(i128::from(to));
+            }
+            let nanos =
+                |t: OffsetDateTime| i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+            let at = now();
+            (nanos(horizon.horizon(|| at)), nanos(at))
         });
         let store = self.clone();
         node.on_changes(move |changes| {

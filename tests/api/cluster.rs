@@ -614,3 +614,43 @@ async fn the_since_feed_of_one_node_brings_another_nodes_write_within_seconds() 
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[actix_web::test]
+async fn nodes_whose_leases_were_swept_rejoin_and_keep_every_promise() {
+    let url = fresh();
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let n = nodes(&url, 2, &[], Some(PASSWORD)).await;
+    let admin = token(n[0].base()).await;
+    let (id, key) = create_key(n[0].base(), &admin, &["products:read", "products:write"]).await;
+    assert_eq!(list_on(&n[1], &key).await, StatusCode::OK);
+    // As a sweep does for a node whose lease ran out: every lease marked gone.
+    cluster().psql(&database, "UPDATE nodes SET gone = true");
+    // Each node finds out at its next renewal, stops trusting, waits out its own stamped
+    // writes and the transactions that did not see it, and trusts again.
+    actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
+    for node in &n {
+        wait_until_trusted(node).await;
+    }
+    let gone = cluster().psql(&database, "SELECT count(*) FROM nodes WHERE gone");
+    assert_eq!(gone, "0", "both leases stand again");
+    let started = Instant::now();
+    loop {
+        let res = create_product(n[1].base(), &key, &ean(950)).await;
+        if res.status() == StatusCode::CREATED {
+            break;
+        }
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(started.elapsed() < Duration::from_secs(10), "writes never resumed");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(list_on(&n[1], &key).await, StatusCode::OK);
+    assert_eq!(list_on(&n[1], &key).await, StatusCode::OK);
+    let revoked = insecure_client()
+        .delete(format!("{}/api/v1/api-keys/{id}", n[0].base()))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(revoked.status().is_success(), "{}", revoked.status());
+    assert_eq!(list_on(&n[1], &key).await, StatusCode::UNAUTHORIZED);
+}
