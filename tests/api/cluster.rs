@@ -116,6 +116,16 @@ async fn create_key(base: &str, token: &str, scopes: &[&str]) -> (String, String
     )
 }
 
+async fn revoke(base: &str, token: &str, id: &str) {
+    let res = insecure_client()
+        .delete(format!("{base}/api/v1/api-keys/{id}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+}
+
 /// A products list with `key` through `node`'s own connection.
 async fn list_on(node: &Node, key: &str) -> StatusCode {
     node.client
@@ -212,13 +222,7 @@ async fn a_key_revoked_on_one_node_is_refused_on_the_others_at_the_next_request(
             assert_eq!(list_on(node, &key).await, StatusCode::OK);
             assert_eq!(list_on(node, &key).await, StatusCode::OK);
         }
-        let revoked = insecure_client()
-            .delete(format!("{}/api/v1/api-keys/{id}", n[0].base()))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap();
-        assert!(revoked.status().is_success(), "{}", revoked.status());
+        revoke(n[0].base(), &admin, &id).await;
         for node in &n[1..] {
             assert_eq!(
                 list_on(node, &key).await,
@@ -503,13 +507,7 @@ async fn postgres_restarted_under_load_answers_503_loses_no_confirmed_write_and_
     }
     assert_eq!(list_on(&n[1], &key).await, StatusCode::OK);
     assert_eq!(list_on(&n[1], &key).await, StatusCode::OK);
-    let revoked = insecure_client()
-        .delete(format!("{}/api/v1/api-keys/{key_id}", n[0].base()))
-        .bearer_auth(token(n[0].base()).await)
-        .send()
-        .await
-        .unwrap();
-    assert!(revoked.status().is_success());
+    revoke(n[0].base(), &token(n[0].base()).await, &key_id).await;
     assert_eq!(list_on(&n[1], &key).await, StatusCode::UNAUTHORIZED);
 }
 
@@ -640,17 +638,14 @@ async fn nodes_whose_leases_were_swept_rejoin_and_keep_every_promise() {
             break;
         }
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(started.elapsed() < Duration::from_secs(10), "writes never resumed");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "writes never resumed"
+        );
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(list_on(&n[1], &key).await, StatusCode::OK);
     assert_eq!(list_on(&n[1], &key).await, StatusCode::OK);
-    let revoked = insecure_client()
-        .delete(format!("{}/api/v1/api-keys/{id}", n[0].base()))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert!(revoked.status().is_success(), "{}", revoked.status());
+    revoke(n[0].base(), &admin, &id).await;
     assert_eq!(list_on(&n[1], &key).await, StatusCode::UNAUTHORIZED);
 }
