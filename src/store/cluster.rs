@@ -130,9 +130,18 @@ pub fn inline(body: &[u8]) -> bool {
 }
 
 type Handler = Arc<dyn Fn(&Changes) + Send + Sync>;
-/// This node's change-feed horizon and its clock's time now (Unix nanoseconds), after raising
-/// the horizon to the value given, if any (see [`Node::start_floor`]).
-type FloorFn = Box<dyn Fn(Option<i64>) -> (i64, i64) + Send + Sync>;
+/// What a node needs of its server's change-feed stamps (`store/horizon.rs`), all in Unix
+/// nanoseconds of the server's clock.
+pub trait Stamps: Send + Sync {
+    /// The horizon now: no stamp still held is below it.
+    fn floor(&self) -> i64;
+    /// The clock now.
+    fn now(&self) -> i64;
+    /// No stamp is taken below `to` from now on.
+    fn raise(&self, to: i64);
+    /// Whether a stamp below `at` is still held.
+    fn held_before(&self, at: i64) -> bool;
+}
 
 /// This process as a node of the cluster: its identity, its lease's trust, the notices it sent
 /// and the acknowledgements they got.
@@ -149,8 +158,8 @@ pub struct Node {
     handler: Mutex<Option<Handler>>,
     /// The server has stopped serving: the caches are never trusted again.
     left: AtomicBool,
-    /// This node's change-feed horizon, published in its lease row.
-    floor: OnceLock<FloorFn>,
+    /// The server's change-feed stamps: the horizon is published in the lease row.
+    stamps: OnceLock<Box<dyn Stamps>>,
     /// Moves each time the listener is lost (notices may have been missed since).
     gaps: AtomicU64,
     /// Since when notices may have been missed, for the gaps not yet forgotten.
@@ -188,7 +197,7 @@ impl Node {
             acked: Condvar::new(),
             handler: Mutex::new(None),
             left: AtomicBool::new(false),
-            floor: OnceLock::new(),
+            stamps: OnceLock::new(),
             // A node starts with a gap: it trusts nothing until it has listened and forgotten.
             gaps: AtomicU64::new(1),
             gap_since: Mutex::new(Some(time::OffsetDateTime::now_utc())),
@@ -227,9 +236,9 @@ impl Node {
         }
     }
 
-    /// Sets what this node publishes as its change-feed floor.
-    pub fn on_floor(&self, floor: impl Fn(Option<i64>) -> (i64, i64) + Send + Sync + 'static) {
-        let _ = self.floor.set(Box::new(floor));
+    /// Sets the stamps whose horizon this node publishes as its change-feed floor.
+    pub fn on_stamps(&self, stamps: impl Stamps + 'static) {
+        let _ = self.stamps.set(Box::new(stamps));
     }
 
     /// Whether this node runs the cluster's background work now.
@@ -372,6 +381,9 @@ async fn listen(node: Arc<Node>, pool: PgPool) {
             Ok(mut listener) => {
                 listener.eager_reconnect(false);
                 if listener.listen(CHANNEL).await.is_ok() {
+                    // A gap counted now that this connection listens: the caches are
+                    // forgotten after this point, so nothing missed before it is kept.
+                    node.lost();
                     // Renewals resume: the heartbeats lost with the old connection are
                     // not waited for.
                     node.heard
@@ -542,18 +554,20 @@ async fn keep_lease(node: Arc<Node>, pool: PgPool) {
 /// writes begun after; then, once every transaction begun before has ended, removed: a feed
 /// counts a lease's floor until then), and old long notices.
 async fn sweep(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let marked = sqlx::query(
+    sqlx::query(
         "UPDATE nodes SET gone = true \
          WHERE expires_at < clock_timestamp() - interval '1 second' AND NOT gone",
     )
     .execute(pool)
     .await?;
-    let any_gone: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM nodes WHERE gone)")
-        .fetch_one(pool)
+    // Only the leases gone before the wait: one marked later may have writes begun meanwhile.
+    let gone: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM nodes WHERE gone")
+        .fetch_all(pool)
         .await?;
-    if marked.rows_affected() > 0 || any_gone {
+    if !gone.is_empty() {
         wait_for_older_transactions(pool).await?;
-        sqlx::query("DELETE FROM nodes WHERE gone")
+        sqlx::query("DELETE FROM nodes WHERE gone AND id = ANY($1)")
+            .bind(gone)
             .execute(pool)
             .await?;
     }
@@ -595,9 +609,9 @@ async fn renew(node: &Arc<Node>, pool: &PgPool) {
         }
     }
     let floor = node
-        .floor
+        .stamps
         .get()
-        .map_or_else(|| node.start_floor(), |f| f(None).0);
+        .map_or_else(|| node.start_floor(), |s| s.floor());
     let n = node.sent.fetch_add(1, Ordering::SeqCst) + 1;
     let sent_at = Instant::now();
     // One statement: the renewal of a lease that stands (not swept), whether it was still
@@ -650,30 +664,63 @@ async fn renew(node: &Arc<Node>, pool: &PgPool) {
 /// Then, as at the first start, it waits for every transaction begun before, which did not
 /// see its lease.
 async fn rejoin(node: &Node, pool: &PgPool, swept: bool) -> Result<(), sqlx::Error> {
+    if node.left.load(Ordering::SeqCst) {
+        return Ok(());
+    }
     if swept {
-        if let Some(floor) = node.floor.get() {
-            let (_, now) = floor(None);
-            let started = Instant::now();
-            while floor(None).0 < now && started.elapsed() < OLDEST_TRANSACTION {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        let highest: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO nodes (id, expires_at, floor) \
-             VALUES ($1, clock_timestamp() + make_interval(secs => $2), 0) \
-             ON CONFLICT (id) DO UPDATE SET gone = false, expires_at = EXCLUDED.expires_at \
-             RETURNING (SELECT max(floor) FROM nodes WHERE id <> $1)",
+        // Back first as a lease marked gone: every write of this node still fails its fence,
+        // and a feed elsewhere counts this floor, no lower than any other's.
+        let highest: Option<i64> =
+            sqlx::query_scalar("SELECT max(floor) FROM nodes WHERE id <> $1")
+                .bind(node.id)
+                .fetch_one(pool)
+                .await?;
+        sqlx::query(
+            "INSERT INTO nodes (id, expires_at, floor, gone) \
+             VALUES ($1, clock_timestamp() + make_interval(secs => $2), $3, true) \
+             ON CONFLICT (id) DO UPDATE SET gone = true, expires_at = EXCLUDED.expires_at, \
+             floor = GREATEST(nodes.floor, EXCLUDED.floor)",
         )
         .bind(node.id)
         .bind(LEASE.as_secs_f64())
-        .fetch_one(pool)
+        .bind(highest.unwrap_or(0))
+        .execute(pool)
         .await?;
+        // Read again once this lease is in: a feed that read the floors before published its
+        // own first.
+        let highest: Option<i64> =
+            sqlx::query_scalar("SELECT max(floor) FROM nodes WHERE id <> $1")
+                .bind(node.id)
+                .fetch_one(pool)
+                .await?;
         node.start_floor
             .fetch_max(highest.unwrap_or(0), Ordering::SeqCst);
-        // Other nodes' feeds may have answered past this node's clock meanwhile.
-        if let Some(floor) = node.floor.get() {
-            floor(Some(node.start_floor()));
+        let mut floor = node.start_floor();
+        if let Some(stamps) = node.stamps.get() {
+            // Other nodes' feeds may have answered past this node's clock meanwhile; the
+            // stamps taken before the raise must end (failing their fence) before the lease
+            // stands again.
+            stamps.raise(node.start_floor());
+            let after = stamps.now().max(node.start_floor()).saturating_add(1);
+            let started = Instant::now();
+            while stamps.held_before(after) && started.elapsed() < OLDEST_TRANSACTION {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            floor = stamps.floor();
         }
+        if node.left.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE nodes SET gone = false, \
+             expires_at = clock_timestamp() + make_interval(secs => $2), \
+             floor = GREATEST(floor, $3) WHERE id = $1",
+        )
+        .bind(node.id)
+        .bind(LEASE.as_secs_f64())
+        .bind(floor)
+        .execute(pool)
+        .await?;
     }
     wait_for_older_transactions(pool).await
 }

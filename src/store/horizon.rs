@@ -68,6 +68,16 @@ impl Horizon {
         state.given = state.given.max(nanos);
     }
 
+    /// Whether a write stamped before `nanos` has not committed yet.
+    pub fn held_before(&self, nanos: i128) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .held
+            .keys()
+            .next()
+            .is_some_and(|&oldest| oldest < nanos)
+    }
+
     /// Every change stamped before the returned time is committed. Never earlier than a
     /// horizon returned before.
     pub fn horizon(&self, now: impl FnOnce() -> OffsetDateTime) -> OffsetDateTime {

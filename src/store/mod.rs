@@ -191,6 +191,34 @@ pub const TREES: &[&str] = &[
     "tombstones",
 ];
 
+/// This server's change-feed stamps as a cluster node publishes and guards them.
+struct FeedStamps {
+    horizon: std::sync::Arc<horizon::Horizon>,
+    now: Box<dyn Fn() -> OffsetDateTime + Send + Sync>,
+}
+
+fn nanos(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
+impl cluster::Stamps for FeedStamps {
+    fn floor(&self) -> i64 {
+        nanos(self.horizon.horizon(&self.now))
+    }
+
+    fn now(&self) -> i64 {
+        nanos((self.now)())
+    }
+
+    fn raise(&self, to: i64) {
+        self.horizon.raise(i128::from(to));
+    }
+
+    fn held_before(&self, at: i64) -> bool {
+        self.horizon.held_before(i128::from(at))
+    }
+}
+
 /// The record caches of the auth path, each bounded.
 pub(crate) struct Caches {
     /// Keyed by the SHA-256 of a key's secret.
@@ -429,15 +457,9 @@ impl Store {
         also: impl Fn(&cluster::Changes) + Send + Sync + 'static,
     ) {
         let Some(node) = self.db.node() else { return };
-        let horizon = self.horizon.clone();
-        node.on_floor(move |raise| {
-            if let Some(to) = raise {
-                horizon.raise(i128::from(to));
-            }
-            let nanos =
-                |t: OffsetDateTime| i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX);
-            let at = now();
-            (nanos(horizon.horizon(|| at)), nanos(at))
+        node.on_stamps(FeedStamps {
+            horizon: self.horizon.clone(),
+            now: Box::new(now),
         });
         let store = self.clone();
         node.on_changes(move |changes| {

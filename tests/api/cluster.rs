@@ -472,6 +472,7 @@ async fn postgres_restarted_under_load_answers_503_loses_no_confirmed_write_and_
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut confirmed = Vec::new();
+    let mut refused = 0;
     for w in writers {
         let (c, statuses) = w.await.unwrap();
         for status in statuses.keys() {
@@ -480,12 +481,12 @@ async fn postgres_restarted_under_load_answers_503_loses_no_confirmed_write_and_
                 "only 201 and 503 while the database restarts: {statuses:?}"
             );
         }
-        assert!(
-            statuses.contains_key(&503),
-            "the outage was seen: {statuses:?}"
-        );
+        // A write in flight when the database went may wait out the lease of a node it could
+        // not ask, and answer after the restart: that writer may see no 503 at all.
+        refused += statuses.get(&503).copied().unwrap_or(0);
         confirmed.extend(c);
     }
+    assert!(refused > 0, "the outage was seen");
     assert!(!confirmed.is_empty());
     for id in &confirmed {
         let found = insecure_client()
@@ -623,14 +624,19 @@ async fn nodes_whose_leases_were_swept_rejoin_and_keep_every_promise() {
     assert_eq!(list_on(&n[1], &key).await, StatusCode::OK);
     // As a sweep does for a node whose lease ran out: every lease marked gone.
     cluster().psql(&database, "UPDATE nodes SET gone = true");
-    // Each node finds out at its next renewal, stops trusting, waits out its own stamped
-    // writes and the transactions that did not see it, and trusts again.
-    actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
+    // Each node finds out at a renewal, stops trusting, waits out its own stamped writes and
+    // the transactions that did not see it, and stands again.
+    let since = Instant::now();
+    while cluster().psql(&database, "SELECT count(*) FROM nodes WHERE gone") != "0" {
+        assert!(
+            since.elapsed() < Duration::from_secs(20),
+            "the leases never stood again"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
     for node in &n {
         wait_until_trusted(node).await;
     }
-    let gone = cluster().psql(&database, "SELECT count(*) FROM nodes WHERE gone");
-    assert_eq!(gone, "0", "both leases stand again");
     let started = Instant::now();
     loop {
         let res = create_product(n[1].base(), &key, &ean(950)).await;
