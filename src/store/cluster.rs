@@ -2,14 +2,16 @@
 //! and in-memory views exact while the others write.
 //!
 //! - **Leases.** Each node holds a row in `nodes` whose `expires_at` it moves [`LEASE`] ahead
-//!   every [`RENEW_EVERY`], and trusts its caches only until its own, earlier reckoning of that
-//!   time (the moment it sent the renewal, plus the lease, less [`MARGIN`]). A node renews
-//!   only while its listener works end to end: each period it sends itself a heartbeat
-//!   through the database, and the next renewal waits until that heartbeat came back.
+//!   every [`RENEW_EVERY`]. The renewal statement carries a heartbeat to the node itself,
+//!   which comes back after every notice committed before the renewal has been applied here;
+//!   only then is the trust extended, to the node's own, earlier reckoning of the lease (when
+//!   it sent the renewal, plus the lease, less [`MARGIN`]). The next renewal waits for that
+//!   heartbeat: a node renews only while its listener works end to end.
 //! - **Notices in the writing transaction.** A transaction that writes a tree some node keeps
-//!   a view of ([`super::WATCHED`]) issues `pg_notify` before its `COMMIT`, naming the keys it
-//!   wrote: PostgreSQL delivers it at the commit, and a crash cannot separate the two. A notice
-//!   too long for a payload is written to `notices` in the same transaction and named.
+//!   a view of ([`super::WATCHED`]) issues `pg_notify` in the statement that sends its writes,
+//!   naming the keys it wrote, when another node holds a lease: PostgreSQL delivers it at the
+//!   commit, and a crash cannot separate the two. A notice too long for a payload is written
+//!   to `notices` in the same transaction and named.
 //! - **The write waits.** After its commit the writer reads which other nodes hold a live
 //!   lease and waits until each has acknowledged the notice (it applied it to its caches,
 //!   search index and list answers first), or until that node's lease has run out, by which
@@ -18,6 +20,8 @@
 //! - **Reading through.** A node whose listener is down, or whose lease it could not renew,
 //!   serves every request from the database. When its listener is back it first forgets all
 //!   it holds (the notices it missed are gone), then trusts again.
+//! - **Joining, rejoining, sweeping** and the change feed's floors: docs/ARCHITECTURE.md,
+//!   "Several nodes on one database", and the functions [`register`], `rejoin` and `sweep`.
 use super::cache::Trust;
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
