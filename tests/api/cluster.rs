@@ -92,12 +92,7 @@ async fn login(base: &str, email: &str, password: &str) -> reqwest::Response {
 }
 
 async fn token(base: &str) -> String {
-    let res = login(base, ADMIN, PASSWORD).await;
-    assert_eq!(res.status(), StatusCode::OK);
-    res.json::<Value>().await.unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    crate::binary::login(base, ADMIN, PASSWORD).await
 }
 
 async fn create_key(base: &str, token: &str, scopes: &[&str]) -> (String, String) {
@@ -128,17 +123,16 @@ async fn revoke(base: &str, token: &str, id: &str) {
 
 /// A products list with `key` through `node`'s own connection.
 async fn list_on(node: &Node, key: &str) -> StatusCode {
-    node.client
-        .get(format!("{}/api/v1/products", node.base()))
-        .header("X-API-Key", key)
-        .send()
-        .await
-        .unwrap()
-        .status()
+    list_through(&node.client, node.base(), key).await
 }
 
+/// A products list with `key` on a new connection.
 async fn list_with(base: &str, key: &str) -> StatusCode {
-    insecure_client()
+    list_through(&insecure_client(), base, key).await
+}
+
+async fn list_through(client: &reqwest::Client, base: &str, key: &str) -> StatusCode {
+    client
         .get(format!("{base}/api/v1/products"))
         .header("X-API-Key", key)
         .send()
@@ -189,7 +183,7 @@ async fn two_first_starts_on_one_database_create_one_admin() {
     }
     let users: Value = insecure_client()
         .get(format!("{}/api/v1/users", started[1].base()))
-        .bearer_auth(token_with(started[1].base(), &printed[0]).await)
+        .bearer_auth(crate::binary::login(started[1].base(), ADMIN, &printed[0]).await)
         .send()
         .await
         .unwrap()
@@ -197,17 +191,6 @@ async fn two_first_starts_on_one_database_create_one_admin() {
         .await
         .unwrap();
     assert_eq!(users["total"], 1, "one admin: {users}");
-}
-
-async fn token_with(base: &str, password: &str) -> String {
-    login(base, ADMIN, password)
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
 }
 
 #[actix_web::test]
@@ -654,4 +637,57 @@ async fn nodes_whose_leases_were_swept_rejoin_and_keep_every_promise() {
     assert_eq!(list_on(&n[1], &key).await, StatusCode::OK);
     revoke(n[0].base(), &admin, &id).await;
     assert_eq!(list_on(&n[1], &key).await, StatusCode::UNAUTHORIZED);
+}
+
+#[actix_web::test]
+async fn an_export_is_downloaded_from_the_node_that_made_it_and_refused_by_the_others() {
+    let url = fresh();
+    let n = nodes(&url, 2, &[], Some(PASSWORD)).await;
+    let admin = token(n[0].base()).await;
+    let (_, key) = create_key(n[0].base(), &admin, &["exports:read", "exports:write"]).await;
+    let made = insecure_client()
+        .post(format!("{}/api/v1/exports/csv/products", n[0].base()))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), StatusCode::ACCEPTED);
+    let id = made.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let started = Instant::now();
+    loop {
+        let job: Value = insecure_client()
+            .get(format!("{}/api/v1/exports/jobs/{id}", n[1].base()))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job["status"] == "completed" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{job}");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let download = |node: &Node| {
+        insecure_client()
+            .get(format!("{}/api/v1/exports/jobs/{id}/download", node.base()))
+            .header("X-API-Key", &key)
+            .send()
+    };
+    let elsewhere = download(&n[1]).await.unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::CONFLICT);
+    let body: Value = elsewhere.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("CLUSTER.md"),
+        "{body}"
+    );
+    assert_eq!(download(&n[0]).await.unwrap().status(), StatusCode::OK);
 }
