@@ -986,13 +986,35 @@ impl TxState {
     }
 }
 
-/// The removals (`$1`, `$2`) and upserts (`$3` to `$5`) of a transaction's writes, as the
-/// data-modifying parts of one statement: the keys are distinct (a write replaces an earlier
-/// one of its key), so their order does not matter.
-const WRITES: &str = "WITH del AS (DELETE FROM kv USING UNNEST($1::text[], $2::bytea[]) AS d(tree, k) \
-     WHERE kv.tree = d.tree AND kv.k = d.k), \
-     up AS (INSERT INTO kv (tree, k, v) SELECT * FROM UNNEST($3::text[], $4::bytea[], $5::bytea[]) \
-     ON CONFLICT (tree, k) DO UPDATE SET v = EXCLUDED.v)";
+/// The data-modifying parts of the statement that sends a transaction's writes: the removals
+/// (`$1`, `$2`) and the upserts (`$3` to `$5`) when there are both, else only the part that has
+/// rows, numbered from `$1` (`removals`, `upserts`); none when neither has rows. The keys are distinct (a write replaces an
+/// earlier one of its key), so their order does not matter.
+///
+/// Sending only the parts with rows matters for the statement's cost: a product create has no
+/// removal, and with the empty `DELETE … USING UNNEST` gone the database plans and runs a plain
+/// upsert (docs/PERFORMANCE.md, "PostgreSQL").
+fn writes_sql(removals: bool, upserts: bool) -> Vec<String> {
+    const DEL: &str = "del AS (DELETE FROM kv USING UNNEST(${a}::text[], ${b}::bytea[]) AS d(tree, k) \
+         WHERE kv.tree = d.tree AND kv.k = d.k)";
+    const UP: &str = "up AS (INSERT INTO kv (tree, k, v) SELECT * FROM UNNEST(${a}::text[], ${b}::bytea[], ${c}::bytea[]) \
+         ON CONFLICT (tree, k) DO UPDATE SET v = EXCLUDED.v)";
+    let del = |first: usize| {
+        DEL.replace("{a}", &first.to_string())
+            .replace("{b}", &(first + 1).to_string())
+    };
+    let up = |first: usize| {
+        UP.replace("{a}", &first.to_string())
+            .replace("{b}", &(first + 1).to_string())
+            .replace("{c}", &(first + 2).to_string())
+    };
+    match (removals, upserts) {
+        (true, true) => vec![del(1), up(3)],
+        (true, false) => vec![del(1)],
+        (false, true) => vec![up(1)],
+        (false, false) => Vec::new(),
+    }
+}
 
 /// Writes `writes` on `conn` inside its transaction, with the notice of what they changed if
 /// there is one, all in one statement; answers the other nodes whose lease is live.
@@ -1025,47 +1047,57 @@ async fn write_and_announce(
             }
         }
     }
-    let Some(notice) = notice else {
-        if up_keys.is_empty() && del_keys.is_empty() {
-            return Ok(false);
-        }
-        sqlx::query(AssertSqlSafe(format!("{WRITES} SELECT 1")))
-            .bind(del_trees)
-            .bind(del_keys)
-            .bind(up_trees)
-            .bind(up_keys)
-            .bind(up_values)
-            .execute(&mut *conn)
-            .await?;
+    let (removals, upserts) = (!del_keys.is_empty(), !up_keys.is_empty());
+    if !removals && !upserts && notice.is_none() {
+        // A transaction that only read: nothing to send, and nothing for the others to hear.
         return Ok(false);
+    }
+    let mut parts = writes_sql(removals, upserts);
+    let first_free = 1 + 2 * usize::from(removals) + 3 * usize::from(upserts);
+    let row = match &notice {
+        Some(n) if !cluster::inline(&n.body) => {
+            let id: i64 = sqlx::query_scalar("INSERT INTO notices (body) VALUES ($1) RETURNING id")
+                .bind(&n.body)
+                .fetch_one(&mut *conn)
+                .await?;
+            Some(id)
+        }
+        _ => None,
     };
-    let row = if cluster::inline(&notice.body) {
-        None
-    } else {
-        let id: i64 = sqlx::query_scalar("INSERT INTO notices (body) VALUES ($1) RETURNING id")
-            .bind(&notice.body)
-            .fetch_one(&mut *conn)
-            .await?;
-        Some(id)
+    let sql = match &notice {
+        None => format!("WITH {} SELECT true, false", parts.join(", ")),
+        Some(_) => {
+            // The leases as of the snapshot; the notice when another node has one; whether
+            // this node's own lease stands (not marked gone by a sweep) as the fence.
+            parts.push("leases AS MATERIALIZED (SELECT id, gone FROM nodes)".into());
+            parts.push(format!(
+                "sent AS MATERIALIZED (SELECT pg_notify(${}, ${}) FROM leases WHERE id <> ${} LIMIT 1)",
+                first_free,
+                first_free + 1,
+                first_free + 2
+            ));
+            format!(
+                "WITH {} SELECT EXISTS (SELECT 1 FROM leases WHERE id = ${} AND NOT gone), \
+                 (SELECT count(*) FROM sent) > 0",
+                parts.join(", "),
+                first_free + 2
+            )
+        }
     };
-    // The leases as of the snapshot; the notice when another node has one; whether this
-    // node's own lease stands (not marked gone by a sweep) as the fence.
-    let (mine, told): (bool, bool) = sqlx::query_as(AssertSqlSafe(format!(
-        "{WRITES}, leases AS MATERIALIZED (SELECT id, gone FROM nodes), \
-         sent AS MATERIALIZED (SELECT pg_notify($6, $7) FROM leases WHERE id <> $8 LIMIT 1) \
-         SELECT EXISTS (SELECT 1 FROM leases WHERE id = $8 AND NOT gone), \
-         (SELECT count(*) FROM sent) > 0"
-    )))
-    .bind(del_trees)
-    .bind(del_keys)
-    .bind(up_trees)
-    .bind(up_keys)
-    .bind(up_values)
-    .bind(cluster::CHANNEL)
-    .bind(cluster::payload(notice.node, notice.seq, &notice.body, row))
-    .bind(notice.node)
-    .fetch_one(&mut *conn)
-    .await?;
+    let mut query = sqlx::query_as::<_, (bool, bool)>(AssertSqlSafe(sql));
+    if removals {
+        query = query.bind(del_trees).bind(del_keys);
+    }
+    if upserts {
+        query = query.bind(up_trees).bind(up_keys).bind(up_values);
+    }
+    if let Some(n) = &notice {
+        query = query
+            .bind(cluster::CHANNEL)
+            .bind(cluster::payload(n.node, n.seq, &n.body, row))
+            .bind(n.node);
+    }
+    let (mine, told) = query.fetch_one(&mut *conn).await?;
     if !mine {
         return Err(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::NotConnected,
@@ -1225,4 +1257,39 @@ fn pause(attempt: u32) {
     let ceiling = 50u64 * u64::from(attempt.min(40));
     let micros = rand::random_range(0..=ceiling);
     std::thread::sleep(Duration::from_micros(micros));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::writes_sql;
+
+    /// Each part numbers its parameters from where the previous one stopped, and a part with
+    /// no rows is not sent at all (the statement's binds follow the same order).
+    #[test]
+    fn the_write_statement_holds_only_the_parts_with_rows_numbered_in_order() {
+        let both = writes_sql(true, true).join(", ");
+        assert!(both.starts_with("del AS (DELETE"), "{both}");
+        assert!(
+            both.contains("UNNEST($1::text[], $2::bytea[]) AS d(tree, k)"),
+            "{both}"
+        );
+        assert!(
+            both.contains("UNNEST($3::text[], $4::bytea[], $5::bytea[])"),
+            "{both}"
+        );
+        let upserts = writes_sql(false, true);
+        assert_eq!(upserts.len(), 1);
+        assert!(
+            upserts[0].starts_with("up AS (INSERT")
+                && upserts[0].contains("UNNEST($1::text[], $2::bytea[], $3::bytea[])"),
+            "{upserts:?}"
+        );
+        let removals = writes_sql(true, false);
+        assert_eq!(removals.len(), 1);
+        assert!(
+            removals[0].starts_with("del AS (DELETE") && !removals[0].contains("$3"),
+            "{removals:?}"
+        );
+        assert!(writes_sql(false, false).is_empty());
+    }
 }
