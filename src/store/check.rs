@@ -397,7 +397,7 @@ impl Store {
             // The product count: the base record and the shards' deltas, summed per namespace.
             let stored = match k.len() {
                 17 => read_count(&v) as i64,
-                19 if k[17] == 0 && k[18] < keys::COUNT_SHARDS => super::products::read_delta(&v),
+                19 if k[17] == 0 => super::products::read_delta(&v),
                 _ => return Err(corrupt("counters", &k, "not a counter key")),
             };
             *counted.entry(k[..17].to_vec()).or_insert(0i64) += stored;

@@ -46,17 +46,23 @@ pub fn namespace(ns: Namespace) -> [u8; 17] {
     out
 }
 
-/// How many shards a namespace's product count is spread over: concurrent creates and deletes
-/// in one namespace then rarely write the same counter record (on PostgreSQL two transactions
-/// writing one record cannot both commit; one runs again).
-pub const COUNT_SHARDS: u8 = 64;
+/// How many shards a namespace's product count is spread over, by engine: concurrent creates
+/// and deletes in one namespace then rarely write the same counter record. On PostgreSQL two
+/// transactions writing one record cannot both commit (one runs again after waiting for the
+/// other's commit), so its count is spread wide; sled's transactions on one record conflict
+/// too, but a conflict costs it a retry in memory, and a wider count costs every list answer
+/// the walk over its shards.
+pub const COUNT_SHARDS: u16 = 64;
+pub const COUNT_SHARDS_SHARED: u16 = 256;
 
 /// The shard of a namespace's product count that a product's creation and deletion move: the
-/// namespace, a 0 byte, then the shard (from the id's random tail).
-pub fn count_shard(ns: Namespace, id: &[u8; 16]) -> [u8; 19] {
+/// namespace, a 0 byte, then the shard, from the last byte of the id's random tail, out of
+/// `shards` ([`COUNT_SHARDS`] or [`COUNT_SHARDS_SHARED`]). A count is the sum of whatever
+/// shards exist, so a store read by the other engine (a migration) counts the same.
+pub fn count_shard(ns: Namespace, id: &[u8; 16], shards: u16) -> [u8; 19] {
     let mut out = [0u8; 19];
     out[..17].copy_from_slice(&namespace(ns));
-    out[18] = id[15] % COUNT_SHARDS;
+    out[18] = (u16::from(id[15]) % shards.clamp(1, 256)) as u8;
     out
 }
 
@@ -150,7 +156,7 @@ pub fn updated_key(ns: &[u8], updated_nanos: i128, id: &[u8]) -> [u8; 49] {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::{COUNT_SHARDS, COUNT_SHARDS_SHARED, Namespace, count_shard, namespace, prefix_end};
 
     /// Prefix scans on PostgreSQL end here (`kv::Tree::scan_prefix`), as reverse walks do.
     #[test]
@@ -159,5 +165,20 @@ mod tests {
         assert_eq!(prefix_end(&[1, 0xFF, 0xFF]), Some(vec![2]));
         assert_eq!(prefix_end(&[0xFF, 0xFF]), None);
         assert_eq!(prefix_end(b""), None);
+    }
+
+    #[test]
+    fn a_count_shard_is_the_ids_last_byte_within_the_engines_width() {
+        let ns = Namespace {
+            tenant: crate::domain::TenantId::generate(),
+            environment: crate::domain::Environment::Live,
+        };
+        let mut id = [7u8; 16];
+        id[15] = 200;
+        let wide = count_shard(ns, &id, COUNT_SHARDS_SHARED);
+        let narrow = count_shard(ns, &id, COUNT_SHARDS);
+        assert_eq!(wide[..17], namespace(ns));
+        assert_eq!((wide[17], wide[18]), (0, 200));
+        assert_eq!((narrow[17], narrow[18]), (0, 200 % 64));
     }
 }

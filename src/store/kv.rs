@@ -304,6 +304,12 @@ pub enum TxTree {
 }
 
 impl TxTree {
+    /// Whether this tree is in a database other processes write too (PostgreSQL), where two
+    /// transactions writing one record wait for each other instead of retrying in memory.
+    pub fn shared(&self) -> bool {
+        matches!(self, TxTree::Pg(_))
+    }
+
     pub fn get<K: AsRef<[u8]>>(&self, key: K) -> TxResult<Option<IVec>> {
         match self {
             TxTree::Sled(t) => t.get(key),

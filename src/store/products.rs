@@ -314,7 +314,12 @@ impl ProductTrees<'_> {
 
     /// Moves the namespace's product count by `delta`, in the shard of product `id`.
     fn bump_count(&self, ns: Namespace, id: &[u8; 16], delta: i64) -> Tx<()> {
-        let key = keys::count_shard(ns, id);
+        let shards = if self.counters.shared() {
+            keys::COUNT_SHARDS_SHARED
+        } else {
+            keys::COUNT_SHARDS
+        };
+        let key = keys::count_shard(ns, id, shards);
         let current = self.counters.get(key)?.map_or(0, |v| read_delta(&v));
         self.counters
             .set(&key[..], codec::raw(&(current + delta).to_be_bytes()))?;
@@ -832,7 +837,20 @@ mod tests {
         store
             .check_integrity::<LockoutState>()
             .expect("the count agrees with the products");
-        let shard = keys::count_shard(ns, created[6].id.as_bytes());
+        // A count written with PostgreSQL's wider layout (a migrated or restored store) reads
+        // and checks the same: one shard's delta moved to a shard beyond sled's 64.
+        let moved = keys::count_shard(ns, created[0].id.as_bytes(), keys::COUNT_SHARDS);
+        let mut wide = moved;
+        wide[18] = 200;
+        let delta = store.counters.remove(moved).unwrap().expect("a shard");
+        store.counters.set(wide, delta.clone()).unwrap();
+        assert_eq!(store.product_count(ns).unwrap(), 40);
+        store
+            .check_integrity::<LockoutState>()
+            .expect("a shard beyond 64 is a shard");
+        store.counters.remove(wide).unwrap();
+        store.counters.set(moved, delta).unwrap();
+        let shard = keys::count_shard(ns, created[6].id.as_bytes(), keys::COUNT_SHARDS);
         store
             .counters
             .set(shard, codec::raw(&7i64.to_be_bytes()))
