@@ -573,7 +573,7 @@ impl Store {
         let base = keys::namespace(ns);
         let mut end = base.to_vec();
         end.push(1);
-        sum_count(self.counters.range(&base[..]..&end[..]))
+        sum_count(self.counters.range_whole(&base[..]..&end[..]))
     }
 
     /// Ids of the namespace's products by last change (oldest first unless `newest_first`),
