@@ -997,34 +997,39 @@ impl TxState {
     }
 }
 
-/// The data-modifying parts of the statement that sends a transaction's writes: the removals
-/// (`$1`, `$2`) and the upserts (`$3` to `$5`) when there are both, else only the part that has
-/// rows, numbered from `$1` (`removals`, `upserts`); none when neither has rows. The keys are
-/// distinct (a write replaces an earlier one of its key), so their order does not matter.
+/// The data-modifying parts of the statement that sends a transaction's writes, only those
+/// that have rows: the removals (two arrays: trees, keys), then the upserts (three: trees,
+/// keys, values), numbered from `$1`; with the number of the first parameter left free. The
+/// keys are distinct (a write replaces an earlier one of its key), so their order does not
+/// matter.
 ///
 /// Sending only the parts with rows matters for the statement's cost: a product create has no
 /// removal, and with the empty `DELETE … USING UNNEST` gone the database plans and runs a plain
 /// upsert (docs/PERFORMANCE.md, "PostgreSQL").
-fn writes_sql(removals: bool, upserts: bool) -> Vec<String> {
-    const DEL: &str = "del AS (DELETE FROM kv USING UNNEST(${a}::text[], ${b}::bytea[]) AS d(tree, k) \
-         WHERE kv.tree = d.tree AND kv.k = d.k)";
-    const UP: &str = "up AS (INSERT INTO kv (tree, k, v) SELECT * FROM UNNEST(${a}::text[], ${b}::bytea[], ${c}::bytea[]) \
-         ON CONFLICT (tree, k) DO UPDATE SET v = EXCLUDED.v)";
-    let del = |first: usize| {
-        DEL.replace("{a}", &first.to_string())
-            .replace("{b}", &(first + 1).to_string())
-    };
-    let up = |first: usize| {
-        UP.replace("{a}", &first.to_string())
-            .replace("{b}", &(first + 1).to_string())
-            .replace("{c}", &(first + 2).to_string())
-    };
-    match (removals, upserts) {
-        (true, true) => vec![del(1), up(3)],
-        (true, false) => vec![del(1)],
-        (false, true) => vec![up(1)],
-        (false, false) => Vec::new(),
+fn writes_sql(removals: bool, upserts: bool) -> (Vec<String>, usize) {
+    let mut parts = Vec::new();
+    let mut next = 1;
+    if removals {
+        parts.push(format!(
+            "del AS (DELETE FROM kv USING UNNEST(${}::text[], ${}::bytea[]) AS d(tree, k) \
+             WHERE kv.tree = d.tree AND kv.k = d.k)",
+            next,
+            next + 1
+        ));
+        next += 2;
     }
+    if upserts {
+        parts.push(format!(
+            "up AS (INSERT INTO kv (tree, k, v) \
+             SELECT * FROM UNNEST(${}::text[], ${}::bytea[], ${}::bytea[]) \
+             ON CONFLICT (tree, k) DO UPDATE SET v = EXCLUDED.v)",
+            next,
+            next + 1,
+            next + 2
+        ));
+        next += 3;
+    }
+    (parts, next)
 }
 
 /// Writes `writes` on `conn` inside its transaction, with the notice of what they changed if
@@ -1063,8 +1068,7 @@ async fn write_and_announce(
         // A transaction that only read: nothing to send, and nothing for the others to hear.
         return Ok(false);
     }
-    let mut parts = writes_sql(removals, upserts);
-    let first_free = 1 + 2 * usize::from(removals) + 3 * usize::from(upserts);
+    let (mut parts, first_free) = writes_sql(removals, upserts);
     let row = match &notice {
         Some(n) if !cluster::inline(&n.body) => {
             let id: i64 = sqlx::query_scalar("INSERT INTO notices (body) VALUES ($1) RETURNING id")
@@ -1278,7 +1282,8 @@ mod tests {
     /// no rows is not sent at all (the statement's binds follow the same order).
     #[test]
     fn the_write_statement_holds_only_the_parts_with_rows_numbered_in_order() {
-        let both = writes_sql(true, true).join(", ");
+        let (both, free) = writes_sql(true, true);
+        let both = both.join(", ");
         assert!(both.starts_with("del AS (DELETE"), "{both}");
         assert!(
             both.contains("UNNEST($1::text[], $2::bytea[]) AS d(tree, k)"),
@@ -1288,19 +1293,20 @@ mod tests {
             both.contains("UNNEST($3::text[], $4::bytea[], $5::bytea[])"),
             "{both}"
         );
-        let upserts = writes_sql(false, true);
-        assert_eq!(upserts.len(), 1);
+        assert_eq!(free, 6);
+        let (upserts, free) = writes_sql(false, true);
+        assert_eq!((upserts.len(), free), (1, 4));
         assert!(
             upserts[0].starts_with("up AS (INSERT")
                 && upserts[0].contains("UNNEST($1::text[], $2::bytea[], $3::bytea[])"),
             "{upserts:?}"
         );
-        let removals = writes_sql(true, false);
-        assert_eq!(removals.len(), 1);
+        let (removals, free) = writes_sql(true, false);
+        assert_eq!((removals.len(), free), (1, 3));
         assert!(
             removals[0].starts_with("del AS (DELETE") && !removals[0].contains("$3"),
             "{removals:?}"
         );
-        assert!(writes_sql(false, false).is_empty());
+        assert_eq!(writes_sql(false, false), (Vec::new(), 1));
     }
 }
