@@ -68,19 +68,7 @@ impl GroupCommit {
 
     fn run_round(&self, db: &sled::Db) {
         let target = self.requested.load(SeqCst);
-        let started = std::time::Instant::now();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.flush()));
-        let took = started.elapsed();
-        if took >= SLOW_FLUSH {
-            // Every writer of the round waited this long, and sled's lock made readers wait
-            // behind any transaction queued meanwhile: the first thing to look at in a tail.
-            tracing::warn!(ms = took.as_millis() as u64, "slow store flush");
-        }
-        let error: Option<Arc<str>> = match result {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(e.to_string().into()),
-            Err(_) => Some("the flush panicked".into()),
-        };
+        let error = flush_now(db).err();
         // Let the next round start before waking anyone, so a woken waiter whose ticket this
         // round did not cover can start it.
         self.running.store(false, SeqCst);
@@ -90,6 +78,26 @@ impl GroupCommit {
                 round.error = error;
             }
         });
+    }
+}
+
+/// One flush of the whole store with the flush gate held (`kv.rs`): what a group-commit round
+/// and each batch of the store's writer thread (`writer.rs`) run. A slow one is logged.
+pub(super) fn flush_now(db: &sled::Db) -> Result<(), Arc<str>> {
+    let started = std::time::Instant::now();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _gate = super::kv::flush_gate_exclusive();
+        db.flush()
+    }));
+    let took = started.elapsed();
+    if took >= SLOW_FLUSH {
+        // Every writer waiting for it waited this long: the first thing to look at in a tail.
+        tracing::warn!(ms = took.as_millis() as u64, "slow store flush");
+    }
+    match result {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string().into()),
+        Err(_) => Err("the flush panicked".into()),
     }
 }
 

@@ -12,8 +12,31 @@ use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
 use std::ops::{Bound, RangeBounds};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use sled::IVec;
+
+/// Where sled's writers wait while a flush is running, instead of in sled's own lock.
+///
+/// sled 0.34 guards its log with one process-wide reader-writer lock: `Db::flush` holds the
+/// read side until the log is written and synced, and a transaction or batch takes the write
+/// side. That lock is fair, so once a transaction waits for it, every new reader waits behind
+/// the transaction: a flush of a few milliseconds stopped every `get` on every request worker.
+/// Flushes take this gate's write side and sled's writers its read side first, so a write that
+/// would wait for a flush waits here, where sled's readers never look. It excludes nothing
+/// that sled's lock did not already exclude. Like sled's lock it is process-wide; nothing
+/// holding it takes it again (a transaction's closure only reads and writes its trees).
+static FLUSH_GATE: RwLock<()> = RwLock::new(());
+
+/// Held by a sled transaction or batch while it runs (see [`FLUSH_GATE`]).
+fn flush_gate_writer() -> RwLockReadGuard<'static, ()> {
+    FLUSH_GATE.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Held by a flush while it runs: no sled transaction or batch starts meanwhile.
+pub(crate) fn flush_gate_exclusive() -> RwLockWriteGuard<'static, ()> {
+    FLUSH_GATE.write().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// What a transaction's operations return (sled's type: a conflict makes the transaction retry).
 pub type TxResult<T> = Result<T, UnabortableTransactionError>;
@@ -191,6 +214,7 @@ impl Tree {
                         None => b.remove(k),
                     }
                 }
+                let _gate = flush_gate_writer();
                 t.apply_batch(b)
             }
             Tree::Pg(t) => t.apply_batch(batch.writes),
@@ -375,6 +399,7 @@ where
         }
         return pg::transaction(&pg_trees, f);
     }
+    let _gate = flush_gate_writer();
     sled::Transactional::<E>::transaction(&sled_trees[..], |view| {
         let trees: Vec<TxTree> = view.iter().cloned().map(TxTree::Sled).collect();
         f(&trees)
@@ -419,3 +444,36 @@ tuple_transactional!(A 0, B 1);
 tuple_transactional!(A 0, B 1, C 2);
 tuple_transactional!(A 0, B 1, C 2, D 3);
 tuple_transactional!(A 0, B 1, C 2, D 3, F 4);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// While a flush holds the gate, a sled transaction waits at the gate (so it never queues
+    /// in sled's own lock, where every reader would queue behind it) and reads go on.
+    #[test]
+    fn a_transaction_waits_for_a_flush_at_the_gate_and_reads_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = Db::Sled(db).open_tree("t").unwrap();
+        transaction::<(), (), _>(&[&tree], |t| {
+            t[0].set(b"k", &b"old"[..]).map_err(Into::into)
+        })
+        .unwrap();
+        let gate = flush_gate_exclusive();
+        let t = tree.clone();
+        let writer = std::thread::spawn(move || {
+            transaction::<(), (), _>(&[&t], |t| t[0].set(b"k", &b"new"[..]).map_err(Into::into))
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !writer.is_finished(),
+            "the transaction ran while a flush held the gate"
+        );
+        assert_eq!(tree.get(b"k").unwrap().as_deref(), Some(&b"old"[..]));
+        drop(gate);
+        writer.join().unwrap().unwrap();
+        assert_eq!(tree.get(b"k").unwrap().as_deref(), Some(&b"new"[..]));
+    }
+}
