@@ -265,6 +265,19 @@ pub struct Catalog {
 /// Most tombstones one list answer carries; `deleted_more` says when there are more.
 pub const MAX_DELETED: usize = 1000;
 
+/// What a single-product write changed, for the search index.
+fn one_product(p: &ProductRecord) -> Vec<ProductId> {
+    vec![p.id]
+}
+
+/// An update's result: a product that is gone is a 404.
+fn finish_update(updated: Result<ProductRecord, StoreError>) -> Result<ProductRecord, Error> {
+    updated.map_err(|e| match e {
+        StoreError::NotFound => Error::not_found("product"),
+        other => other.into(),
+    })
+}
+
 /// A product with every optional field empty (what POST and PUT build on).
 pub fn blank(id: ProductId, now: OffsetDateTime) -> ProductRecord {
     ProductRecord {
@@ -407,10 +420,33 @@ impl Catalog {
         self.resolve_supplier(ns, &mut patch)?;
         let stamp = self.stamp();
         let product = complete(patch, blank(ProductId::generate(), stamp.at))?;
-        self.store.insert_product(ns, &product)?;
-        drop(stamp);
-        self.made_durable(ns, [product.id]).await?;
-        Ok(product)
+        let written = self.write_durably(ns, one_product, move |store| {
+            let inserted = store.insert_product(ns, &product);
+            drop(stamp);
+            inserted.map(|()| product)
+        });
+        Ok(written.await??)
+    }
+
+    /// Runs a product write off the request workers and waits until it is durable
+    /// ([`Store::write_durable`]); then tells the search index which products it wrote. As
+    /// with [`Catalog::made_durable`], the indexer only reads what a flush covered.
+    async fn write_durably<R, F>(
+        &self,
+        ns: Namespace,
+        changed: fn(&R) -> Vec<ProductId>,
+        write: F,
+    ) -> Result<Result<R, StoreError>, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (written, flushed) = self.store.write_durable(write).await?;
+        if let Ok(r) = &written {
+            self.search.changed(ns, changed(r));
+        }
+        flushed?;
+        Ok(written)
     }
 
     pub fn get(&self, ns: Namespace, id: ProductId) -> Result<ProductRecord, Error> {
@@ -429,14 +465,17 @@ impl Catalog {
         self.resolve_supplier(ns, &mut patch)?;
         let stamp = self.stamp();
         let template = complete(patch, blank(id, stamp.at))?;
-        let updated = self.store.update_product(ns, id, |old| {
-            Ok(ProductRecord {
-                created_at: old.created_at,
-                ..template.clone()
-            })
+        let updated = self.write_durably(ns, one_product, move |store| {
+            let updated = store.update_product(ns, id, |old| {
+                Ok(ProductRecord {
+                    created_at: old.created_at,
+                    ..template.clone()
+                })
+            });
+            drop(stamp);
+            updated
         });
-        drop(stamp);
-        self.finish_update(ns, updated).await
+        finish_update(updated.await?)
     }
 
     /// PATCH: changes only the fields present.
@@ -452,24 +491,12 @@ impl Catalog {
         let mut scratch = self.get(ns, id)?;
         patch.clone().apply(&mut scratch).map_err(Error::invalid)?;
         let stamp = self.stamp();
-        let updated = self
-            .store
-            .update_product(ns, id, |old| patched(&patch, old, stamp.at));
-        drop(stamp);
-        self.finish_update(ns, updated).await
-    }
-
-    async fn finish_update(
-        &self,
-        ns: Namespace,
-        updated: Result<ProductRecord, StoreError>,
-    ) -> Result<ProductRecord, Error> {
-        let product = updated.map_err(|e| match e {
-            StoreError::NotFound => Error::not_found("product"),
-            other => other.into(),
-        })?;
-        self.made_durable(ns, [product.id]).await?;
-        Ok(product)
+        let updated = self.write_durably(ns, one_product, move |store| {
+            let updated = store.update_product(ns, id, |old| patched(&patch, old, stamp.at));
+            drop(stamp);
+            updated
+        });
+        finish_update(updated.await?)
     }
 
     /// Tells the search index about products committed and flushed (a job's batch, off the
@@ -521,10 +548,13 @@ impl Catalog {
 
     pub async fn delete(&self, ns: Namespace, ids: &[ProductId]) -> Result<Vec<ProductId>, Error> {
         let stamp = self.stamp();
-        let deleted = self.store.delete_products(ns, ids, stamp.at)?;
-        drop(stamp);
-        self.made_durable(ns, deleted.iter().copied()).await?;
-        Ok(deleted)
+        let ids = ids.to_vec();
+        let deleted = self.write_durably(ns, Vec::clone, move |store| {
+            let deleted = store.delete_products(ns, &ids, stamp.at);
+            drop(stamp);
+            deleted
+        });
+        Ok(deleted.await??)
     }
 
     /// How long tombstones are kept (`None`: for ever).
@@ -915,6 +945,49 @@ mod tests {
                 .cached_page(ns, &format!("p{}", 100 + 2 * third / big + 1))
                 .is_some()
         );
+        search.shutdown();
+    }
+
+    fn named(body: u64, name: &str) -> ProductPatch {
+        serde_json::from_value(serde_json::json!({
+            "ean": crate::domain::Ean::from_body(body).as_str(),
+            "name": name,
+        }))
+        .unwrap()
+    }
+
+    /// A product write that waits for a flush (here: the flush gate held by another thread)
+    /// waits on the blocking pool: the runtime thread, like a request worker, goes on serving
+    /// reads meanwhile. Run on the runtime thread, the write would hold it until the gate was
+    /// released, and the read would come after.
+    #[tokio::test]
+    async fn a_product_write_waiting_for_a_flush_leaves_the_worker_free() {
+        let (_dir, _store, _clock, search, catalog, ns) = fixture();
+        let first = catalog.create(ns, named(11, "First")).await.unwrap();
+        let (held, holding) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let _gate = crate::store::kv::flush_gate_exclusive();
+            held.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            std::time::Instant::now()
+        });
+        holding.recv().unwrap();
+        let c = catalog.clone();
+        let create = tokio::spawn(async move { c.create(ns, named(12, "Second")).await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(catalog.get(ns, first.id).unwrap().name, "First");
+        let read_at = std::time::Instant::now();
+        assert!(
+            !create.is_finished(),
+            "the create went through a held flush gate"
+        );
+        let second = create.await.unwrap().unwrap();
+        let released_at = holder.join().unwrap();
+        assert!(
+            read_at < released_at,
+            "the read waited for the write's flush"
+        );
+        assert_eq!(catalog.get(ns, second.id).unwrap().name, "Second");
         search.shutdown();
     }
 

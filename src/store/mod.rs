@@ -30,6 +30,7 @@ mod tenants;
 mod tombstones;
 mod users;
 mod webhooks;
+mod writer;
 
 use std::path::Path;
 use time::OffsetDateTime;
@@ -274,6 +275,8 @@ pub struct Store {
     /// Records the per-request auth path reads; see `cache.rs` for the coherence rule.
     caches: std::sync::Arc<Caches>,
     group_commit: std::sync::Arc<group_commit::GroupCommit>,
+    /// Where request handlers' sled writes run (`writer.rs`).
+    writer: std::sync::Arc<writer::Writer>,
     /// Moves after every committed write that can change a product list (product writes and
     /// the category and supplier writes that go through `product_tx`, bulk loads, tombstone
     /// sweeps): a list answer computed at one value is still exact while it stays.
@@ -412,6 +415,7 @@ impl Store {
             key_lookups: Default::default(),
             caches: std::sync::Arc::new(Caches::new(trust)),
             group_commit: group_commit::GroupCommit::new(),
+            writer: Default::default(),
             catalog_epoch: Default::default(),
             horizon,
             db,
@@ -559,6 +563,25 @@ impl Store {
 
     /// Makes every write so far durable. Awaited before a response confirms a write.
     /// Concurrent callers share one flush (see [`group_commit`]).
+    /// Runs `write` off the request workers and makes it durable: on sled on the store's
+    /// writer thread, where it waits for no flush but its own batch's and holds no worker
+    /// meanwhile (`writer.rs`); on PostgreSQL in place, as every other write (there a commit
+    /// is durable when it answers, and the workers are sized for the round trips). Answers
+    /// what `write` returned and whether the flush succeeded.
+    pub async fn write_durable<T, F>(&self, write: F) -> StoreResult<writer::Durable<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> T + Send + 'static,
+    {
+        match &self.db {
+            kv::Db::Sled(db) => {
+                let store = self.clone();
+                self.writer.run(db, move || write(&store)).await
+            }
+            kv::Db::Pg(_) => Ok((write(self), Ok(()))),
+        }
+    }
+
     pub async fn flush(&self) -> StoreResult<()> {
         match &self.db {
             kv::Db::Sled(db) => self.group_commit.flush(db).await,
