@@ -957,8 +957,8 @@ mod tests {
     }
 
     /// A product write that waits for a flush (here: the flush gate held by another thread)
-    /// waits on the blocking pool: the runtime thread, like a request worker, goes on serving
-    /// reads meanwhile. Run on the runtime thread, the write would hold it until the gate was
+    /// waits on the store's writer thread: the runtime thread, like a request worker, goes on
+    /// serving reads meanwhile. Run on the runtime thread, the write would hold it until the gate was
     /// released, and the read would come after.
     #[tokio::test]
     async fn a_product_write_waiting_for_a_flush_leaves_the_worker_free() {

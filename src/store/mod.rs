@@ -561,8 +561,6 @@ impl Store {
         &self.db
     }
 
-    /// Makes every write so far durable. Awaited before a response confirms a write.
-    /// Concurrent callers share one flush (see [`group_commit`]).
     /// Runs `write` off the request workers and makes it durable: on sled on the store's
     /// writer thread, where it waits for no flush but its own batch's and holds no worker
     /// meanwhile (`writer.rs`); on PostgreSQL in place, as every other write (there a commit
@@ -582,6 +580,8 @@ impl Store {
         }
     }
 
+    /// Makes every write so far durable. Awaited before a response confirms a write.
+    /// Concurrent callers share one flush (see [`group_commit`]).
     pub async fn flush(&self) -> StoreResult<()> {
         match &self.db {
             kv::Db::Sled(db) => self.group_commit.flush(db).await,
