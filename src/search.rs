@@ -271,6 +271,38 @@ fn open_index(dir: &Path) -> SearchResult<Index> {
     Ok(index)
 }
 
+/// How long [`take_writer`] waits for a busy writer lock before it gives up.
+const WRITER_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The index's one writer, with the lock file that goes with it. The data dir's own lock
+/// already keeps every other pixee-pim process out, so a busy lock here is passing: the
+/// writer of the rebuild or catch-up that ran just before has closed its lock file, but a
+/// child process being started at that instant (by anything in this process) still holds a
+/// copy of the descriptor until it executes its program. Wait that out, briefly and boundedly,
+/// instead of failing the start.
+fn take_writer(index: &Index, heap: usize) -> SearchResult<IndexWriter> {
+    take_writer_within(index, heap, WRITER_LOCK_PATIENCE)
+}
+
+fn take_writer_within(
+    index: &Index,
+    heap: usize,
+    patience: std::time::Duration,
+) -> SearchResult<IndexWriter> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match index.writer_with_num_threads(1, heap) {
+            Err(tantivy::TantivyError::LockFailure(
+                tantivy::directory::error::LockError::LockBusy,
+                _,
+            )) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 fn payload(index: &Index) -> Option<Payload> {
     index
         .load_metas()
@@ -337,7 +369,7 @@ pub fn rebuild(
 ) -> SearchResult<u64> {
     remove(dir)?;
     let index = open_index(dir)?;
-    let mut writer: IndexWriter = index.writer_with_num_threads(1, REBUILD_HEAP)?;
+    let mut writer = take_writer(&index, REBUILD_HEAP)?;
     let started = clock.now();
     let n = fill(&mut writer, store, &mut progress)?;
     store.flush_blocking()?;
@@ -429,7 +461,7 @@ impl SearchIndex {
             }
         };
         let index = open_index(dir)?;
-        let writer: IndexWriter = index.writer_with_num_threads(1, SERVING_HEAP)?;
+        let writer = take_writer(&index, SERVING_HEAP)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -734,7 +766,7 @@ fn catch_up(
     let (_, fields) = schema();
     let started = clock.now();
     let changes = store.products_changed_since(since)?;
-    let mut writer: IndexWriter = index.writer_with_num_threads(1, SERVING_HEAP)?;
+    let mut writer = take_writer(&index, SERVING_HEAP)?;
     // A crash can leave files of a commit that never happened (a delete file, a segment); the
     // next commit may want the same names. Remove what no commit refers to first.
     writer.garbage_collect_files().wait()?;
@@ -1004,6 +1036,30 @@ mod tests {
         assert_eq!(words("\"a:b\" (c) [d] \\e"), ["a", "b", "c", "d", "e"]);
         assert_eq!(words("::  \"\" "), Vec::<String>::new());
         assert_eq!(words("EAN 4006381333931"), ["ean", "4006381333931"]);
+    }
+
+    #[test]
+    fn the_writer_lock_is_waited_for_while_it_is_passing_and_refused_when_it_stays_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = open_index(dir.path()).unwrap();
+        // Held by another writer (as a child process being spawned holds a copy of a closed
+        // lock descriptor) for a moment: the writer is taken once it is free.
+        let held = take_writer(&index, SERVING_HEAP).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        let started = std::time::Instant::now();
+        let writer = take_writer(&index, SERVING_HEAP).unwrap();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+        release.join().unwrap();
+        // Held for good: refused once the patience is spent, naming the busy lock.
+        let refused =
+            take_writer_within(&index, SERVING_HEAP, std::time::Duration::from_millis(100))
+                .map(|_| ())
+                .unwrap_err();
+        assert!(format!("{refused}").contains("LockBusy"), "{refused}");
+        drop(writer);
     }
 
     fn fixture() -> (
