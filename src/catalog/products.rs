@@ -429,8 +429,9 @@ impl Catalog {
     }
 
     /// Runs a product write off the request workers and waits until it is durable
-    /// ([`Store::write_durable`]); then tells the search index which products it wrote. As
-    /// with [`Catalog::made_durable`], the indexer only reads what a flush covered.
+    /// ([`Store::write_durable`]). Once the flush is done, the search index hears which
+    /// products it wrote, even when the client hung up meanwhile. As with
+    /// [`Catalog::made_durable`], the indexer only reads what a flush covered.
     async fn write_durably<R, F>(
         &self,
         ns: Namespace,
@@ -441,10 +442,15 @@ impl Catalog {
         R: Send + 'static,
         F: FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
     {
-        let (written, flushed) = self.store.write_durable(write).await?;
-        if let Ok(r) = &written {
-            self.search.changed(ns, changed(r));
-        }
+        let search = self.search.clone();
+        let (written, flushed) = self
+            .store
+            .write_durable(write, move |written: &Result<R, StoreError>| {
+                if let Ok(r) = written {
+                    search.changed(ns, changed(r));
+                }
+            })
+            .await?;
         flushed?;
         Ok(written)
     }
@@ -988,6 +994,43 @@ mod tests {
             "the read waited for the write's flush"
         );
         assert_eq!(catalog.get(ns, second.id).unwrap().name, "Second");
+        search.shutdown();
+    }
+
+    /// A create whose caller stops waiting (a client that hung up while the write waited for
+    /// its flush) is committed all the same, and the search index hears of it: the product is
+    /// found without any later write or restart.
+    #[tokio::test]
+    async fn a_write_whose_caller_hung_up_still_reaches_the_search_index() {
+        let (_dir, _store, _clock, search, catalog, ns) = fixture();
+        let (held, holding) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _gate = crate::store::kv::flush_gate_exclusive();
+            held.send(()).unwrap();
+            released.recv().unwrap();
+        });
+        holding.recv().unwrap();
+        let c = catalog.clone();
+        let create = tokio::spawn(async move { c.create(ns, named(13, "Quokka")).await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!create.is_finished(), "the create went through a held gate");
+        create.abort();
+        assert!(create.await.unwrap_err().is_cancelled());
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        let mut found = (Vec::new(), 0);
+        for _ in 0..200 {
+            catalog.search_ready().await;
+            found = search.page(ns, "quokka", 0, 10).unwrap();
+            if found.1 == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(found.1, 1, "the index never heard of the create");
+        let stored = catalog.get(ns, found.0[0]).unwrap();
+        assert_eq!(stored.name, "Quokka");
         search.shutdown();
     }
 

@@ -566,17 +566,30 @@ impl Store {
     /// meanwhile (`writer.rs`); on PostgreSQL in place, as every other write (there a commit
     /// is durable when it answers, and the workers are sized for the round trips). Answers
     /// what `write` returned and whether the flush succeeded.
-    pub async fn write_durable<T, F>(&self, write: F) -> StoreResult<writer::Durable<T>>
+    ///
+    /// `after` sees what `write` returned once the flush is done, before the answer: it runs
+    /// even when the caller has stopped waiting (a client that hung up), so what must follow
+    /// every committed write (telling the search index) goes there, not after the await.
+    pub async fn write_durable<T, F, A>(
+        &self,
+        write: F,
+        after: A,
+    ) -> StoreResult<writer::Durable<T>>
     where
         T: Send + 'static,
         F: FnOnce(&Store) -> T + Send + 'static,
+        A: FnOnce(&T) + Send + 'static,
     {
         match &self.db {
             kv::Db::Sled(db) => {
                 let store = self.clone();
-                self.writer.run(db, move || write(&store)).await
+                self.writer.run(db, move || write(&store), after).await
             }
-            kv::Db::Pg(_) => Ok((write(self), Ok(()))),
+            kv::Db::Pg(_) => {
+                let written = write(self);
+                after(&written);
+                Ok((written, Ok(())))
+            }
         }
     }
 

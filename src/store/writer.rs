@@ -88,17 +88,25 @@ impl Writer {
             .as_ref()
     }
 
-    /// Runs `write` on the writer thread, then the flush of its batch; answers the write's
-    /// result and the flush's. A write that panics answers an error and leaves the thread
+    /// Runs `write` on the writer thread, then the flush of its batch, then `after` with what
+    /// `write` returned (whether or not anyone still waits); answers the write's result and the
+    /// flush's. A write or an `after` that panics answers an error and leaves the thread
     /// running.
-    pub(crate) async fn run<T, F>(&self, db: &sled::Db, write: F) -> StoreResult<Durable<T>>
+    pub(crate) async fn run<T, F, A>(
+        &self,
+        db: &sled::Db,
+        write: F,
+        after: A,
+    ) -> StoreResult<Durable<T>>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
+        A: FnOnce(&T) + Send + 'static,
     {
         let Some(jobs) = self.sender() else {
             let written = write();
             let flushed = flush_now(db).map_err(|e| StoreError::Flush(e.to_string()));
+            after(&written);
             return Ok((written, flushed));
         };
         type Outcome<T> = Result<Durable<T>, Box<dyn Any + Send>>;
@@ -109,6 +117,8 @@ impl Writer {
             Written {
                 db,
                 answer: Box::new(move |flushed| {
+                    let written = written
+                        .and_then(|w| catch_unwind(AssertUnwindSafe(|| after(&w))).map(|()| w));
                     let _ = answer.send(written.map(|w| (w, flushed)));
                 }),
             }
@@ -135,11 +145,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         let failed = store
-            .write_durable(|_| -> u8 { panic!("a write that panics") })
+            .write_durable(|_| -> u8 { panic!("a write that panics") }, |_| {})
             .await;
         assert!(failed.is_err());
         let (written, flushed) = store
-            .write_durable(|s| s.meta_set("writer-test", b"v").map(|()| 7u8))
+            .write_durable(|s| s.meta_set("writer-test", b"v").map(|()| 7u8), |_| {})
             .await
             .unwrap();
         assert_eq!((written.unwrap(), flushed.is_ok()), (7, true));
@@ -161,7 +171,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let key = format!("w{i}");
                 let (written, flushed) = store
-                    .write_durable(move |s| s.meta_set(&key, &i.to_be_bytes()))
+                    .write_durable(move |s| s.meta_set(&key, &i.to_be_bytes()), |_| {})
                     .await
                     .unwrap();
                 written.unwrap();
