@@ -331,6 +331,10 @@ pub struct Store {
 /// (docs/PERFORMANCE.md, "Cleaning the log").
 pub const DEFAULT_FLUSH_MS: u64 = 100;
 
+/// How long [`Store::open_tuned`] waits for sled's file lock to be released by a handle this
+/// process has just closed.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Store {
     /// Opens (or creates) the database under `dir` with sled's log written and cleaned every
     /// [`DEFAULT_FLUSH_MS`]. The caller holds the data-dir lock.
@@ -344,12 +348,27 @@ impl Store {
     /// lets the file grow without bound (docs/PERFORMANCE.md, "Cleaning the log").
     pub fn open_tuned(dir: &Path, cache_bytes: u64, flush_every_ms: u64) -> StoreResult<Store> {
         let path = dir.join("db");
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&path)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::LowSpace)
-            .flush_every_ms(Some(flush_every_ms.clamp(10, 10_000)))
-            .open()?;
+            .flush_every_ms(Some(flush_every_ms.clamp(10, 10_000)));
+        // The caller holds the data-dir lock, so sled's own file lock can only be held by a
+        // handle this process has just closed: sled's IO threads keep the file open for a
+        // moment after the last handle goes. That wait is short and bounded; waited out here,
+        // a store closed and opened again at once (a restore, a test) does not fail.
+        let waited_since = std::time::Instant::now();
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && waited_since.elapsed() < SLED_LOCK_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => break opened?,
+            }
+        };
         Store::on(kv::Db::Sled(db))
     }
 
