@@ -326,10 +326,11 @@ pub struct Store {
 }
 
 /// How often sled writes its log and cleans its segments by default, in milliseconds. Under the
-/// soak's writes, sled's own default (500) let the file grow 30 to 60 MiB a minute and 200
-/// about 15; at 100 it stays at a few MiB, with no measurable cost in throughput
-/// (docs/PERFORMANCE.md, "Cleaning the log").
-pub const DEFAULT_FLUSH_MS: u64 = 100;
+/// soak's writes, sled's own default (500) let the file grow 30 to 60 MiB a minute; 100 kept it
+/// flat up to about 4 000 operations a second and let it grow again above that (60 MiB a
+/// minute at 5 200); 25 keeps it flat there and calms the tail (docs/PERFORMANCE.md, "Cleaning
+/// the log" and "The flush period at the new write rates").
+pub const DEFAULT_FLUSH_MS: u64 = 25;
 
 /// How long [`Store::open_tuned`] waits for sled's file lock to be released by a handle this
 /// process has just closed.
