@@ -49,7 +49,7 @@ pub struct ServeArgs {
     /// Days without a refresh after which a session ends
     #[arg(long, env = "PIXEE_SESSION_IDLE_DAYS")]
     pub session_idle_days: Option<u32>,
-    /// sled page cache size in MiB
+    /// sled page cache size in MiB (default 32)
     #[arg(long, env = "PIXEE_CACHE_MB")]
     pub cache_mb: Option<u64>,
     /// How often the store writes its log and cleans it, in milliseconds (10 to 10000)
@@ -279,7 +279,7 @@ impl Settings {
             access_token_ttl_seconds: a.access_token_ttl_seconds.unwrap_or(900).clamp(60, 86_400),
             session_max_days: a.session_max_days.unwrap_or(30).clamp(1, 3650),
             session_idle_days: a.session_idle_days.unwrap_or(7).clamp(1, 3650),
-            cache_mb: a.cache_mb.unwrap_or(64).max(1),
+            cache_mb: a.cache_mb.unwrap_or(crate::store::DEFAULT_CACHE_MB).max(1),
             store_flush_ms: a
                 .store_flush_ms
                 .unwrap_or(crate::store::DEFAULT_FLUSH_MS)
