@@ -49,7 +49,7 @@ pub struct ServeArgs {
     /// Days without a refresh after which a session ends
     #[arg(long, env = "PIXEE_SESSION_IDLE_DAYS")]
     pub session_idle_days: Option<u32>,
-    /// sled page cache size in MiB (default 32)
+    /// sled page cache size in MiB
     #[arg(long, env = "PIXEE_CACHE_MB")]
     pub cache_mb: Option<u64>,
     /// How often the store writes its log and cleans it, in milliseconds (10 to 10000)
@@ -451,6 +451,17 @@ mod tests {
         assert_eq!(s.sweep_interval, Span(Some(30)));
         assert_eq!(s.session_retention, Span::days(30), "the default");
         assert!(with_file("audit_retention = \"seven days\"\n").is_err());
+    }
+
+    /// The store's tuning falls back to the defaults the measurements chose (docs/PERFORMANCE.md),
+    /// and the file fills it like any other setting.
+    #[test]
+    fn the_store_tuning_defaults_to_the_measured_values_and_the_file_sets_it() {
+        let s = Settings::resolve(PathBuf::from("x"), ServeArgs::default());
+        assert_eq!((s.cache_mb, s.store_flush_ms), (32, 25));
+        let args = with_file("cache_mb = 128\nstore_flush_ms = 100\n").unwrap();
+        let s = Settings::resolve(PathBuf::from("x"), args);
+        assert_eq!((s.cache_mb, s.store_flush_ms), (128, 100));
     }
 
     #[test]
