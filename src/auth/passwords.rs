@@ -78,7 +78,7 @@ impl Passwords {
         })
     }
 
-    /// Hashes on the blocking pool; the result is a PHC string.
+    /// Hashes on a background-priority thread; the result is a PHC string.
     pub async fn hash(&self, password: String) -> Result<String, Error> {
         let argon = self.argon.clone();
         self.run(move || hash_with(&argon, &password)).await?
@@ -150,10 +150,23 @@ impl Passwords {
     }
 }
 
+/// Runs one argon2 job on a thread of its own at background priority (nice 10), so on a busy
+/// host the request workers and the store's writer thread win every wake-up against a hash:
+/// a hash holds a core for tens of milliseconds and no lock anyone waits on. The permits bound
+/// how many run at once; a thread per hash costs microseconds against the hash's milliseconds.
 async fn blocking<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
-    tokio::task::spawn_blocking(job)
-        .await
-        .map_err(|e| Error::new(ErrorKind::Internal, "password hashing failed").with_cause(e))
+    let failed = |e: &dyn std::fmt::Display| {
+        Error::new(ErrorKind::Internal, format!("password hashing failed: {e}"))
+    };
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("password-hash".into())
+        .spawn(move || {
+            crate::startup::background_priority("password-hash");
+            let _ = done.send(job());
+        })
+        .map_err(|e| failed(&e))?;
+    result.await.map_err(|e| failed(&e))
 }
 
 fn hash_with(argon: &Argon2<'_>, password: &str) -> Result<String, Error> {
@@ -185,6 +198,22 @@ pub fn check_policy(field: &str, password: &str) -> Result<(), Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hash runs at background priority, below the thread that asked for it, and a job that
+    /// panics answers an error. Fails when hashes go back to a pool at the normal priority.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashes_run_below_the_request_threads_priority_and_a_panic_is_an_error() {
+        let nice = || rustix::process::getpriority_process(Some(rustix::thread::gettid()));
+        let caller = nice().unwrap();
+        let hashing = blocking(nice).await.unwrap().unwrap();
+        assert!(
+            hashing > caller || caller == 19,
+            "a hash ran at nice {hashing}, the caller at {caller}"
+        );
+        let panicked = blocking(|| -> u8 { panic!("argon2 failed") }).await;
+        assert!(panicked.is_err());
+    }
 
     #[test]
     fn short_long_and_common_passwords_are_refused() {
