@@ -45,8 +45,8 @@ fn other(e: impl std::fmt::Display) -> StartError {
 
 /// Lowers the calling thread's scheduling priority (nice 10) for background work (the webhook
 /// engine, an online backup's copy, password hashes): when the cores are busy, requests go
-/// first. Never for a
-/// thread that will hold a lock request workers wait on. Failing (no permission) is harmless.
+/// first. Never for a thread that will hold a lock request workers wait on. Failing (no
+/// permission) is harmless.
 pub fn background_priority(what: &str) {
     #[cfg(target_os = "linux")]
     {
