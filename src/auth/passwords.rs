@@ -155,9 +155,7 @@ impl Passwords {
 /// a hash holds a core for tens of milliseconds and no lock anyone waits on. The permits bound
 /// how many run at once; a thread per hash costs microseconds against the hash's milliseconds.
 async fn blocking<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
-    let failed = |e: &dyn std::fmt::Display| {
-        Error::new(ErrorKind::Internal, format!("password hashing failed: {e}"))
-    };
+    let failed = || Error::new(ErrorKind::Internal, "password hashing failed");
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("password-hash".into())
@@ -165,8 +163,9 @@ async fn blocking<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -
             crate::startup::background_priority("password-hash");
             let _ = done.send(job());
         })
-        .map_err(|e| failed(&e))?;
-    result.await.map_err(|e| failed(&e))
+        .map_err(|e| failed().with_cause(e))?;
+    // A job that panics drops `done` unsent: that is the error here.
+    result.await.map_err(|e| failed().with_cause(e))
 }
 
 fn hash_with(argon: &Argon2<'_>, password: &str) -> Result<String, Error> {
