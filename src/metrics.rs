@@ -152,16 +152,19 @@ pub enum Login {
     InvalidCredentials,
     Locked,
     RateLimited,
+    /// Answered 503: no password-hash slot came free in time.
+    Busy,
     /// Refused for another reason (bad input, no tenant, an internal error).
     Refused,
 }
 
 impl Login {
-    const ALL: [Login; 5] = [
+    const ALL: [Login; 6] = [
         Login::Ok,
         Login::InvalidCredentials,
         Login::Locked,
         Login::RateLimited,
+        Login::Busy,
         Login::Refused,
     ];
 
@@ -171,6 +174,7 @@ impl Login {
             Login::InvalidCredentials => "invalid_credentials",
             Login::Locked => "locked",
             Login::RateLimited => "rate_limited",
+            Login::Busy => "busy",
             Login::Refused => "refused",
         }
     }

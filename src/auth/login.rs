@@ -24,6 +24,7 @@ impl Auth {
                 ErrorKind::InvalidCredentials => Login::InvalidCredentials,
                 ErrorKind::AccountLocked => Login::Locked,
                 ErrorKind::RateLimited => Login::RateLimited,
+                ErrorKind::Unavailable => Login::Busy,
                 _ => Login::Refused,
             },
         });

@@ -1,8 +1,10 @@
 //! Password hashing with argon2id on a bounded blocking pool.
 //!
 //! Hashing is CPU- and memory-heavy on purpose, so it never runs on the async workers: each
-//! hash waits for a permit (at most half the cores at once) and then runs on the blocking pool.
-//! A login flood therefore queues here instead of stalling API-key traffic.
+//! hash waits for a permit (at most half the cores at once) and then runs on a thread of its
+//! own at background priority. A login flood therefore queues here instead of stalling API-key
+//! traffic, and the queue is bounded in time: a hash that cannot start within
+//! [`MAX_WAIT`] answers 503 with `Retry-After` instead of holding its client until it gives up.
 use crate::domain::Invalid;
 use crate::error::{Error, ErrorKind};
 use argon2::password_hash::phc::PasswordHash;
@@ -10,7 +12,16 @@ use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Params, Version};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::sync::Semaphore;
+
+/// How long a hash may wait for a slot. A production hash takes about 20 ms of one core, so
+/// ten seconds of waiting means hundreds queued, or a host whose cores another process holds:
+/// a 503 then tells the client to come back, where an unbounded wait ran into its timeout
+/// (30 s for most HTTP clients) with nothing said.
+pub const MAX_WAIT: Duration = Duration::from_secs(10);
+/// The `Retry-After` of a hash that found no slot in time.
+const BUSY_RETRY_AFTER_SECONDS: u64 = 5;
 
 pub const MIN_PASSWORD_BYTES: usize = 8;
 pub const MAX_PASSWORD_BYTES: usize = 1024;
@@ -50,6 +61,8 @@ pub struct Passwords {
     dummy_hash: Arc<str>,
     /// Hashes waiting for a slot (the metrics' argon2 queue depth).
     waiting: Arc<AtomicU64>,
+    /// The longest a hash waits for its slot before the request answers 503.
+    max_wait: Duration,
 }
 
 /// Counts one waiter while it waits, also when its request is dropped meanwhile.
@@ -75,7 +88,14 @@ impl Passwords {
             verified: Arc::default(),
             dummy_hash: dummy_hash.into(),
             waiting: Arc::default(),
+            max_wait: MAX_WAIT,
         })
+    }
+
+    /// The same pool with another bound on the wait for a slot (tests shorten it).
+    pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
     }
 
     /// Hashes on a background-priority thread; the result is a PHC string.
@@ -135,10 +155,21 @@ impl Passwords {
     async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(&self.waiting);
-        self.permits
-            .acquire()
-            .await
-            .map_err(|e| Error::new(ErrorKind::Internal, "password pool closed").with_cause(e))
+        match tokio::time::timeout(self.max_wait, self.permits.acquire()).await {
+            Ok(permit) => permit
+                .map_err(|e| Error::new(ErrorKind::Internal, "password pool closed").with_cause(e)),
+            Err(_) => {
+                tracing::warn!(
+                    waited_ms = self.max_wait.as_millis(),
+                    "a password hash found no free slot in time; answered 503"
+                );
+                Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "too many password checks are waiting; retry shortly",
+                )
+                .with_retry_after(BUSY_RETRY_AFTER_SECONDS))
+            }
+        }
     }
 
     async fn run<T: Send + 'static>(
@@ -242,6 +273,41 @@ mod tests {
             "compared exactly as sent"
         );
         assert!(!pw.verify("anything".into(), None).await.unwrap());
+    }
+
+    /// A hash that cannot get a slot within the bound answers 503 with `Retry-After`, never
+    /// runs, and leaves the queue gauge at zero; once a slot frees, hashing works again. Fails
+    /// when the wait for a slot is unbounded again (the test then hangs past its own timeout).
+    #[actix_web::test]
+    async fn a_hash_that_waits_too_long_for_a_slot_answers_busy() {
+        let pw = Passwords::new(HashCost::FAST_FOR_TESTS, 1)
+            .unwrap()
+            .with_max_wait(Duration::from_millis(50));
+        let held = pw.permits.clone().acquire_owned().await.unwrap();
+        let started = std::time::Instant::now();
+        let refused = tokio::time::timeout(
+            Duration::from_secs(5),
+            pw.verify_unless("anything".into(), None, || {
+                panic!("the gate runs only once a slot is ours")
+            }),
+        )
+        .await
+        .expect("the wait for a slot is bounded")
+        .unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!(refused.kind, ErrorKind::Unavailable);
+        assert_eq!(refused.retry_after, Some(5));
+        assert_eq!(pw.verifications(), 0, "the refused hash never ran");
+        assert_eq!(
+            pw.load(),
+            (0, 1),
+            "nobody waits any more; the held slot runs"
+        );
+        let also = pw.hash("a password".into()).await.unwrap_err();
+        assert_eq!(also.kind, ErrorKind::Unavailable, "hashing is bounded too");
+        drop(held);
+        assert!(!pw.verify("anything".into(), None).await.unwrap());
+        assert_eq!(pw.verifications(), 1);
     }
 
     #[test]
