@@ -234,11 +234,12 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<AreaLabels, Histogram>,
-    key_checks: [Counter; 4],
-    token_checks: [Counter; 4],
-    logins: [Counter; 5],
+    // Sized by each outcome's list, so an outcome added to a list has its counter.
+    key_checks: [Counter; Verification::ALL.len()],
+    token_checks: [Counter; Verification::ALL.len()],
+    logins: [Counter; Login::ALL.len()],
     lockouts: Counter,
-    refusals: [Counter; 4],
+    refusals: [Counter; Limit::ALL.len()],
     argon2_waiting: Gauge,
     argon2_running: Gauge,
     jobs: Family<StateLabel, Gauge>,
@@ -643,6 +644,42 @@ mod tests {
                 .check(local, false, Some("Basic a-long-metrics-token"))
                 .is_err()
         );
+    }
+
+    /// Every outcome of every list has a series of its own. Failed when `busy` was added to
+    /// the login outcomes without a counter (a refused login then panicked its worker).
+    #[test]
+    fn every_listed_outcome_is_counted() {
+        let m = Metrics::new();
+        for outcome in Login::ALL {
+            m.login(outcome);
+        }
+        for outcome in Verification::ALL {
+            m.key_checked(outcome);
+            m.token_checked(outcome);
+        }
+        for limit in Limit::ALL {
+            m.refused(limit);
+        }
+        let text = m.render(&Snapshot::default()).expect("render");
+        let lines = Login::ALL
+            .map(|o| format!("pixee_logins_total{{outcome=\"{}\"}} 1", o.label()))
+            .into_iter()
+            .chain(Verification::ALL.map(|o| {
+                format!(
+                    "pixee_api_key_verifications_total{{outcome=\"{}\"}} 1",
+                    o.label()
+                )
+            }))
+            .chain(Limit::ALL.map(|l| {
+                format!(
+                    "pixee_rate_limit_refusals_total{{limit=\"{}\"}} 1",
+                    l.label()
+                )
+            }));
+        for line in lines {
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
     }
 
     #[test]
