@@ -1,17 +1,20 @@
-//! Password hashing with argon2id on a bounded blocking pool.
+//! Password hashing with argon2id on a bounded pool of its own threads.
 //!
 //! Hashing is CPU- and memory-heavy on purpose, so it never runs on the async workers: each
-//! hash waits for a permit (at most half the cores at once) and then runs on a thread of its
-//! own at background priority. A login flood therefore queues here instead of stalling API-key
-//! traffic, and the queue is bounded in time: a hash that cannot start within
-//! [`MAX_WAIT`] answers 503 with `Retry-After` instead of holding its client until it gives up.
+//! hash waits for a permit (at most half the cores at once) and then runs on one of the pool's
+//! threads, which live as long as the pool, at background priority. A login flood therefore
+//! queues here instead of stalling API-key traffic, and the queue is bounded in time: a hash
+//! that cannot start within [`MAX_WAIT`] answers 503 with `Retry-After` instead of holding its
+//! client until it gives up.
 use crate::domain::Invalid;
 use crate::error::{Error, ErrorKind};
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Params, Version};
-use std::sync::Arc;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
@@ -63,7 +66,11 @@ pub struct Passwords {
     waiting: Arc<AtomicU64>,
     /// The longest a hash waits for its slot before the request answers 503.
     max_wait: Duration,
+    /// Where the hashes go to run; the pool's threads end once every clone is dropped.
+    threads: Arc<Sender<HashJob>>,
 }
+
+type HashJob = Box<dyn FnOnce() + Send>;
 
 /// Counts one waiter while it waits, also when its request is dropped meanwhile.
 struct Waiting<'a>(&'a AtomicU64);
@@ -81,14 +88,16 @@ impl Passwords {
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let dummy = super::secret::random_base62(24)?;
         let dummy_hash = hash_with(&argon, &dummy)?;
+        let parallel = parallel.max(1);
         Ok(Passwords {
             argon: Arc::new(argon),
-            permits: Arc::new(Semaphore::new(parallel.max(1))),
-            parallel: parallel.max(1),
+            permits: Arc::new(Semaphore::new(parallel)),
+            parallel,
             verified: Arc::default(),
             dummy_hash: dummy_hash.into(),
             waiting: Arc::default(),
             max_wait: MAX_WAIT,
+            threads: Arc::new(start_threads(parallel)?),
         })
     }
 
@@ -124,12 +133,13 @@ impl Passwords {
         let phc = phc.unwrap_or_else(|| self.dummy_hash.to_string());
         let _permit = self.permit().await?;
         gate()?;
-        let ok = blocking(move || {
-            PasswordHash::new(&phc)
-                .map(|parsed| argon.verify_password(password.as_bytes(), &parsed).is_ok())
-                .unwrap_or(false)
-        })
-        .await?;
+        let ok = self
+            .on_hash_thread(move || {
+                PasswordHash::new(&phc)
+                    .map(|parsed| argon.verify_password(password.as_bytes(), &parsed).is_ok())
+                    .unwrap_or(false)
+            })
+            .await?;
         self.verified.fetch_add(1, Ordering::Relaxed);
         Ok(known && ok)
     }
@@ -177,26 +187,61 @@ impl Passwords {
         job: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Error> {
         let _permit = self.permit().await?;
-        blocking(job).await
+        self.on_hash_thread(job).await
+    }
+
+    /// Runs one argon2 job on one of the pool's threads and answers what it returned.
+    async fn on_hash_thread<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let failed = || Error::new(ErrorKind::Internal, "password hashing failed");
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.threads
+            .send(Box::new(move || {
+                let _ = done.send(job());
+            }))
+            .map_err(|_| failed().with_cause(std::io::Error::other("the hash threads stopped")))?;
+        // A job that panics drops `done` unsent: that is the error here.
+        result.await.map_err(|e| failed().with_cause(e))
     }
 }
 
-/// Runs one argon2 job on a thread of its own at background priority (nice 10), so on a busy
-/// host the request workers and the store's writer thread win every wake-up against a hash:
-/// a hash holds a core for tens of milliseconds and no lock anyone waits on. The permits bound
-/// how many run at once; a thread per hash costs microseconds against the hash's milliseconds.
-async fn blocking<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
-    let failed = || Error::new(ErrorKind::Internal, "password hashing failed");
-    let (done, result) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("password-hash".into())
-        .spawn(move || {
-            crate::startup::background_priority("password-hash");
-            let _ = done.send(job());
-        })
-        .map_err(|e| failed().with_cause(e))?;
-    // A job that panics drops `done` unsent: that is the error here.
-    result.await.map_err(|e| failed().with_cause(e))
+/// Starts the pool's `parallel` threads at background priority (nice 10), so on a busy host
+/// the request workers and the store's writer thread win every wake-up against a hash: a hash
+/// holds a core for tens of milliseconds and no lock anyone waits on. The threads live as long
+/// as the pool, so a login costs no thread start and exit, and each thread's allocator heap is
+/// reused instead of abandoned (docs/PERFORMANCE.md, "a thread per hash").
+fn start_threads(parallel: usize) -> Result<Sender<HashJob>, Error> {
+    let (jobs, queue) = channel::<HashJob>();
+    let queue = Arc::new(Mutex::new(queue));
+    for n in 0..parallel {
+        let queue = queue.clone();
+        std::thread::Builder::new()
+            .name(format!("password-hash-{n}"))
+            .spawn(move || {
+                crate::startup::background_priority("password-hash");
+                while let Some(job) = next_job(&queue) {
+                    // A panicking job answers an error (its sender is dropped unsent); the
+                    // thread goes on with the next.
+                    let _ = catch_unwind(AssertUnwindSafe(job));
+                }
+            })
+            .map_err(|e| {
+                Error::new(ErrorKind::Internal, "password hashing failed").with_cause(e)
+            })?;
+    }
+    Ok(jobs)
+}
+
+/// The next job, or `None` once the pool is gone. One thread waits on the queue while the
+/// others wait for the lock.
+fn next_job(queue: &Mutex<Receiver<HashJob>>) -> Option<HashJob> {
+    queue
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .recv()
+        .ok()
 }
 
 fn hash_with(argon: &Argon2<'_>, password: &str) -> Result<String, Error> {
@@ -236,13 +281,32 @@ mod tests {
     async fn hashes_run_below_the_request_threads_priority_and_a_panic_is_an_error() {
         let nice = || rustix::process::getpriority_process(Some(rustix::thread::gettid()));
         let caller = nice().unwrap();
-        let hashing = blocking(nice).await.unwrap().unwrap();
+        let pw = Passwords::new(HashCost::FAST_FOR_TESTS, 1).unwrap();
+        let hashing = pw.on_hash_thread(nice).await.unwrap().unwrap();
         assert!(
             hashing > caller || caller == 19,
             "a hash ran at nice {hashing}, the caller at {caller}"
         );
-        let panicked = blocking(|| -> u8 { panic!("argon2 failed") }).await;
+        let panicked = pw
+            .on_hash_thread(|| -> u8 { panic!("argon2 failed") })
+            .await;
         assert!(panicked.is_err());
+    }
+
+    /// The hashes run on the pool's long-lived threads: two in a row on a one-thread pool run
+    /// on the same thread, also after a job that panicked. Fails when each hash gets a thread of
+    /// its own again.
+    #[actix_web::test]
+    async fn hashes_reuse_the_pools_threads_even_after_a_panic() {
+        let pw = Passwords::new(HashCost::FAST_FOR_TESTS, 1).unwrap();
+        let first = pw.on_hash_thread(|| std::thread::current().id()).await;
+        let panicked = pw
+            .on_hash_thread(|| -> u8 { panic!("argon2 failed") })
+            .await;
+        let second = pw.on_hash_thread(|| std::thread::current().id()).await;
+        assert!(panicked.is_err());
+        assert_eq!(first.unwrap(), second.unwrap());
+        assert!(pw.verify("anything".into(), None).await.is_ok());
     }
 
     #[test]
