@@ -197,9 +197,26 @@ def seed(keys, products, scopes="products:read", prefix="pixee-bench-"):
     return data, key
 
 
+# wrk scripts.
+
+# `ean13(body)`: the 12 digits of `body` (a number, zero-padded, or a string of 12 digits)
+# followed by their EAN-13 check digit. Prepended to the wrk scripts that make EANs.
+EAN13_LUA = r"""
+local function ean13(body)
+  local digits = type(body) == "number" and string.format("%012d", body) or body
+  local sum = 0
+  for i = 1, 12 do
+    local d = tonumber(digits:sub(i, i))
+    if i % 2 == 0 then sum = sum + 3 * d else sum = sum + d end
+  end
+  return digits .. tostring((10 - sum % 10) % 10)
+end
+"""
+
+
 # PostgreSQL (scripts/bench-postgres, scripts/bench-cluster).
 
-CREATE_LUA = r"""
+CREATE_LUA = EAN13_LUA + r"""
 local next_id = 0
 function setup(thread)
   thread:set("tid", next_id)
@@ -212,13 +229,7 @@ function init(args)
 end
 function request()
   n = n + 1
-  local body = string.format("%s%d%08d", run, tid, n)
-  local sum = 0
-  for i = 1, 12 do
-    local d = tonumber(body:sub(i, i))
-    if i % 2 == 0 then sum = sum + 3 * d else sum = sum + d end
-  end
-  local ean = body .. tostring((10 - sum % 10) % 10)
+  local ean = ean13(string.format("%s%d%08d", run, tid, n))
   -- No header table: wrk's own headers (the -H key among them) go with the request.
   return wrk.format("POST", nil, nil, '{"ean":"' .. ean .. '","name":"Bench ' .. ean .. '"}')
 end
