@@ -234,7 +234,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<AreaLabels, Histogram>,
-    // Sized by each outcome's list, so an outcome added to a list has its counter.
+    // Sized by each outcome's list (and built by mapping it), so every outcome has its counter.
     key_checks: [Counter; Verification::ALL.len()],
     token_checks: [Counter; Verification::ALL.len()],
     logins: [Counter; Login::ALL.len()],
@@ -366,22 +366,15 @@ impl Metrics {
             "Share of lookups served from a record cache since start",
             cache_ratio.clone(),
         );
-        let handles = |family: &Family<Outcome, Counter>, labels: &[&'static str]| {
-            labels
-                .iter()
-                .map(|&outcome| family.get_or_create_owned(&Outcome { outcome }))
-                .collect::<Vec<_>>()
+        // Each array is its outcome list mapped to handles: one counter per outcome, by type.
+        let outcome = |family: &Family<Outcome, Counter>, outcome: &'static str| {
+            family.get_or_create_owned(&Outcome { outcome })
         };
-        let verification_labels = Verification::ALL.map(Verification::label);
-        let key_checks = array(handles(&key_family, &verification_labels));
-        let token_checks = array(handles(&token_family, &verification_labels));
-        let logins = array(handles(&login_family, &Login::ALL.map(Login::label)));
-        let refusals = array(
-            Limit::ALL
-                .iter()
-                .map(|l| refusal_family.get_or_create_owned(&LimitLabel { limit: l.label() }))
-                .collect(),
-        );
+        let key_checks = Verification::ALL.map(|v| outcome(&key_family, v.label()));
+        let token_checks = Verification::ALL.map(|v| outcome(&token_family, v.label()));
+        let logins = Login::ALL.map(|l| outcome(&login_family, l.label()));
+        let refusals = Limit::ALL
+            .map(|l| refusal_family.get_or_create_owned(&LimitLabel { limit: l.label() }));
         Metrics {
             registry,
             requests,
@@ -584,14 +577,6 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn array<const N: usize>(v: Vec<Counter>) -> [Counter; N] {
-    let mut out: [Counter; N] = std::array::from_fn(|_| Counter::default());
-    for (slot, c) in out.iter_mut().zip(v) {
-        *slot = c;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -668,6 +653,12 @@ mod tests {
             .chain(Verification::ALL.map(|o| {
                 format!(
                     "pixee_api_key_verifications_total{{outcome=\"{}\"}} 1",
+                    o.label()
+                )
+            }))
+            .chain(Verification::ALL.map(|o| {
+                format!(
+                    "pixee_access_token_verifications_total{{outcome=\"{}\"}} 1",
                     o.label()
                 )
             }))

@@ -67,7 +67,7 @@ pub struct Passwords {
     /// The longest a hash waits for its slot before the request answers 503.
     max_wait: Duration,
     /// Where the hashes go to run; the pool's threads end once every clone is dropped.
-    threads: Arc<Sender<HashJob>>,
+    threads: Sender<HashJob>,
 }
 
 type HashJob = Box<dyn FnOnce() + Send>;
@@ -97,7 +97,7 @@ impl Passwords {
             dummy_hash: dummy_hash.into(),
             waiting: Arc::default(),
             max_wait: MAX_WAIT,
-            threads: Arc::new(start_threads(parallel)?),
+            threads: start_threads(parallel)?,
         })
     }
 
